@@ -1,0 +1,76 @@
+# Quiver: the two commands README.md opens with.
+#   make run    install what is missing, build, and run Quiver
+#   make test   install what is missing, build, and run every test
+# Both work as root or with sudo on a fresh Debian machine.
+
+SHELL := /bin/bash
+BUILD ?= build
+ASAN_BUILD ?= build-asan
+FUZZ_BUILD ?= build-fuzz
+VENV ?= .venv
+JOBS ?= $(shell nproc)
+FUZZ_SECONDS ?= 30
+DATA_DIR ?= ./quiver-data
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+DEB_PACKAGES := build-essential cmake pkg-config clang libclang-rt-14-dev \
+	libjansson-dev liblmdb-dev libopenblas-dev python3 python3-venv
+
+.PHONY: all deps build run demo test unit integration asan-test fuzz venv bench-exact clean
+
+all: build
+
+deps:
+	@missing=$$(for p in $(DEB_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:" $$missing; \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
+	fi
+
+build: deps
+	cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+	cmake --build $(BUILD) -j $(JOBS)
+
+# Until the server lands, `run` is a CLI demo over a real collection.
+run: build
+	@bash scripts/demo.sh $(BUILD)/quiver $(DATA_DIR)
+
+$(VENV)/.stamp: requirements-dev.txt
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -r requirements-dev.txt
+	touch $@
+
+venv: deps $(VENV)/.stamp
+
+unit: build
+	cd $(BUILD) && ctest --output-on-failure -j $(JOBS)
+
+integration: build venv
+	QUIVER_BIN=$(abspath $(BUILD))/quiver QUIVER_CRASH_WRITER=$(abspath $(BUILD))/qv_crash_writer \
+	  $(VENV)/bin/pytest -q tests/integration
+
+test: unit integration
+
+asan-test: deps
+	CC=clang cmake -S . -B $(ASAN_BUILD) -DCMAKE_BUILD_TYPE=Debug -DQUIVER_SANITIZE=ON >/dev/null
+	cmake --build $(ASAN_BUILD) -j $(JOBS)
+	cd $(ASAN_BUILD) && ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
+	  ctest --output-on-failure -j $(JOBS)
+
+fuzz: deps
+	CC=clang cmake -S . -B $(FUZZ_BUILD) -DCMAKE_BUILD_TYPE=Debug -DQUIVER_FUZZ=ON >/dev/null
+	cmake --build $(FUZZ_BUILD) -j $(JOBS)
+	@set -e; for f in $(FUZZ_BUILD)/fuzz_*; do \
+	  name=$$(basename $$f); mkdir -p $(FUZZ_BUILD)/corpus/$$name; \
+	  echo "fuzzing $$name for $(FUZZ_SECONDS)s"; \
+	  $$f -max_total_time=$(FUZZ_SECONDS) -max_len=65536 -print_final_stats=0 \
+	    $(FUZZ_BUILD)/corpus/$$name tests/fuzz/seeds/$$name 2>&1 | tail -n 2; \
+	done
+
+bench-exact: build
+	bash bench/exact.sh
+
+clean:
+	rm -rf $(BUILD) $(ASAN_BUILD) $(FUZZ_BUILD)

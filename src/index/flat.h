@@ -1,0 +1,38 @@
+/* Exact (flat) search over a row-major matrix of vectors.
+ *
+ * The caller owns the matrix: n rows of `stride` floats, of which the first `dim` are the
+ * vector (stride >= dim; extra floats are ignored). Scores follow dist_score. Results for
+ * each query are the k best rows, best first, ties broken by lower row index. Rows not set
+ * in `mask` (a bitmap of n bits, bit r = word r/64, bit r%64) are skipped; a NULL mask
+ * allows every row.
+ *
+ * One query scans with the SIMD kernels, split over the pool for large n. A batch of
+ * queries is computed as a blocked matrix product (OpenBLAS sgemm) with bounded top-k
+ * heaps per query, also spread over the pool. */
+#ifndef QV_INDEX_FLAT_H
+#define QV_INDEX_FLAT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "base/pool.h"
+#include "quiver.h"
+
+typedef struct flat_hit {
+  float score;
+  uint32_t row;
+} flat_hit;
+
+typedef struct flat_matrix {
+  const float *data;     /* (n, stride) */
+  const float *sqnorms;  /* (n) squared L2 norm of each row; may be NULL (then computed) */
+  size_t n, dim, stride;
+} flat_matrix;
+
+/* hits: (nq, k) filled best-first; counts: (nq) how many hits each query got
+ * (min(k, allowed rows)). queries: (nq, dim). */
+qv_status flat_search(flat_hit *hits, size_t *counts, const float *queries, size_t nq,
+                      const flat_matrix *m, qv_distance dist, size_t k, const uint64_t *mask,
+                      qv_pool *pool);
+
+#endif
