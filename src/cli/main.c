@@ -1,2 +1,41 @@
+/* quiver: the command line. */
 #include <stdio.h>
-int main(void) { puts("quiver: under construction"); return 0; }
+#include <string.h>
+
+#include "cli/cli.h"
+
+static const char usage[] =
+    "usage: quiver <command> [options]\n"
+    "\n"
+    "commands:\n"
+    "  collection create|list|info|delete   manage collections\n"
+    "  load COLLECTION FILE                 load vectors (.npy, .fvecs, .jsonl)\n"
+    "  search COLLECTION                    exact top-k search\n"
+    "  points get|upsert|delete|count|scroll  work with points\n"
+    "  bench exact                          time exact search\n"
+    "  version                              print the version\n"
+    "\n"
+    "Every command takes --help. Data lives in --data-dir (default ./quiver-data, or\n"
+    "$QUIVER_DATA_DIR).\n";
+
+int main(int argc, char **argv) {
+  if (argc < 2) {
+    fputs(usage, stderr);
+    return 2;
+  }
+  const char *cmd = argv[1];
+  if (!strcmp(cmd, "--help") || !strcmp(cmd, "-h") || !strcmp(cmd, "help")) {
+    fputs(usage, stdout);
+    return 0;
+  }
+  if (!strcmp(cmd, "version") || !strcmp(cmd, "--version")) {
+    printf("quiver %s\n", QV_VERSION);
+    return 0;
+  }
+  if (!strcmp(cmd, "collection")) return cmd_collection(argc - 1, argv + 1);
+  if (!strcmp(cmd, "load")) return cmd_load(argc - 1, argv + 1);
+  if (!strcmp(cmd, "search")) return cmd_search(argc - 1, argv + 1);
+  if (!strcmp(cmd, "points")) return cmd_points(argc - 1, argv + 1);
+  if (!strcmp(cmd, "bench")) return cmd_bench(argc - 1, argv + 1);
+  cli_die("unknown command \"%s\" (see quiver --help)", cmd);
+}

@@ -1,0 +1,20 @@
+/* Hashing: CRC-32C for checksums of stored records, and a 64-bit mixer for hash tables. */
+#ifndef QV_BASE_HASH_H
+#define QV_BASE_HASH_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+uint32_t qv_crc32c(uint32_t crc, const void *data, size_t len);
+
+/* splitmix64's finalizer: a bijection that spreads every input bit over the output. */
+static inline uint64_t qv_mix64(uint64_t x) {
+  x ^= x >> 30;
+  x *= 0xbf58476d1ce4e5b9ULL;
+  x ^= x >> 27;
+  x *= 0x94d049bb133111ebULL;
+  x ^= x >> 31;
+  return x;
+}
+
+#endif

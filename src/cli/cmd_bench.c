@@ -1,0 +1,144 @@
+#define _GNU_SOURCE
+/* quiver bench exact: times exact search through the collection API, the path users get.
+ * The data goes into a collection in a temporary data directory that is removed after. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "cli/cli.h"
+#include "index/distance.h"
+#include "store/vecfile.h"
+
+static const char usage[] =
+    "usage: quiver bench exact --data FILE.npy --queries FILE.npy [options]\n"
+    "Loads the data into a temporary collection, then times one query at a time and all\n"
+    "queries as one batch. Prints one JSON object.\n"
+    "options:\n"
+    "  --k K            neighbours per query (default 10)\n"
+    "  --distance D     Dot (default), Cosine, Euclid, Manhattan\n"
+    "  --repeat R       timed repetitions of the batch, best kept (default 3)\n"
+    "  --out FILE.npy   write the batch's result ids, int64 (queries, k)\n";
+
+static vecfile_matrix read_npy(const char *path) {
+  const uint8_t *buf;
+  size_t len;
+  qv_error err = {0};
+  vecfile_matrix m = {0};
+  cli_check(vecfile_map(path, &buf, &len, &err), &err, path);
+  cli_check(vecfile_read_npy(&m, buf, len, &err), &err, path);
+  vecfile_unmap(buf, len);
+  return m;
+}
+
+static void write_ids(const char *path, const qv_records *res, size_t nq, size_t k) {
+  FILE *f = fopen(path, "wb");
+  if (!f) cli_die("cannot write %s", path);
+  char header[128];
+  int hl = snprintf(header, sizeof header, "{'descr': '<i8', 'fortran_order': False, 'shape': (%zu, %zu), }", nq, k);
+  int total = 10 + hl + 1, pad = (64 - total % 64) % 64;
+  unsigned short hlen = (unsigned short)(hl + pad + 1);
+  fwrite("\x93NUMPY\x01\x00", 1, 8, f);
+  fputc(hlen & 0xff, f);
+  fputc(hlen >> 8, f);
+  fwrite(header, 1, (size_t)hl, f);
+  for (int i = 0; i < pad; i++) fputc(' ', f);
+  fputc('\n', f);
+  for (size_t q = 0; q < nq; q++)
+    for (size_t i = 0; i < k; i++) {
+      long long id = i < res[q].count ? (long long)res[q].items[i].id.num : -1;
+      fwrite(&id, sizeof id, 1, f);
+    }
+  if (fclose(f)) cli_die("cannot write %s", path);
+}
+
+static int bench_exact(int argc, char **argv) {
+  const char *data = NULL, *queries = NULL, *k_s = "10", *dist_s = "Dot", *repeat_s = "3", *out = NULL;
+  cli_opt opts[] = {{"data", &data, NULL}, {"queries", &queries, NULL}, {"k", &k_s, NULL},
+                    {"distance", &dist_s, NULL}, {"repeat", &repeat_s, NULL}, {"out", &out, NULL}, {0}};
+  cli_parse(argc, argv, opts, NULL, 0, usage);
+  if (!data || !queries) cli_die("bench exact: --data and --queries are required");
+  size_t k = (size_t)cli_int(k_s, "--k", 1, 10000);
+  int repeat = (int)cli_int(repeat_s, "--repeat", 1, 1000);
+  qv_collection_config cfg;
+  if (qv_distance_parse(&cfg.distance, dist_s)) cli_die("--distance: unknown \"%s\"", dist_s);
+  vecfile_matrix x = read_npy(data), q = read_npy(queries);
+  if (x.cols != q.cols) cli_die("data has %zu dimensions, queries %zu", x.cols, q.cols);
+  cfg.size = (uint32_t)x.cols;
+
+  char tmpl[] = "/tmp/quiver-bench-XXXXXX";
+  if (!mkdtemp(tmpl)) cli_die("cannot make a temporary directory");
+  qv_db *db = cli_open_db(tmpl);
+  qv_error err = {0};
+  cli_check(qv_collection_create(db, "bench", &cfg, &err), &err, "create");
+  qv_collection *c = cli_open_collection(db, "bench");
+  double t0 = cli_now();
+  const size_t batch = 10000;
+  qv_point *pts = calloc(batch, sizeof *pts);
+  if (!pts) cli_die("out of memory");
+  for (size_t r0 = 0; r0 < x.rows; r0 += batch) {
+    size_t nb = x.rows - r0 < batch ? x.rows - r0 : batch;
+    for (size_t i = 0; i < nb; i++)
+      pts[i] = (qv_point){{.kind = QV_ID_NUM, .num = r0 + i}, x.data + (r0 + i) * x.cols, NULL};
+    cli_check(qv_collection_upsert(c, pts, nb, &err), &err, "upsert");
+  }
+  double load_s = cli_now() - t0;
+  free(pts);
+
+  qv_search_params p = {.limit = k};
+  qv_records *res = calloc(q.rows, sizeof *res);
+  if (!res) cli_die("out of memory");
+  /* one query at a time */
+  double best_single = 1e30;
+  for (int r = 0; r < repeat; r++) {
+    t0 = cli_now();
+    for (size_t i = 0; i < q.rows; i++) {
+      cli_check(qv_collection_search(c, q.data + i * q.cols, 1, &p, &res[i], &err), &err, "search");
+      qv_records_free(&res[i]);
+    }
+    double s = cli_now() - t0;
+    if (s < best_single) best_single = s;
+  }
+  /* all queries as one batch */
+  double best_batch = 1e30;
+  for (int r = 0; r < repeat; r++) {
+    t0 = cli_now();
+    cli_check(qv_collection_search(c, q.data, q.rows, &p, res, &err), &err, "search");
+    double s = cli_now() - t0;
+    if (s < best_batch) best_batch = s;
+    if (r + 1 < repeat)
+      for (size_t i = 0; i < q.rows; i++) qv_records_free(&res[i]);
+  }
+  if (out) write_ids(out, res, q.rows, k);
+  for (size_t i = 0; i < q.rows; i++) qv_records_free(&res[i]);
+  free(res);
+  printf("{\"n\":%zu,\"dim\":%zu,\"queries\":%zu,\"k\":%zu,\"isa\":\"%s\",\"load_s\":%.3f,"
+         "\"single_qps\":%.1f,\"single_ms\":%.4f,\"batch_qps\":%.1f,\"batch_s\":%.4f}\n",
+         x.rows, x.cols, q.rows, k, dist_isa(), load_s, (double)q.rows / best_single,
+         best_single * 1e3 / (double)q.rows, (double)q.rows / best_batch, best_batch);
+  cli_check(qv_collection_delete(db, "bench", &err), &err, "cleanup");
+  qv_db_close(db);
+  char *lock;
+  if (asprintf(&lock, "%s/LOCK", tmpl) > 0) {
+    unlink(lock);
+    free(lock);
+  }
+  char *cdir;
+  if (asprintf(&cdir, "%s/collections", tmpl) > 0) {
+    rmdir(cdir);
+    free(cdir);
+  }
+  rmdir(tmpl);
+  vecfile_matrix_free(&x);
+  vecfile_matrix_free(&q);
+  return 0;
+}
+
+int cmd_bench(int argc, char **argv) {
+  if (argc < 2 || strcmp(argv[1], "--help") == 0) {
+    fputs(usage, argc < 2 ? stderr : stdout);
+    return argc < 2 ? 2 : 0;
+  }
+  if (strcmp(argv[1], "exact") == 0) return bench_exact(argc - 1, argv + 1);
+  cli_die("bench: unknown benchmark \"%s\" (try: exact)", argv[1]);
+}

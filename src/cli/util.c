@@ -1,0 +1,195 @@
+#include <errno.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "cli/cli.h"
+
+_Noreturn void cli_die(const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  fputs("quiver: ", stderr);
+  vfprintf(stderr, fmt, ap);
+  fputc('\n', stderr);
+  va_end(ap);
+  exit(1);
+}
+
+void cli_check(qv_status st, const qv_error *err, const char *what) {
+  if (st == QV_OK) return;
+  if (err && err->msg[0]) cli_die("%s: %s", what, err->msg);
+  cli_die("%s: %s", what, qv_strerror(st));
+}
+
+int cli_parse(int argc, char **argv, const cli_opt *opts, const char **pos, int max_pos,
+              const char *usage) {
+  int npos = 0;
+  for (int i = 1; i < argc; i++) {
+    const char *a = argv[i];
+    if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
+      fputs(usage, stdout);
+      exit(0);
+    }
+    if (strncmp(a, "--", 2) != 0 || strcmp(a, "--") == 0) {
+      if (strcmp(a, "--") == 0) a = ++i < argc ? argv[i] : NULL;
+      if (!a) break;
+      if (npos == max_pos) cli_die("%s: unexpected argument \"%s\" (see --help)", argv[0], a);
+      pos[npos++] = a;
+      continue;
+    }
+    const char *eq = strchr(a, '=');
+    size_t nlen = eq ? (size_t)(eq - a - 2) : strlen(a + 2);
+    const cli_opt *o = opts;
+    for (; o && o->name; o++)
+      if (strlen(o->name) == nlen && strncmp(o->name, a + 2, nlen) == 0) break;
+    if (!o || !o->name) cli_die("%s: unknown option %.*s (see --help)", argv[0], (int)nlen + 2, a);
+    if (o->flag) {
+      if (eq) cli_die("%s: --%s takes no value", argv[0], o->name);
+      *o->flag = 1;
+    } else if (eq) {
+      *o->value = eq + 1;
+    } else {
+      if (i + 1 >= argc) cli_die("%s: --%s needs a value", argv[0], o->name);
+      *o->value = argv[++i];
+    }
+  }
+  return npos;
+}
+
+long long cli_int(const char *s, const char *what, long long lo, long long hi) {
+  char *end;
+  errno = 0;
+  long long v = strtoll(s, &end, 10);
+  if (errno || end == s || *end || v < lo || v > hi)
+    cli_die("%s must be an integer in %lld..%lld, got \"%s\"", what, lo, hi, s);
+  return v;
+}
+
+double cli_double(const char *s, const char *what) {
+  char *end;
+  errno = 0;
+  double v = strtod(s, &end);
+  if (errno || end == s || *end || !isfinite(v)) cli_die("%s must be a finite number, got \"%s\"", what, s);
+  return v;
+}
+
+const char *cli_data_dir(const char *flag) {
+  if (flag) return flag;
+  const char *env = getenv("QUIVER_DATA_DIR");
+  return env && *env ? env : "./quiver-data";
+}
+
+qv_db *cli_open_db(const char *flag) {
+  qv_db *db;
+  qv_error err = {0};
+  cli_check(qv_db_open(&db, cli_data_dir(flag), &err), &err, "opening the data directory");
+  return db;
+}
+
+qv_collection *cli_open_collection(qv_db *db, const char *name) {
+  qv_collection *c;
+  qv_error err = {0};
+  cli_check(qv_collection_open(db, name, &c, &err), &err, "opening the collection");
+  return c;
+}
+
+qv_filter *cli_filter(const char *json) {
+  if (!json) return NULL;
+  qv_filter *f;
+  qv_error err = {0};
+  cli_check(qv_filter_parse(&f, json, strlen(json), &err), &err, "--filter");
+  return f;
+}
+
+static void print_float(FILE *f, float v) {
+  /* %.9g round-trips every float32 */
+  fprintf(f, "%.9g", (double)v);
+}
+
+void cli_print_record(FILE *f, const qv_record *r, size_t dim, int scored) {
+  char id[40];
+  qv_point_id_format(&r->id, id);
+  if (r->id.kind == QV_ID_UUID) fprintf(f, "{\"id\":\"%s\",", id);
+  else fprintf(f, "{\"id\":%s,", id);
+  if (scored) {
+    fputs("\"version\":0,\"score\":", f);
+    print_float(f, r->score);
+    fputc(',', f);
+  }
+  fprintf(f, "\"payload\":%s,\"vector\":", r->payload ? r->payload : "null");
+  if (r->vector) {
+    fputc('[', f);
+    for (size_t i = 0; i < dim; i++) {
+      if (i) fputc(',', f);
+      print_float(f, r->vector[i]);
+    }
+    fputc(']', f);
+  } else {
+    fputs("null", f);
+  }
+  fputc('}', f);
+}
+
+float *cli_parse_vector(const char *s, size_t *dim) {
+  size_t cap = 16, n = 0;
+  float *v = malloc(cap * sizeof *v);
+  if (!v) cli_die("out of memory");
+  const char *p = s;
+  for (;;) {
+    char *end;
+    errno = 0;
+    float x = strtof(p, &end);
+    if (end == p) cli_die("--vector: expected a number at \"%.20s\"", p);
+    if (errno == ERANGE && isinf(x)) cli_die("--vector: component %zu is out of float range", n);
+    if (!isfinite(x)) cli_die("--vector: component %zu is %s", n, isnan(x) ? "NaN" : "infinite");
+    if (n == cap && !(v = realloc(v, (cap *= 2) * sizeof *v))) cli_die("out of memory");
+    v[n++] = x;
+    p = end;
+    while (*p == ' ') p++;
+    if (!*p) break;
+    if (*p != ',') cli_die("--vector: expected ',' at \"%.20s\"", p);
+    p++;
+  }
+  if (*dim && n != *dim) cli_die("--vector has %zu components; the collection's vectors have %zu", n, *dim);
+  *dim = n;
+  return v;
+}
+
+double cli_now(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+void cli_progress_start(cli_progress *p, const char *label, const char *unit, size_t total) {
+  p->label = label;
+  p->unit = unit;
+  p->total = total;
+  p->start = p->last = cli_now();
+  p->tty = isatty(STDERR_FILENO);
+}
+
+static void progress_line(cli_progress *p, size_t done, double now) {
+  double el = now - p->start, rate = el > 0 ? (double)done / el : 0;
+  fprintf(stderr, "\r%s %zu/%zu %s  %.0f %s/s", p->label, done, p->total, p->unit, rate, p->unit);
+  if (rate > 0 && done < p->total) fprintf(stderr, "  ETA %.0fs", (double)(p->total - done) / rate);
+  fputs("\033[K", stderr);
+}
+
+void cli_progress_update(cli_progress *p, size_t done) {
+  if (!p->tty) return;
+  double now = cli_now();
+  if (now - p->last < 0.1) return;
+  p->last = now;
+  progress_line(p, done, now);
+}
+
+void cli_progress_end(cli_progress *p, size_t done) {
+  if (!p->tty) return;
+  progress_line(p, done, cli_now());
+  fputc('\n', stderr);
+}

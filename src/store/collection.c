@@ -1,0 +1,711 @@
+/* A collection: durable points in LMDB, searched from a copy in memory.
+ *
+ * Invariants:
+ *  1. LMDB's "points" table is the truth. The rows in memory (vectors, ids, parsed
+ *     payloads) are a cache of it, rebuilt by collection_open_dir.
+ *  2. A write is acknowledged only after mdb_txn_commit returned 0. The environment is
+ *     opened without MDB_NOSYNC / MDB_NOMETASYNC / MDB_WRITEMAP, so a successful commit has
+ *     fsynced the data pages and then the meta page: it survives kill -9 and power loss.
+ *     A batch is one transaction, so it is all there or not at all.
+ *  3. Memory changes only after the commit succeeded (apply_upsert, apply_delete), and that
+ *     step cannot fail: reserve_rows made room before the transaction began. So memory
+ *     never shows what storage does not hold.
+ *  4. One writer at a time (write_mu; LMDB allows one write transaction anyway). Readers
+ *     take rw shared and see memory between two applied batches, never inside one.
+ *  5. After a failed commit the handle is sticky: every later write gets QV_ESTICKY until
+ *     the collection is reopened, because after an fsync error the page cache may no
+ *     longer say what is on disk.
+ */
+#include "store/collection.h"
+
+#include <errno.h>
+#include <lmdb.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <jansson.h>
+
+#include "base/error.h"
+#include "base/log.h"
+#include "base/mem.h"
+#include "base/pool.h"
+#include "index/distance.h"
+#include "index/flat.h"
+#include "store/filter.h"
+#include "store/idmap.h"
+#include "store/record.h"
+
+#define MAP_SIZE ((size_t)1 << 40) /* address space only; the file grows as needed */
+#define CONFIG_FORMAT 1
+
+struct qv_collection {
+  char *name, *dir;               /* read-only */
+  qv_collection_config cfg;       /* read-only */
+  size_t stride;                  /* floats per row: size rounded up to 64 bytes; read-only */
+  MDB_env *env;
+  MDB_dbi points, meta;
+  pthread_mutex_t write_mu;       /* held by the one writer */
+  pthread_rwlock_t rw;            /* guards the rows below */
+  int sticky;                     /* guarded by write_mu */
+  size_t n, cap;
+  float *vecs;                    /* (cap, stride) */
+  float *sqnorms;                 /* (cap) squared L2 norm of each row */
+  qv_point_id *ids;               /* (cap) */
+  json_t **payloads;              /* (cap) parsed payload objects, NULL for none */
+  idmap map;                      /* id -> row */
+  size_t corrupt;                 /* records skipped at open; read-only after open */
+};
+
+static qv_status lmdb_fail(qv_error *err, int rc, const char *what) {
+  qv_status st = rc > 0 ? rc : QV_ESTORE;
+  if (rc == MDB_MAP_FULL) st = QV_ENOMEM;
+  return qv_fail(err, st, "%s: %s", what, mdb_strerror(rc));
+}
+
+qv_status collection_name_check(const char *name, qv_error *err) {
+  size_t len = name ? strlen(name) : 0;
+  if (len == 0) return qv_fail(err, QV_ENAME, "collection name is empty");
+  if (len > QV_MAX_NAME)
+    return qv_fail(err, QV_ENAME, "collection name is %zu bytes, more than %d", len, QV_MAX_NAME);
+  if (name[0] == '.')
+    return qv_fail(err, QV_ENAME, "collection name \"%s\" starts with '.'", name);
+  for (size_t i = 0; i < len; i++) {
+    char ch = name[i];
+    int ok = (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
+             ch == '_' || ch == '-' || ch == '.';
+    if (!ok)
+      return qv_fail(err, QV_ENAME,
+                     "collection name \"%s\" has '%c' at byte %zu; use letters, digits, '_', '-', '.'",
+                     name, ch >= 32 && ch < 127 ? ch : '?', i);
+  }
+  return QV_OK;
+}
+
+/* ---- configuration -------------------------------------------------------------------- */
+
+static qv_status env_open(MDB_env **out, const char *dir, qv_error *err) {
+  MDB_env *env;
+  int rc = mdb_env_create(&env);
+  if (rc) return lmdb_fail(err, rc, "mdb_env_create");
+  if ((rc = mdb_env_set_maxdbs(env, 4)) || (rc = mdb_env_set_mapsize(env, MAP_SIZE)) ||
+      (rc = mdb_env_open(env, dir, MDB_NOTLS, 0644))) {
+    mdb_env_close(env);
+    return lmdb_fail(err, rc, dir);
+  }
+  *out = env;
+  return QV_OK;
+}
+
+qv_status collection_init_dir(const char *dir, const char *name, const qv_collection_config *cfg,
+                              qv_error *err) {
+  if (cfg->size < 1 || cfg->size > QV_MAX_VECTOR_SIZE)
+    return qv_fail(err, QV_ERANGE, "vector size %u is outside 1..%d", cfg->size, QV_MAX_VECTOR_SIZE);
+  if ((unsigned)cfg->distance > QV_DIST_MANHATTAN)
+    return qv_fail(err, QV_EINVAL, "unknown distance %d", (int)cfg->distance);
+  MDB_env *env;
+  qv_status st = env_open(&env, dir, err);
+  if (st) return st;
+  json_t *j = json_pack("{s:i, s:s, s:i, s:s}", "format", CONFIG_FORMAT, "name", name, "size",
+                        (json_int_t)cfg->size, "distance", qv_distance_name(cfg->distance));
+  char *text = j ? json_dumps(j, JSON_COMPACT) : NULL;
+  json_decref(j);
+  if (!text) {
+    mdb_env_close(env);
+    return qv_fail(err, QV_ENOMEM, "out of memory writing the configuration");
+  }
+  MDB_txn *txn = NULL;
+  MDB_dbi meta, points;
+  int rc = mdb_txn_begin(env, NULL, 0, &txn);
+  if (!rc) rc = mdb_dbi_open(txn, "meta", MDB_CREATE, &meta);
+  if (!rc) rc = mdb_dbi_open(txn, "points", MDB_CREATE, &points);
+  if (!rc) {
+    MDB_val k = {6, "config"}, v = {strlen(text), text};
+    rc = mdb_put(txn, meta, &k, &v, 0);
+  }
+  if (!rc) {
+    rc = mdb_txn_commit(txn);
+    txn = NULL;
+  }
+  if (txn) mdb_txn_abort(txn);
+  free(text);
+  mdb_env_close(env);
+  return rc ? lmdb_fail(err, rc, "writing the collection configuration") : QV_OK;
+}
+
+static qv_status read_config(qv_collection *c, MDB_txn *txn, qv_error *err) {
+  MDB_val k = {6, "config"}, v;
+  int rc = mdb_get(txn, c->meta, &k, &v);
+  if (rc) return rc == MDB_NOTFOUND ? qv_fail(err, QV_ECORRUPT, "%s: no configuration", c->dir)
+                                    : lmdb_fail(err, rc, "reading the configuration");
+  json_error_t je;
+  json_t *j = json_loadb(v.mv_data, v.mv_size, 0, &je);
+  json_int_t format = 0, size = 0;
+  const char *dist = NULL;
+  qv_status st = QV_OK;
+  if (!j || json_unpack(j, "{s:I, s:I, s:s}", "format", &format, "size", &size, "distance", &dist) ||
+      format != CONFIG_FORMAT || size < 1 || size > QV_MAX_VECTOR_SIZE ||
+      qv_distance_parse(&c->cfg.distance, dist) != QV_OK)
+    st = qv_fail(err, QV_ECORRUPT, "%s: unreadable configuration", c->dir);
+  else
+    c->cfg.size = (uint32_t)size;
+  json_decref(j);
+  return st;
+}
+
+/* ---- rows in memory ------------------------------------------------------------------- */
+
+static qv_status reserve_rows(qv_collection *c, size_t more) {
+  if (idmap_reserve(&c->map, more)) return QV_ENOMEM;
+  size_t need = c->n + more;
+  if (need <= c->cap) return QV_OK;
+  if (need > UINT32_MAX) return QV_ERANGE;
+  size_t cap = c->cap ? c->cap : 64;
+  while (cap < need) cap = cap + cap / 2;
+  size_t bytes;
+  if (qv_mul_overflow(cap, c->stride * sizeof(float), &bytes)) return QV_ENOMEM;
+  float *vecs = qv_aligned_alloc(bytes);
+  float *sq = realloc(c->sqnorms, cap * sizeof *sq);
+  if (sq) c->sqnorms = sq;
+  qv_point_id *ids = realloc(c->ids, cap * sizeof *ids);
+  if (ids) c->ids = ids;
+  json_t **pl = realloc(c->payloads, cap * sizeof *pl);
+  if (pl) c->payloads = pl;
+  if (!vecs || !sq || !ids || !pl) {
+    qv_aligned_free(vecs);
+    return QV_ENOMEM;
+  }
+  /* The padding floats stay zero, so kernels that read the whole stride see no garbage. */
+  memset(vecs, 0, bytes);
+  if (c->n) memcpy(vecs, c->vecs, c->n * c->stride * sizeof(float));
+  qv_aligned_free(c->vecs);
+  c->vecs = vecs;
+  c->cap = cap;
+  return QV_OK;
+}
+
+static float *row_vec(const qv_collection *c, size_t row) { return c->vecs + row * c->stride; }
+
+/* Sets row `row` (existing or the next free one) to this point; takes the payload ref. */
+static void set_row(qv_collection *c, const qv_point_id *id, const float *vec, json_t *payload) {
+  int64_t found = idmap_get(&c->map, id);
+  size_t row;
+  if (found >= 0) {
+    row = (size_t)found;
+    json_decref(c->payloads[row]);
+  } else {
+    row = c->n++;
+    c->ids[row] = *id;
+    idmap_put(&c->map, id, (uint32_t)row);
+  }
+  memcpy(row_vec(c, row), vec, c->cfg.size * sizeof(float));
+  c->sqnorms[row] = dist_dot(vec, vec, c->cfg.size);
+  c->payloads[row] = payload;
+}
+
+/* Removes a row by moving the last row into its place. */
+static void remove_row(qv_collection *c, size_t row) {
+  idmap_del(&c->map, &c->ids[row]);
+  json_decref(c->payloads[row]);
+  size_t last = --c->n;
+  if (row != last) {
+    memcpy(row_vec(c, row), row_vec(c, last), c->stride * sizeof(float));
+    c->sqnorms[row] = c->sqnorms[last];
+    c->ids[row] = c->ids[last];
+    c->payloads[row] = c->payloads[last];
+    idmap_put(&c->map, &c->ids[row], (uint32_t)row);
+  }
+}
+
+static qv_status load_points(qv_collection *c, MDB_txn *txn, qv_error *err) {
+  MDB_stat stat;
+  int rc = mdb_stat(txn, c->points, &stat);
+  if (rc) return lmdb_fail(err, rc, "mdb_stat");
+  if (reserve_rows(c, stat.ms_entries)) return qv_fail(err, QV_ENOMEM, "out of memory loading %zu points", (size_t)stat.ms_entries);
+  MDB_cursor *cur;
+  if ((rc = mdb_cursor_open(txn, c->points, &cur))) return lmdb_fail(err, rc, "mdb_cursor_open");
+  MDB_val k, v;
+  float *tmp = malloc(c->cfg.size * sizeof(float));
+  qv_status st = tmp ? QV_OK : qv_fail(err, QV_ENOMEM, "out of memory");
+  for (rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST); !st && rc == 0;
+       rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
+    qv_point_id id;
+    record_view rv;
+    json_t *payload = NULL;
+    int bad = record_key_decode(&id, k.mv_data, k.mv_size) || record_decode(&rv, v.mv_data, v.mv_size) ||
+              rv.dim != c->cfg.size;
+    if (!bad && rv.payload) {
+      payload = json_loadb(rv.payload, rv.payload_len, 0, NULL);
+      bad = !json_is_object(payload);
+    }
+    if (bad) {
+      json_decref(payload);
+      c->corrupt++;
+      continue;
+    }
+    memcpy(tmp, rv.vector, c->cfg.size * sizeof(float));
+    set_row(c, &id, tmp, payload);
+  }
+  free(tmp);
+  mdb_cursor_close(cur);
+  if (!st && rc != MDB_NOTFOUND) st = lmdb_fail(err, rc, "reading points");
+  if (c->corrupt)
+    LOG_ERROR("collection %s: skipped %zu corrupt records (checksum or layout mismatch)", c->name,
+              c->corrupt);
+  return st;
+}
+
+qv_status collection_open_dir(qv_collection **out, const char *dir, const char *name, qv_error *err) {
+  MDB_txn *txn = NULL;
+  int rc;
+  qv_collection *c = calloc(1, sizeof *c);
+  if (!c) return qv_fail(err, QV_ENOMEM, "out of memory");
+  c->name = strdup(name);
+  c->dir = strdup(dir);
+  pthread_mutex_init(&c->write_mu, NULL);
+  pthread_rwlock_init(&c->rw, NULL);
+  qv_status st = c->name && c->dir ? QV_OK : qv_fail(err, QV_ENOMEM, "out of memory");
+  if (!st) st = env_open(&c->env, dir, err);
+  if (st) goto fail;
+  rc = mdb_txn_begin(c->env, NULL, MDB_RDONLY, &txn);
+  if (!rc) rc = mdb_dbi_open(txn, "meta", 0, &c->meta);
+  if (!rc) rc = mdb_dbi_open(txn, "points", 0, &c->points);
+  if (rc) {
+    if (!txn) goto fail;
+    mdb_txn_abort(txn);
+    st = rc == MDB_NOTFOUND ? qv_fail(err, QV_ECORRUPT, "%s: not a Quiver collection", dir)
+                            : lmdb_fail(err, rc, dir);
+    goto fail;
+  }
+  c->cfg.size = 0;
+  st = read_config(c, txn, err);
+  if (!st) {
+    c->stride = (c->cfg.size + 15) & ~(size_t)15;
+    st = load_points(c, txn, err);
+  }
+  /* dbi handles opened in a read-only transaction stay valid after it commits */
+  if (st) mdb_txn_abort(txn);
+  else mdb_txn_commit(txn);
+  if (st) goto fail;
+  *out = c;
+  return QV_OK;
+fail:
+  collection_close(c);
+  return st ? st : QV_ESTORE;
+}
+
+void collection_close(qv_collection *c) {
+  if (!c) return;
+  if (c->env) mdb_env_close(c->env);
+  for (size_t i = 0; i < c->n; i++) json_decref(c->payloads[i]);
+  qv_aligned_free(c->vecs);
+  free(c->sqnorms);
+  free(c->ids);
+  free(c->payloads);
+  idmap_free(&c->map);
+  pthread_mutex_destroy(&c->write_mu);
+  pthread_rwlock_destroy(&c->rw);
+  free(c->name);
+  free(c->dir);
+  free(c);
+}
+
+void qv_collection_config_get(const qv_collection *c, qv_collection_config *out) { *out = c->cfg; }
+
+size_t qv_collection_count_all(const qv_collection *c) {
+  pthread_rwlock_rdlock((pthread_rwlock_t *)&c->rw);
+  size_t n = c->n;
+  pthread_rwlock_unlock((pthread_rwlock_t *)&c->rw);
+  return n;
+}
+
+/* ---- writes --------------------------------------------------------------------------- */
+
+/* A point checked and converted for storage: vector normalized for Cosine, payload parsed
+ * and re-serialized compactly. */
+typedef struct prepared {
+  float *vec;    /* (size) */
+  json_t *json;  /* NULL for none */
+  char *text;    /* compact JSON, NULL for none */
+} prepared;
+
+static int all_finite(const float *v, size_t n) {
+  for (size_t i = 0; i < n; i++)
+    if (!isfinite(v[i])) return 0;
+  return 1;
+}
+
+static qv_status prepare_point(const qv_collection *c, const qv_point *p, size_t index, prepared *out,
+                               qv_error *err) {
+  char idtext[40];
+  qv_point_id_format(&p->id, idtext);
+  if (!p->vector) return qv_fail(err, QV_EINVAL, "point %s (#%zu): no vector", idtext, index);
+  for (uint32_t i = 0; i < c->cfg.size; i++)
+    if (!isfinite(p->vector[i]))
+      return qv_fail(err, QV_ENONFINITE, "point %s (#%zu): component %u is %s", idtext, index, i,
+                     isnan(p->vector[i]) ? "NaN" : "infinite");
+  out->vec = malloc(c->cfg.size * sizeof(float));
+  if (!out->vec) return qv_fail(err, QV_ENOMEM, "out of memory");
+  memcpy(out->vec, p->vector, c->cfg.size * sizeof(float));
+  if (c->cfg.distance == QV_DIST_COSINE) dist_normalize(out->vec, c->cfg.size);
+  if (!all_finite(out->vec, c->cfg.size)) /* normalizing a huge vector can overflow */
+    return qv_fail(err, QV_ENONFINITE, "point %s (#%zu): vector cannot be normalized", idtext, index);
+  if (p->payload) {
+    json_error_t je;
+    out->json = json_loads(p->payload, 0, &je);
+    if (!out->json)
+      return qv_fail(err, QV_EJSON, "point %s (#%zu): payload: %s at column %d", idtext, index, je.text,
+                     je.column);
+    if (!json_is_object(out->json))
+      return qv_fail(err, QV_EJSON, "point %s (#%zu): payload must be a JSON object", idtext, index);
+    out->text = json_dumps(out->json, JSON_COMPACT);
+    if (!out->text) return qv_fail(err, QV_ENOMEM, "out of memory");
+  }
+  return QV_OK;
+}
+
+static void prepared_free(prepared *p, size_t n) {
+  for (size_t i = 0; i < n; i++) {
+    free(p[i].vec);
+    json_decref(p[i].json);
+    free(p[i].text);
+  }
+  free(p);
+}
+
+/* Runs the LMDB side of a write: fn fills the transaction, then it commits. A failed
+ * commit makes the handle sticky (invariant 5). Caller holds write_mu. */
+typedef int (*txn_fill_fn)(qv_collection *c, MDB_txn *txn, void *ctx);
+
+static qv_status write_txn(qv_collection *c, txn_fill_fn fill, void *ctx, qv_error *err) {
+  MDB_txn *txn;
+  int rc = mdb_txn_begin(c->env, NULL, 0, &txn);
+  if (rc) return lmdb_fail(err, rc, "mdb_txn_begin");
+  rc = fill(c, txn, ctx);
+  if (rc) {
+    mdb_txn_abort(txn);
+    return lmdb_fail(err, rc, "writing points");
+  }
+  rc = mdb_txn_commit(txn);
+  if (rc) {
+    c->sticky = 1;
+    LOG_ERROR("collection %s: commit failed (%s); refusing writes until reopened", c->name,
+              mdb_strerror(rc));
+    return lmdb_fail(err, rc, "committing");
+  }
+  return QV_OK;
+}
+
+typedef struct upsert_ctx {
+  const qv_point *points;
+  prepared *prep;
+  size_t n;
+} upsert_ctx;
+
+static int fill_upsert(qv_collection *c, MDB_txn *txn, void *arg) {
+  upsert_ctx *u = arg;
+  for (size_t i = 0; i < u->n; i++) {
+    uint8_t key[RECORD_KEY_MAX];
+    size_t plen = u->prep[i].text ? strlen(u->prep[i].text) : 0;
+    MDB_val k = {record_key_encode(key, &u->points[i].id), key};
+    MDB_val v = {record_size(c->cfg.size, plen), NULL};
+    int rc = mdb_put(txn, c->points, &k, &v, MDB_RESERVE);
+    if (rc) return rc;
+    record_encode(v.mv_data, u->prep[i].vec, c->cfg.size, u->prep[i].text, plen);
+  }
+  return 0;
+}
+
+qv_status qv_collection_upsert(qv_collection *c, const qv_point *points, size_t n, qv_error *err) {
+  if (n == 0) return QV_OK;
+  prepared *prep = calloc(n, sizeof *prep);
+  if (!prep) return qv_fail(err, QV_ENOMEM, "out of memory");
+  qv_status st = QV_OK;
+  for (size_t i = 0; i < n && !st; i++) st = prepare_point(c, &points[i], i, &prep[i], err);
+  if (st) goto out;
+
+  pthread_mutex_lock(&c->write_mu);
+  if (c->sticky) {
+    st = qv_fail(err, QV_ESTICKY, "collection %s: an earlier write failed; reopen it", c->name);
+  } else {
+    pthread_rwlock_wrlock(&c->rw);
+    st = reserve_rows(c, n);
+    pthread_rwlock_unlock(&c->rw);
+    if (st) st = qv_fail(err, st, "no room in memory for %zu more points", n);
+  }
+  if (!st) {
+    upsert_ctx u = {points, prep, n};
+    st = write_txn(c, fill_upsert, &u, err);
+  }
+  if (!st) {
+    pthread_rwlock_wrlock(&c->rw);
+    for (size_t i = 0; i < n; i++) {
+      set_row(c, &points[i].id, prep[i].vec, prep[i].json);
+      prep[i].json = NULL; /* the row owns it now */
+    }
+    pthread_rwlock_unlock(&c->rw);
+  }
+  pthread_mutex_unlock(&c->write_mu);
+out:
+  prepared_free(prep, n);
+  return st;
+}
+
+typedef struct delete_ctx {
+  const qv_point_id *ids;
+  size_t n;
+} delete_ctx;
+
+static int fill_delete(qv_collection *c, MDB_txn *txn, void *arg) {
+  delete_ctx *d = arg;
+  for (size_t i = 0; i < d->n; i++) {
+    uint8_t key[RECORD_KEY_MAX];
+    MDB_val k = {record_key_encode(key, &d->ids[i]), key};
+    int rc = mdb_del(txn, c->points, &k, NULL);
+    if (rc && rc != MDB_NOTFOUND) return rc;
+  }
+  return 0;
+}
+
+/* Deletes ids that exist; caller holds write_mu (so rows cannot change under it). */
+static qv_status delete_locked(qv_collection *c, qv_point_id *ids, size_t n, size_t *deleted,
+                               qv_error *err) {
+  size_t present = 0;
+  for (size_t i = 0; i < n; i++)
+    if (idmap_get(&c->map, &ids[i]) >= 0) ids[present++] = ids[i];
+  if (deleted) *deleted = 0;
+  if (present == 0) return QV_OK;
+  if (c->sticky) return qv_fail(err, QV_ESTICKY, "collection %s: an earlier write failed; reopen it", c->name);
+  delete_ctx d = {ids, present};
+  qv_status st = write_txn(c, fill_delete, &d, err);
+  if (st) return st;
+  pthread_rwlock_wrlock(&c->rw);
+  size_t removed = 0;
+  for (size_t i = 0; i < present; i++) {
+    int64_t row = idmap_get(&c->map, &ids[i]);
+    if (row >= 0) { /* an id given twice is removed once */
+      remove_row(c, (size_t)row);
+      removed++;
+    }
+  }
+  pthread_rwlock_unlock(&c->rw);
+  if (deleted) *deleted = removed;
+  return QV_OK;
+}
+
+qv_status qv_collection_delete_ids(qv_collection *c, const qv_point_id *ids, size_t n, size_t *deleted,
+                                   qv_error *err) {
+  if (deleted) *deleted = 0;
+  if (n == 0) return QV_OK;
+  qv_point_id *copy = malloc(n * sizeof *copy);
+  if (!copy) return qv_fail(err, QV_ENOMEM, "out of memory");
+  memcpy(copy, ids, n * sizeof *copy);
+  pthread_mutex_lock(&c->write_mu);
+  qv_status st = delete_locked(c, copy, n, deleted, err);
+  pthread_mutex_unlock(&c->write_mu);
+  free(copy);
+  return st;
+}
+
+qv_status qv_collection_delete_filter(qv_collection *c, const qv_filter *f, size_t *deleted,
+                                      qv_error *err) {
+  if (deleted) *deleted = 0;
+  pthread_mutex_lock(&c->write_mu);
+  qv_point_id *ids = malloc((c->n ? c->n : 1) * sizeof *ids);
+  qv_status st = ids ? QV_OK : qv_fail(err, QV_ENOMEM, "out of memory");
+  size_t m = 0;
+  for (size_t r = 0; !st && r < c->n; r++)
+    if (!f || filter_match(f, &c->ids[r], c->payloads[r])) ids[m++] = c->ids[r];
+  if (!st) st = delete_locked(c, ids, m, deleted, err);
+  pthread_mutex_unlock(&c->write_mu);
+  free(ids);
+  return st;
+}
+
+/* ---- reads ---------------------------------------------------------------------------- */
+
+void qv_records_free(qv_records *r) {
+  if (!r) return;
+  for (size_t i = 0; i < r->count; i++) {
+    free(r->items[i].vector);
+    free(r->items[i].payload);
+  }
+  free(r->items);
+  r->items = NULL;
+  r->count = 0;
+}
+
+/* Fills rec from a row in memory; caller holds rw. */
+static qv_status fill_record(const qv_collection *c, size_t row, float score, int with_payload,
+                             int with_vector, qv_record *rec) {
+  rec->id = c->ids[row];
+  rec->score = score;
+  rec->vector = NULL;
+  rec->payload = NULL;
+  if (with_vector) {
+    rec->vector = malloc(c->cfg.size * sizeof(float));
+    if (!rec->vector) return QV_ENOMEM;
+    memcpy(rec->vector, row_vec(c, row), c->cfg.size * sizeof(float));
+  }
+  if (with_payload) {
+    rec->payload = c->payloads[row] ? json_dumps(c->payloads[row], JSON_COMPACT) : strdup("{}");
+    if (!rec->payload) return QV_ENOMEM;
+  }
+  return QV_OK;
+}
+
+qv_status qv_collection_get(qv_collection *c, const qv_point_id *ids, size_t n, int with_payload,
+                            int with_vector, qv_records *out, qv_error *err) {
+  out->count = 0;
+  out->items = calloc(n ? n : 1, sizeof *out->items);
+  if (!out->items) return qv_fail(err, QV_ENOMEM, "out of memory");
+  qv_status st = QV_OK;
+  pthread_rwlock_rdlock(&c->rw);
+  for (size_t i = 0; i < n && !st; i++) {
+    int64_t row = idmap_get(&c->map, &ids[i]);
+    if (row < 0) continue;
+    st = fill_record(c, (size_t)row, 0, with_payload, with_vector, &out->items[out->count++]);
+  }
+  pthread_rwlock_unlock(&c->rw);
+  if (st) {
+    qv_records_free(out);
+    return qv_fail(err, st, "out of memory");
+  }
+  return QV_OK;
+}
+
+qv_status qv_collection_count(qv_collection *c, const qv_filter *f, size_t *out, qv_error *err) {
+  pthread_rwlock_rdlock(&c->rw);
+  size_t m = 0;
+  if (!f) m = c->n;
+  else
+    for (size_t r = 0; r < c->n; r++) m += filter_match(f, &c->ids[r], c->payloads[r]) != 0;
+  pthread_rwlock_unlock(&c->rw);
+  *out = m;
+  return QV_OK;
+}
+
+/* Scroll walks LMDB's id order from the offset, taking each point's content from memory:
+ * rows and LMDB agree whenever rw is held shared (invariant 3 applies memory under rw
+ * exclusive right after commit, and write_mu is not needed for reading). */
+qv_status qv_collection_scroll(qv_collection *c, const qv_point_id *offset, size_t limit,
+                               const qv_filter *f, int with_payload, int with_vector, qv_records *out,
+                               qv_point_id *next_offset, int *has_next, qv_error *err) {
+  out->count = 0;
+  *has_next = 0;
+  out->items = calloc(limit ? limit : 1, sizeof *out->items);
+  if (!out->items) return qv_fail(err, QV_ENOMEM, "out of memory");
+  pthread_rwlock_rdlock(&c->rw);
+  MDB_txn *txn = NULL;
+  MDB_cursor *cur = NULL;
+  qv_status st = QV_OK;
+  int rc = mdb_txn_begin(c->env, NULL, MDB_RDONLY, &txn);
+  if (!rc) rc = mdb_cursor_open(txn, c->points, &cur);
+  uint8_t key[RECORD_KEY_MAX];
+  MDB_val k = {0, key}, v;
+  if (!rc) {
+    if (offset) {
+      k.mv_size = record_key_encode(key, offset);
+      rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
+    } else {
+      rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST);
+    }
+  }
+  for (; rc == 0 && !st; rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
+    qv_point_id id;
+    if (record_key_decode(&id, k.mv_data, k.mv_size)) continue;
+    int64_t row = idmap_get(&c->map, &id);
+    if (row < 0) continue; /* skipped as corrupt at open */
+    if (f && !filter_match(f, &id, c->payloads[row])) continue;
+    if (out->count == limit) {
+      *has_next = 1;
+      *next_offset = id;
+      break;
+    }
+    st = fill_record(c, (size_t)row, 0, with_payload, with_vector, &out->items[out->count++]);
+    if (st) st = qv_fail(err, st, "out of memory");
+  }
+  if (rc && rc != MDB_NOTFOUND && !st) st = lmdb_fail(err, rc, "scrolling");
+  if (cur) mdb_cursor_close(cur);
+  if (txn) mdb_txn_abort(txn);
+  pthread_rwlock_unlock(&c->rw);
+  if (st) qv_records_free(out);
+  return st;
+}
+
+/* ---- search --------------------------------------------------------------------------- */
+
+static int passes_threshold(qv_distance d, float score, float t) {
+  return dist_higher_is_better(d) ? score >= t : score <= t;
+}
+
+/* Bitmap of rows that match the filter; caller holds rw. */
+static uint64_t *filter_mask(const qv_collection *c, const qv_filter *f) {
+  uint64_t *mask = calloc((c->n + 63) / 64 + 1, sizeof *mask);
+  if (!mask) return NULL;
+  for (size_t r = 0; r < c->n; r++)
+    if (filter_match(f, &c->ids[r], c->payloads[r])) mask[r / 64] |= 1ULL << (r % 64);
+  return mask;
+}
+
+qv_status qv_collection_search(qv_collection *c, const float *queries, size_t nq,
+                               const qv_search_params *p, qv_records *out, qv_error *err) {
+  size_t dim = c->cfg.size, limit = p->limit ? p->limit : 10;
+  for (size_t q = 0; q < nq; q++) out[q] = (qv_records){0};
+  if (nq == 0) return QV_OK;
+  for (size_t q = 0; q < nq; q++)
+    for (size_t i = 0; i < dim; i++)
+      if (!isfinite(queries[q * dim + i]))
+        return qv_fail(err, QV_ENONFINITE, "query %zu: component %zu is %s", q, i,
+                       isnan(queries[q * dim + i]) ? "NaN" : "infinite");
+  size_t k = limit + p->offset;
+  if (k < limit) return qv_fail(err, QV_ERANGE, "limit + offset overflows");
+  size_t qbytes, hbytes;
+  if (qv_mul_overflow(nq, dim * sizeof(float), &qbytes))
+    return qv_fail(err, QV_ERANGE, "too many queries");
+  float *qs = qv_aligned_alloc(qbytes);
+  if (!qs) return qv_fail(err, QV_ENOMEM, "out of memory");
+  memcpy(qs, queries, qbytes);
+  if (c->cfg.distance == QV_DIST_COSINE)
+    for (size_t q = 0; q < nq; q++) dist_normalize(qs + q * dim, dim);
+
+  pthread_rwlock_rdlock(&c->rw);
+  if (k > c->n) k = c->n;
+  flat_hit *hits = NULL;
+  size_t *counts = calloc(nq, sizeof *counts);
+  uint64_t *mask = NULL;
+  qv_status st = counts ? QV_OK : QV_ENOMEM;
+  if (!st && k > 0) {
+    if (qv_mul_overflow(nq, k * sizeof(flat_hit), &hbytes) || !(hits = malloc(hbytes))) st = QV_ENOMEM;
+    if (!st && p->filter && !(mask = filter_mask(c, p->filter))) st = QV_ENOMEM;
+    if (!st) {
+      flat_matrix m = {c->vecs, c->sqnorms, c->n, dim, c->stride};
+      st = flat_search(hits, counts, qs, nq, &m, c->cfg.distance, k, mask, pool_default());
+    }
+  }
+  for (size_t q = 0; q < nq && !st; q++) {
+    size_t got = counts[q];
+    out[q].items = calloc(got > p->offset ? got - p->offset : 1, sizeof(qv_record));
+    if (!out[q].items) {
+      st = QV_ENOMEM;
+      break;
+    }
+    for (size_t i = p->offset; i < got && !st; i++) {
+      const flat_hit *h = &hits[q * k + i];
+      if (p->has_score_threshold && !passes_threshold(c->cfg.distance, h->score, p->score_threshold))
+        break;
+      st = fill_record(c, h->row, h->score, p->with_payload, p->with_vector, &out[q].items[out[q].count++]);
+    }
+  }
+  pthread_rwlock_unlock(&c->rw);
+  free(mask);
+  free(hits);
+  free(counts);
+  qv_aligned_free(qs);
+  if (st) {
+    for (size_t q = 0; q < nq; q++) qv_records_free(&out[q]);
+    return qv_fail(err, st, "search failed: %s", qv_strerror(st));
+  }
+  return QV_OK;
+}

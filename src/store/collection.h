@@ -1,0 +1,19 @@
+/* Internal: how the data directory (db.c) opens and creates collections. */
+#ifndef QV_STORE_COLLECTION_H
+#define QV_STORE_COLLECTION_H
+
+#include "quiver.h"
+
+/* Makes a new collection's LMDB environment in the existing, empty directory `dir` and
+ * writes its configuration durably. */
+qv_status collection_init_dir(const char *dir, const char *name, const qv_collection_config *cfg,
+                              qv_error *err);
+/* Opens the collection stored in `dir` and loads its points into memory. */
+qv_status collection_open_dir(qv_collection **out, const char *dir, const char *name, qv_error *err);
+void collection_close(qv_collection *c);
+
+/* Whether `name` may be a collection name: 1..QV_MAX_NAME bytes of [A-Za-z0-9_.-], not
+ * starting with '.', so it is always one safe path component. */
+qv_status collection_name_check(const char *name, qv_error *err);
+
+#endif
