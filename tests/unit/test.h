@@ -86,8 +86,8 @@ static int test_outcome_; /* 0 pass, 1 fail, 2 skip */
   } while (0)
 
 static inline int test_run_all_(const test_case *cases, size_t n, int argc, char **argv) {
-  int failed = 0, passed = 0, skipped = 0;
-  for (size_t i = 0; i < n; i++) {
+  volatile int failed = 0, passed = 0, skipped = 0;
+  for (volatile size_t i = 0; i < n; i++) {
     if (argc > 1 && strcmp(argv[1], cases[i].name) != 0) continue;
     test_outcome_ = 0;
     if (setjmp(test_jmp_) == 0) cases[i].fn();
