@@ -6,9 +6,16 @@
  * in `mask` (a bitmap of n bits, bit r = word r/64, bit r%64) are skipped; a NULL mask
  * allows every row.
  *
+ * A row whose score is NaN ranks below every real score (ties by row), so it appears only
+ * when fewer than k rows score a number.
+ *
  * One query scans with the SIMD kernels, split over the pool for large n. A batch of
  * queries is computed as a blocked matrix product (OpenBLAS sgemm) with bounded top-k
- * heaps per query, also spread over the pool. */
+ * heaps per query, also spread over the pool; Manhattan always scans. In the batch path
+ * Euclid ranks by |q|^2 + |x|^2 - 2 q.x and then rescores the k results exactly, so near
+ * the k-th place a row within about 1e-7 * (|q|^2 + |x|^2) of the cut-off may be swapped
+ * for its neighbour. The first batch search sets OpenBLAS to one thread, process-wide
+ * (see flat.c). pool may be NULL (runs on the calling thread). */
 #ifndef QV_INDEX_FLAT_H
 #define QV_INDEX_FLAT_H
 
@@ -30,7 +37,9 @@ typedef struct flat_matrix {
 } flat_matrix;
 
 /* hits: (nq, k) filled best-first; counts: (nq) how many hits each query got
- * (min(k, allowed rows)). queries: (nq, dim). */
+ * (min(k, allowed rows)). queries: (nq, dim). k == 0 or n == 0 sets every count to 0 (hits
+ * may then be NULL). QV_EINVAL for dim 0, stride < dim, n > UINT32_MAX or an unknown
+ * distance; QV_ENOMEM when scratch cannot be allocated. */
 qv_status flat_search(flat_hit *hits, size_t *counts, const float *queries, size_t nq,
                       const flat_matrix *m, qv_distance dist, size_t k, const uint64_t *mask,
                       qv_pool *pool);
