@@ -53,11 +53,14 @@ integration: build venv
 
 test: unit integration
 
-asan-test: deps
+asan-test: deps venv
 	CC=clang cmake -S . -B $(ASAN_BUILD) -DCMAKE_BUILD_TYPE=Debug -DQUIVER_SANITIZE=ON >/dev/null
 	cmake --build $(ASAN_BUILD) -j $(JOBS)
 	cd $(ASAN_BUILD) && ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
 	  ctest --output-on-failure -j $(JOBS)
+	ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
+	  QUIVER_BIN=$(abspath $(ASAN_BUILD))/quiver QUIVER_CRASH_WRITER=$(abspath $(ASAN_BUILD))/qv_crash_writer \
+	  $(VENV)/bin/pytest -q tests/integration
 
 fuzz: deps
 	CC=clang cmake -S . -B $(FUZZ_BUILD) -DCMAKE_BUILD_TYPE=Debug -DQUIVER_FUZZ=ON >/dev/null
