@@ -14,7 +14,8 @@ DATA_DIR ?= ./quiver-data
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 DEB_PACKAGES := build-essential cmake pkg-config clang libclang-rt-14-dev \
-	libjansson-dev liblmdb-dev libopenblas-dev python3 python3-venv
+	libjansson-dev liblmdb-dev libopenblas-dev libutf8proc-dev libssl-dev \
+	python3 python3-venv python3-pip
 
 .PHONY: all deps build run demo test unit integration asan-test fuzz venv bench-exact clean
 
@@ -65,7 +66,7 @@ asan-test: deps venv
 fuzz: deps
 	CC=clang cmake -S . -B $(FUZZ_BUILD) -DCMAKE_BUILD_TYPE=Debug -DQUIVER_FUZZ=ON >/dev/null
 	cmake --build $(FUZZ_BUILD) -j $(JOBS)
-	@set -e; for f in $(FUZZ_BUILD)/fuzz_*; do \
+	@set -eo pipefail; for f in $(FUZZ_BUILD)/fuzz_*; do \
 	  name=$$(basename $$f); mkdir -p $(FUZZ_BUILD)/corpus/$$name; \
 	  echo "fuzzing $$name for $(FUZZ_SECONDS)s"; \
 	  $$f -max_total_time=$(FUZZ_SECONDS) -max_len=65536 -print_final_stats=0 \
