@@ -1,0 +1,645 @@
+/* The CPU backend: OpenBLAS sgemm for the products, SIMD kernels for the rest, all spread
+ * over the process-wide pool.
+ *
+ * Threads: as in index/flat.c, the pool is the only source of parallelism. Every task
+ * calls a single-threaded sgemm on its own block (OpenBLAS is set to one thread on the
+ * first backend_cpu call); letting OpenBLAS thread inside each pool task would run
+ * 2 x 2 threads on 2 cores.
+ *
+ * Elementwise kernels come in a portable and an AVX2+FMA version behind one table chosen
+ * at load time (QUIVER_ISA caps it). Both evaluate the same polynomials, so they agree to
+ * within rounding; the AVX2 versions handle tails with masked loads rather than scalar
+ * code, so a row gives the same result wherever it sits in a batch.
+ *
+ * GELU is the exact-erf form. libm's erff costs ~10 ns a value, which at 256 tokens would
+ * rival the GEMMs, so erf/erfc are evaluated here in SIMD with two fitted pieces (Lawson
+ * minimax fits in relative error, coefficients below; max fit error ~8e-9):
+ *   z in [0, 1]:  erf(z)  = z + z P1(z^2)                   (degree 6 in z^2)
+ *   z in [.5, 10]: erfc(z) = exp(-z^2) t R(t - 0.4), t = 1/(1 + z/2)  (degree 8)
+ * and GELU takes 1 + erf(x/sqrt2) as erfc(|x|/sqrt2) for negative x, so its negative tail
+ * keeps full relative precision instead of cancelling to zero. exp(-z^2) takes z^2 as an
+ * exact hi + lo pair (an FMA), and GELU forms it from x^2 / 2 rather than from the rounded
+ * x / sqrt2, so large |x| loses no accuracy there. Measured (tests/unit/test_backend.c):
+ * erf within ~1.2e-7 relative (libm erff: 8e-8), GELU within ~4e-7 relative over
+ * [-13, 13]; the remaining error is float rounding in exp and Horner (2-4 ulps). */
+#include "compute/backend.h"
+
+#include <cblas.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "base/pool.h"
+
+#if defined(__x86_64__) || defined(_M_X64)
+#define QV_X86 1
+#include <immintrin.h>
+#endif
+
+/* Work (in multiply-adds, or elements for elementwise ops) below which an op runs on the
+ * calling thread: waking the pool costs more than it saves. */
+#define CPU_PAR_MACS (1u << 21)
+#define CPU_PAR_ELEMS (1u << 15)
+#ifndef CPU_LINEAR_ROWS
+#define CPU_LINEAR_ROWS 256 /* rows per linear task: several tasks per thread for balance */
+#endif
+#define CPU_ELEM_CHUNK (1u << 15) /* elements per GELU task */
+
+/* ---- Coefficients, shared by both ISAs ------------------------------------------------ */
+
+static const float ERF_P[7] = {7.854018258e-05f, -8.010245179e-04f, 5.188334210e-03f,
+                               -2.685381591e-02f, 1.128358527e-01f,  -3.761262584e-01f,
+                               1.283791660e-01f}; /* the constant less 1: erf = z + z P1 */
+static const float ERFC_R[9] = {-6.179232933e-02f, 1.007327445e-01f, 4.313388397e-02f,
+                                -1.470942791e-01f, -1.079883703e-01f, 2.024900184e-01f,
+                                5.060615792e-01f,  5.803759382e-01f,  4.475028743e-01f};
+/* Q(t) = t R(t - ERFC_T0): Q vanishes with t, so factoring t out keeps its relative error
+ * that of t, and centring R keeps Horner's partial sums small. */
+#define ERFC_T0 0.4f
+/* The pieces overlap on [0.5, 1]. erf switches late, where 1 - erfc cancels least; GELU
+ * switches early, where its negative side 1 - erf(z) starts to cancel. */
+#define ERF_SPLIT 0.921875f
+#define GELU_SPLIT 0.5f
+#define SQRT1_2 0.70710678118654752f
+/* Cephes expf: exp(r) = 1 + r + r^2 E(r) on |r| <= ln2/2, with ln2 split for reduction. */
+static const float EXP_E[6] = {1.9875691500e-4f, 1.3981999507e-3f, 8.3334519073e-3f,
+                               4.1665795894e-2f, 1.6666665459e-1f, 5.0000001201e-1f};
+#define LOG2E 1.44269504088896341f
+#define LN2_HI 0.693359375f
+#define LN2_LO -2.12194440e-4f
+#define EXP_MIN -87.33654475f /* below this the result is 0 (2^-126 would be next) */
+#define EXP_MAX 88.3762626647949f
+
+/* ---- Portable kernels ----------------------------------------------------------------- */
+
+/* exp(x - lo), lo a small correction below x's last bit (or 0); 0 below EXP_MIN. */
+static inline float exp_s(float x, float lo) {
+  if (x != x) return x;
+  if (x < EXP_MIN) return 0.0f;
+  if (x > EXP_MAX) x = EXP_MAX;
+  float n = nearbyintf(x * LOG2E);
+  float r = x - n * LN2_HI;
+  r = r - n * LN2_LO;
+  r = r - lo;
+  float y = EXP_E[0];
+  for (int i = 1; i < 6; i++) y = y * r + EXP_E[i];
+  y = y * r * r + r + 1.0f;
+  return ldexpf(y, (int)n);
+}
+
+static inline float erf_small_s(float z) { /* z + z P1(z^2), z in [0, 1] */
+  float z2 = z * z, p = ERF_P[0];
+  for (int i = 1; i < 7; i++) p = p * z2 + ERF_P[i];
+  return fmaf(z, p, z);
+}
+
+/* erfc(z) for z >= 0, given z^2 = hi + lo exactly (see gelu for why it is passed in). */
+static inline float erfc_big_s(float z, float hi, float lo) {
+  float t = 1.0f / (1.0f + 0.5f * z), s = t - ERFC_T0, q = ERFC_R[0];
+  for (int i = 1; i < 9; i++) q = q * s + ERFC_R[i];
+  return exp_s(-hi, lo) * (t * q);
+}
+
+static void erf_portable(float *out, const float *x, size_t n) {
+  for (size_t i = 0; i < n; i++) {
+    float v = x[i], z = fabsf(v);
+    float hi = z * z, lo = fmaf(z, z, -hi);
+    float e = z < ERF_SPLIT ? erf_small_s(z) : 1.0f - erfc_big_s(z, hi, lo);
+    out[i] = copysignf(e, v);
+  }
+}
+
+static void gelu_portable(float *x, size_t n) {
+  for (size_t i = 0; i < n; i++) {
+    float v = x[i], z = fabsf(v) * SQRT1_2;
+    float hi = v * v, lo = fmaf(v, v, -hi); /* z^2 = (hi + lo) / 2, exactly */
+    float g;
+    if (z < GELU_SPLIT) g = 0.5f * v + 0.5f * fabsf(v) * erf_small_s(z);
+    else if (v > 0) g = v * (1.0f - 0.5f * erfc_big_s(z, 0.5f * hi, 0.5f * lo));
+    else g = 0.5f * v * erfc_big_s(z, 0.5f * hi, 0.5f * lo);
+    x[i] = g;
+  }
+}
+
+/* out (C) = layernorm(a + r) * w + b; r may be NULL; out may alias a or r. */
+static void layernorm_row_portable(float *out, const float *a, const float *r, const float *w,
+                                   const float *b, int C, float eps) {
+  float s = 0.0f;
+  for (int i = 0; i < C; i++) {
+    float v = r ? a[i] + r[i] : a[i];
+    out[i] = v;
+    s += v;
+  }
+  float mean = s / (float)C, ss = 0.0f;
+  for (int i = 0; i < C; i++) {
+    float d = out[i] - mean;
+    ss += d * d;
+  }
+  float rstd = 1.0f / sqrtf(ss / (float)C + eps);
+  for (int i = 0; i < C; i++) out[i] = (out[i] - mean) * rstd * w[i] + b[i];
+}
+
+/* x (n) = softmax(x), n >= 1 */
+static void softmax_row_portable(float *x, int n) {
+  float m = x[0];
+  for (int i = 1; i < n; i++) m = x[i] > m ? x[i] : m;
+  float s = 0.0f;
+  for (int i = 0; i < n; i++) {
+    x[i] = exp_s(x[i] - m, 0.0f);
+    s += x[i];
+  }
+  float inv = 1.0f / s;
+  for (int i = 0; i < n; i++) x[i] *= inv;
+}
+
+/* out (rows, ld) += bias (N) on the first N columns of each row */
+static void add_bias_portable(float *out, const float *bias, int rows, int N, int ld) {
+  for (int r = 0; r < rows; r++) {
+    float *o = out + (size_t)r * ld;
+    for (int i = 0; i < N; i++) o[i] += bias[i];
+  }
+}
+
+typedef struct cpu_kernels {
+  void (*erf)(float *out, const float *x, size_t n);
+  void (*gelu)(float *x, size_t n);
+  void (*layernorm_row)(float *out, const float *a, const float *r, const float *w,
+                        const float *b, int C, float eps);
+  void (*softmax_row)(float *x, int n);
+  void (*add_bias)(float *out, const float *bias, int rows, int N, int ld);
+  const char *isa;
+} cpu_kernels;
+
+static const cpu_kernels k_portable = {erf_portable, gelu_portable, layernorm_row_portable,
+                                       softmax_row_portable, add_bias_portable, "portable"};
+
+/* ---- AVX2 + FMA kernels --------------------------------------------------------------- */
+
+#ifdef QV_X86
+#define AVX2 __attribute__((target("avx2,fma")))
+
+/* Lane mask selecting the first r (0..8) lanes. */
+AVX2 static inline __m256i tail_mask(size_t r) {
+  static const int lanes[16] = {-1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0};
+  return _mm256_loadu_si256((const __m256i *)(lanes + 8 - r));
+}
+
+AVX2 static inline float hsum8(__m256 v) {
+  __m128 lo = _mm256_castps256_ps128(v), hi = _mm256_extractf128_ps(v, 1);
+  lo = _mm_add_ps(lo, hi);
+  lo = _mm_add_ps(lo, _mm_movehl_ps(lo, lo));
+  lo = _mm_add_ss(lo, _mm_movehdup_ps(lo));
+  return _mm_cvtss_f32(lo);
+}
+
+AVX2 static inline float hmax8(__m256 v) {
+  __m128 lo = _mm256_castps256_ps128(v), hi = _mm256_extractf128_ps(v, 1);
+  lo = _mm_max_ps(lo, hi);
+  lo = _mm_max_ps(lo, _mm_movehl_ps(lo, lo));
+  lo = _mm_max_ss(lo, _mm_movehdup_ps(lo));
+  return _mm_cvtss_f32(lo);
+}
+
+/* exp(x - lo); 0 below EXP_MIN; NaN stays NaN. */
+AVX2 static inline __m256 exp8(__m256 x, __m256 lo) {
+  __m256 under = _mm256_cmp_ps(x, _mm256_set1_ps(EXP_MIN), _CMP_GE_OQ);
+  x = _mm256_min_ps(_mm256_set1_ps(EXP_MAX), x);
+  x = _mm256_max_ps(_mm256_set1_ps(EXP_MIN), x); /* min/max pass a NaN x through */
+  __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(LOG2E)),
+                             _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(LN2_HI), x);
+  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(LN2_LO), r);
+  r = _mm256_sub_ps(r, lo);
+  __m256 y = _mm256_set1_ps(EXP_E[0]);
+  for (int i = 1; i < 6; i++) y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(EXP_E[i]));
+  y = _mm256_fmadd_ps(y, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
+  __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+  y = _mm256_mul_ps(y, _mm256_castsi256_ps(e));
+  /* lanes below EXP_MIN give 0; NaN lanes (compare false) must stay NaN */
+  __m256 nan = _mm256_cmp_ps(x, x, _CMP_UNORD_Q);
+  return _mm256_or_ps(_mm256_and_ps(y, under), nan);
+}
+
+AVX2 static inline __m256 erf_small8(__m256 z) {
+  __m256 z2 = _mm256_mul_ps(z, z), p = _mm256_set1_ps(ERF_P[0]);
+  for (int i = 1; i < 7; i++) p = _mm256_fmadd_ps(p, z2, _mm256_set1_ps(ERF_P[i]));
+  return _mm256_fmadd_ps(z, p, z);
+}
+
+/* erfc(z) for z >= 0, given z^2 = hi + lo exactly. */
+AVX2 static inline __m256 erfc_big8(__m256 z, __m256 hi, __m256 lo) {
+  __m256 one = _mm256_set1_ps(1.0f);
+  __m256 t = _mm256_div_ps(one, _mm256_fmadd_ps(z, _mm256_set1_ps(0.5f), one));
+  __m256 s = _mm256_sub_ps(t, _mm256_set1_ps(ERFC_T0));
+  __m256 q = _mm256_set1_ps(ERFC_R[0]);
+  for (int i = 1; i < 9; i++) q = _mm256_fmadd_ps(q, s, _mm256_set1_ps(ERFC_R[i]));
+  q = _mm256_mul_ps(q, t);
+  __m256 neg = _mm256_set1_ps(-0.0f);
+  return _mm256_mul_ps(exp8(_mm256_xor_ps(hi, neg), lo), q);
+}
+
+AVX2 static inline __m256 erf8(__m256 v) {
+  __m256 sign = _mm256_set1_ps(-0.0f);
+  __m256 z = _mm256_andnot_ps(sign, v);
+  __m256 small = _mm256_cmp_ps(z, _mm256_set1_ps(ERF_SPLIT), _CMP_LT_OQ);
+  __m256 hi = _mm256_mul_ps(z, z), lo = _mm256_fmsub_ps(z, z, hi);
+  __m256 big = _mm256_sub_ps(_mm256_set1_ps(1.0f), erfc_big8(z, hi, lo));
+  __m256 e = _mm256_blendv_ps(big, erf_small8(z), small);
+  return _mm256_or_ps(e, _mm256_and_ps(v, sign));
+}
+
+AVX2 static inline __m256 gelu8(__m256 v) {
+  __m256 sign = _mm256_set1_ps(-0.0f), half = _mm256_set1_ps(0.5f);
+  __m256 a = _mm256_andnot_ps(sign, v);
+  __m256 z = _mm256_mul_ps(a, _mm256_set1_ps(SQRT1_2));
+  __m256 small = _mm256_cmp_ps(z, _mm256_set1_ps(GELU_SPLIT), _CMP_LT_OQ);
+  __m256 pos = _mm256_cmp_ps(v, _mm256_setzero_ps(), _CMP_GT_OQ);
+  __m256 hv = _mm256_mul_ps(half, v);
+  __m256 gs = _mm256_fmadd_ps(_mm256_mul_ps(half, a), erf_small8(z), hv);
+  /* z^2 from v^2 / 2 rather than from the rounded z: at |v| = 12 the rounding of
+   * v / sqrt2 alone would cost 1e-5 relative in erfc. */
+  __m256 hi = _mm256_mul_ps(v, v), lo = _mm256_fmsub_ps(v, v, hi);
+  __m256 ec = erfc_big8(z, _mm256_mul_ps(half, hi), _mm256_mul_ps(half, lo));
+  /* v (1 - erfc/2), multiplied last so that v = +inf gives +inf rather than inf - inf */
+  __m256 gp = _mm256_mul_ps(v, _mm256_fnmadd_ps(half, ec, _mm256_set1_ps(1.0f)));
+  __m256 gn = _mm256_mul_ps(hv, ec);       /* v erfc / 2 */
+  return _mm256_blendv_ps(_mm256_blendv_ps(gn, gp, pos), gs, small);
+}
+
+AVX2 static void erf_avx2(float *out, const float *x, size_t n) {
+  size_t i = 0;
+  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(out + i, erf8(_mm256_loadu_ps(x + i)));
+  if (i < n) {
+    __m256i m = tail_mask(n - i);
+    _mm256_maskstore_ps(out + i, m, erf8(_mm256_maskload_ps(x + i, m)));
+  }
+}
+
+AVX2 static void gelu_avx2(float *x, size_t n) {
+  size_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    __m256 a = gelu8(_mm256_loadu_ps(x + i)), b = gelu8(_mm256_loadu_ps(x + i + 8));
+    _mm256_storeu_ps(x + i, a);
+    _mm256_storeu_ps(x + i + 8, b);
+  }
+  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(x + i, gelu8(_mm256_loadu_ps(x + i)));
+  if (i < n) {
+    __m256i m = tail_mask(n - i);
+    _mm256_maskstore_ps(x + i, m, gelu8(_mm256_maskload_ps(x + i, m)));
+  }
+}
+
+AVX2 static void layernorm_row_avx2(float *out, const float *a, const float *r, const float *w,
+                                    const float *b, int C, float eps) {
+  __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
+  int i = 0;
+  for (; i + 8 <= C; i += 8) {
+    __m256 v = _mm256_loadu_ps(a + i);
+    if (r) v = _mm256_add_ps(v, _mm256_loadu_ps(r + i));
+    _mm256_storeu_ps(out + i, v);
+    s0 = _mm256_add_ps(s0, v);
+  }
+  __m256i m = tail_mask((size_t)(C - i));
+  if (i < C) {
+    __m256 v = _mm256_maskload_ps(a + i, m);
+    if (r) v = _mm256_add_ps(v, _mm256_maskload_ps(r + i, m));
+    _mm256_maskstore_ps(out + i, m, v);
+    s1 = v;
+  }
+  float mean = hsum8(_mm256_add_ps(s0, s1)) / (float)C;
+  __m256 mv = _mm256_set1_ps(mean);
+  s0 = _mm256_setzero_ps();
+  s1 = _mm256_setzero_ps();
+  for (i = 0; i + 8 <= C; i += 8) {
+    __m256 d = _mm256_sub_ps(_mm256_loadu_ps(out + i), mv);
+    s0 = _mm256_fmadd_ps(d, d, s0);
+  }
+  if (i < C) {
+    __m256 d = _mm256_and_ps(_mm256_sub_ps(_mm256_maskload_ps(out + i, m), mv),
+                             _mm256_castsi256_ps(m));
+    s1 = _mm256_mul_ps(d, d);
+  }
+  float rstd = 1.0f / sqrtf(hsum8(_mm256_add_ps(s0, s1)) / (float)C + eps);
+  __m256 rv = _mm256_set1_ps(rstd);
+  for (i = 0; i + 8 <= C; i += 8) {
+    __m256 d = _mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(out + i), mv), rv);
+    _mm256_storeu_ps(out + i, _mm256_fmadd_ps(d, _mm256_loadu_ps(w + i), _mm256_loadu_ps(b + i)));
+  }
+  if (i < C) {
+    __m256 d = _mm256_mul_ps(_mm256_sub_ps(_mm256_maskload_ps(out + i, m), mv), rv);
+    _mm256_maskstore_ps(out + i, m,
+                        _mm256_fmadd_ps(d, _mm256_maskload_ps(w + i, m), _mm256_maskload_ps(b + i, m)));
+  }
+}
+
+AVX2 static void softmax_row_avx2(float *x, int n) {
+  __m256 mx = _mm256_set1_ps(-INFINITY);
+  int i = 0;
+  for (; i + 8 <= n; i += 8) mx = _mm256_max_ps(mx, _mm256_loadu_ps(x + i));
+  __m256i m = tail_mask((size_t)(n - i));
+  if (i < n)
+    mx = _mm256_max_ps(mx, _mm256_blendv_ps(_mm256_set1_ps(-INFINITY), _mm256_maskload_ps(x + i, m),
+                                            _mm256_castsi256_ps(m)));
+  __m256 mv = _mm256_set1_ps(hmax8(mx)), zero = _mm256_setzero_ps();
+  __m256 s0 = zero, s1 = zero;
+  for (i = 0; i + 8 <= n; i += 8) {
+    __m256 e = exp8(_mm256_sub_ps(_mm256_loadu_ps(x + i), mv), zero);
+    _mm256_storeu_ps(x + i, e);
+    s0 = _mm256_add_ps(s0, e);
+  }
+  if (i < n) {
+    __m256 e = _mm256_and_ps(exp8(_mm256_sub_ps(_mm256_maskload_ps(x + i, m), mv), zero),
+                             _mm256_castsi256_ps(m));
+    _mm256_maskstore_ps(x + i, m, e);
+    s1 = e;
+  }
+  __m256 inv = _mm256_set1_ps(1.0f / hsum8(_mm256_add_ps(s0, s1)));
+  for (i = 0; i + 8 <= n; i += 8) _mm256_storeu_ps(x + i, _mm256_mul_ps(_mm256_loadu_ps(x + i), inv));
+  if (i < n) _mm256_maskstore_ps(x + i, m, _mm256_mul_ps(_mm256_maskload_ps(x + i, m), inv));
+}
+
+AVX2 static void add_bias_avx2(float *out, const float *bias, int rows, int N, int ld) {
+  __m256i m = tail_mask((size_t)(N % 8));
+  for (int r = 0; r < rows; r++) {
+    float *o = out + (size_t)r * ld;
+    int i = 0;
+    for (; i + 8 <= N; i += 8)
+      _mm256_storeu_ps(o + i, _mm256_add_ps(_mm256_loadu_ps(o + i), _mm256_loadu_ps(bias + i)));
+    if (i < N)
+      _mm256_maskstore_ps(o + i, m,
+                          _mm256_add_ps(_mm256_maskload_ps(o + i, m), _mm256_maskload_ps(bias + i, m)));
+  }
+}
+
+static const cpu_kernels k_avx2 = {erf_avx2, gelu_avx2, layernorm_row_avx2, softmax_row_avx2,
+                                   add_bias_avx2, "avx2"};
+#endif
+
+/* Written by the load-time constructor (and backend_cpu_force_isa in tests). */
+static const cpu_kernels *kern = &k_portable;
+
+static const cpu_kernels *select_kernels(const char *cap) {
+  if (cap && strcmp(cap, "portable") == 0) return &k_portable;
+#ifdef QV_X86
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return &k_avx2;
+#endif
+  return &k_portable;
+}
+
+__attribute__((constructor)) static void cpu_kernels_init(void) {
+  kern = select_kernels(getenv("QUIVER_ISA"));
+}
+
+const char *backend_cpu_isa(void) { return kern->isa; }
+
+const char *backend_cpu_force_isa(const char *isa) {
+  kern = select_kernels(isa);
+  return kern->isa;
+}
+
+void backend_cpu_erf(float *out, const float *x, size_t n) { kern->erf(out, x, n); }
+
+/* ---- Pool helpers --------------------------------------------------------------------- */
+
+static qv_pool *cpu_pool(void) { return pool_default(); }
+
+static int cpu_threads(void) {
+  qv_pool *p = cpu_pool();
+  return p ? pool_size(p) : 1;
+}
+
+/* ---- linear --------------------------------------------------------------------------- */
+
+typedef struct linear_job {
+  float *out;        /* (M, N) */
+  const float *inp;  /* (M, K) */
+  const float *w;    /* (N, K) */
+  const float *bias; /* (N) or NULL */
+  int M, N, K;
+  int rows, cols; /* block per task: rows of M (cols == N) or columns of N (rows == M) */
+  int ncol_blocks;
+} linear_job;
+
+static void linear_task(void *ctx, size_t task, int worker) {
+  (void)worker;
+  const linear_job *j = ctx;
+  int r0 = (int)(task / (size_t)j->ncol_blocks) * j->rows;
+  int c0 = (int)(task % (size_t)j->ncol_blocks) * j->cols;
+  int m = j->M - r0 < j->rows ? j->M - r0 : j->rows;
+  int n = j->N - c0 < j->cols ? j->N - c0 : j->cols;
+  float *o = j->out + (size_t)r0 * j->N + c0;
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, n, j->K, 1.0f,
+              j->inp + (size_t)r0 * j->K, j->K, j->w + (size_t)c0 * j->K, j->K, 0.0f, o, j->N);
+  if (j->bias) kern->add_bias(o, j->bias + c0, m, n, j->N);
+}
+
+static void cpu_linear(void *ctx, float *out, const float *inp, const float *w, const float *bias,
+                       int M, int N, int K) {
+  (void)ctx;
+  if (M <= 0 || N <= 0) return;
+  linear_job j = {out, inp, w, bias, M, N, K, M, N, 1};
+  int nt = cpu_threads();
+  double macs = (double)M * N * K;
+  size_t ntasks = 1;
+  if (nt > 1 && macs >= CPU_PAR_MACS) {
+    if (M >= 32 * nt) {
+      /* Row blocks: each task packs the whole weight once, which is cheap next to its
+       * rows x N x K products; several blocks per thread keep the load even. */
+      int per = (M + nt - 1) / nt;
+      if (per > CPU_LINEAR_ROWS) per = CPU_LINEAR_ROWS;
+      j.rows = (per + 7) & ~7;
+    } else {
+      /* Few rows (pooler, small batches): split the weight's rows instead. */
+      int per = (N + nt - 1) / nt;
+      j.cols = (per + 15) & ~15;
+      j.ncol_blocks = (N + j.cols - 1) / j.cols;
+    }
+    ntasks = (size_t)((M + j.rows - 1) / j.rows) * (size_t)j.ncol_blocks;
+  }
+  if (ntasks == 1) linear_task(&j, 0, 0);
+  else pool_run(cpu_pool(), ntasks, linear_task, &j);
+}
+
+/* ---- layernorm ------------------------------------------------------------------------ */
+
+typedef struct ln_job {
+  float *out;
+  const float *inp, *res, *w, *b;
+  int rows, C, per;
+  float eps;
+} ln_job;
+
+static void ln_task(void *ctx, size_t task, int worker) {
+  (void)worker;
+  const ln_job *j = ctx;
+  int r0 = (int)task * j->per, r1 = r0 + j->per < j->rows ? r0 + j->per : j->rows;
+  for (int r = r0; r < r1; r++) {
+    size_t off = (size_t)r * j->C;
+    kern->layernorm_row(j->out + off, j->inp + off, j->res ? j->res + off : NULL, j->w, j->b,
+                        j->C, j->eps);
+  }
+}
+
+static void cpu_layernorm(void *ctx, float *out, const float *inp, const float *residual,
+                          const float *w, const float *b, int rows, int C, float eps) {
+  (void)ctx;
+  if (rows <= 0) return;
+  ln_job j = {out, inp, residual, w, b, rows, C, rows, eps};
+  int nt = cpu_threads();
+  if (nt > 1 && (size_t)rows * C >= CPU_PAR_ELEMS) {
+    j.per = (int)(CPU_ELEM_CHUNK / (size_t)C) + 1;
+    pool_run(cpu_pool(), (size_t)((rows + j.per - 1) / j.per), ln_task, &j);
+  } else {
+    ln_task(&j, 0, 0);
+  }
+}
+
+/* ---- elementwise ---------------------------------------------------------------------- */
+
+typedef struct elem_job {
+  float *x;
+  size_t n;
+} elem_job;
+
+static void gelu_task(void *ctx, size_t task, int worker) {
+  (void)worker;
+  const elem_job *j = ctx;
+  size_t i0 = task * CPU_ELEM_CHUNK, n = j->n - i0 < CPU_ELEM_CHUNK ? j->n - i0 : CPU_ELEM_CHUNK;
+  kern->gelu(j->x + i0, n);
+}
+
+static void cpu_gelu(void *ctx, float *x, size_t n) {
+  (void)ctx;
+  elem_job j = {x, n};
+  size_t ntasks = (n + CPU_ELEM_CHUNK - 1) / CPU_ELEM_CHUNK;
+  if (ntasks > 1 && cpu_threads() > 1) pool_run(cpu_pool(), ntasks, gelu_task, &j);
+  else if (n) kern->gelu(x, n);
+}
+
+/* Only the pooler uses it (B x C values), so libm is fast enough. */
+static void cpu_tanh(void *ctx, float *x, size_t n) {
+  (void)ctx;
+  for (size_t i = 0; i < n; i++) x[i] = tanhf(x[i]);
+}
+
+/* ---- attention ------------------------------------------------------------------------ */
+
+typedef struct attn_job {
+  float *out;        /* (B, T, C) */
+  const float *qkv;  /* (B, T, 3C) */
+  const int *lens;   /* (B) */
+  float *scratch;    /* (workers, T, T) */
+  int T, C, NH, hd;
+  float scale;
+} attn_job;
+
+/* One (sequence, head): S = q k^T * scale over the valid len x len block, row softmax,
+ * out = S v. q, k and v are read in place from the fused qkv rows (leading dimension 3C)
+ * and the result lands in this head's columns of out (leading dimension C). */
+static void attn_task(void *ctx, size_t task, int worker) {
+  const attn_job *j = ctx;
+  int b = (int)(task / (size_t)j->NH), h = (int)(task % (size_t)j->NH);
+  int T = j->T, C = j->C, hd = j->hd;
+  int len = j->lens[b];
+  if (len < 0) len = 0;
+  if (len > T) len = T;
+  const float *q = j->qkv + (size_t)b * T * 3 * C + (size_t)h * hd;
+  const float *k = q + C, *v = q + 2 * C;
+  float *o = j->out + (size_t)b * T * C + (size_t)h * hd;
+  float *S = j->scratch + (size_t)worker * T * T; /* (len, len) */
+  if (len > 0) {
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, len, len, hd, j->scale, q, 3 * C, k,
+                3 * C, 0.0f, S, len);
+    for (int t = 0; t < len; t++) kern->softmax_row(S + (size_t)t * len, len);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, len, hd, len, 1.0f, S, len, v, 3 * C,
+                0.0f, o, C);
+  }
+  for (int t = len; t < T; t++) memset(o + (size_t)t * C, 0, (size_t)hd * sizeof *o);
+}
+
+static size_t cpu_attention_scratch(void *ctx, int B, int T, int NH) {
+  (void)ctx;
+  (void)B;
+  (void)NH;
+  return (size_t)cpu_threads() * T * T;
+}
+
+static void cpu_attention(void *ctx, float *out, const float *qkv, const int *lens, int B, int T,
+                          int C, int NH, float *scratch) {
+  (void)ctx;
+  if (B <= 0 || T <= 0) return;
+  int hd = C / NH;
+  attn_job j = {out, qkv, lens, scratch, T, C, NH, hd, 1.0f / sqrtf((float)hd)};
+  size_t ntasks = (size_t)B * NH;
+  if (cpu_threads() > 1 && (double)B * T * T * C >= CPU_PAR_MACS)
+    pool_run(cpu_pool(), ntasks, attn_task, &j);
+  else
+    for (size_t t = 0; t < ntasks; t++) attn_task(&j, t, 0);
+}
+
+/* ---- embed ---------------------------------------------------------------------------- */
+
+typedef struct embed_job {
+  float *out;
+  const int32_t *ids, *type_ids;
+  const float *word, *pos, *type;
+  const int *lens;
+  int B, T, C;
+} embed_job;
+
+static void embed_task(void *ctx, size_t task, int worker) {
+  (void)worker;
+  const embed_job *j = ctx;
+  int b = (int)task, T = j->T, C = j->C;
+  int len = j->lens ? j->lens[b] : T;
+  if (len < 0) len = 0;
+  if (len > T) len = T;
+  for (int t = 0; t < T; t++) {
+    float *o = j->out + ((size_t)b * T + t) * C;
+    if (t >= len) {
+      memset(o, 0, (size_t)C * sizeof *o);
+      continue;
+    }
+    size_t bt = (size_t)b * T + t;
+    const float *we = j->word + (size_t)j->ids[bt] * C, *pe = j->pos + (size_t)t * C;
+    const float *te = j->type + (size_t)(j->type_ids ? j->type_ids[bt] : 0) * C;
+    for (int i = 0; i < C; i++) o[i] = we[i] + pe[i] + te[i];
+  }
+}
+
+static void cpu_embed(void *ctx, float *out, const int32_t *ids, const int32_t *type_ids,
+                      const float *word, const float *pos, const float *type, const int *lens, int B,
+                      int T, int C) {
+  (void)ctx;
+  embed_job j = {out, ids, type_ids, word, pos, type, lens, B, T, C};
+  if (B > 1 && cpu_threads() > 1 && (size_t)B * T * C >= CPU_PAR_ELEMS)
+    pool_run(cpu_pool(), (size_t)B, embed_task, &j);
+  else
+    for (int b = 0; b < B; b++) embed_task(&j, (size_t)b, 0);
+}
+
+/* ---- the table ------------------------------------------------------------------------ */
+
+static const qv_backend cpu_backend = {
+    .api_version = QV_BACKEND_API_VERSION,
+    .name = "cpu",
+    .ctx = NULL,
+    .linear = cpu_linear,
+    .layernorm = cpu_layernorm,
+    .gelu = cpu_gelu,
+    .act_tanh = cpu_tanh,
+    .attention = cpu_attention,
+    .attention_scratch = cpu_attention_scratch,
+    .embed = cpu_embed,
+    .sync = NULL,
+};
+
+static pthread_once_t blas_once = PTHREAD_ONCE_INIT;
+static void blas_single_thread(void) { openblas_set_num_threads(1); }
+
+const qv_backend *backend_cpu(void) {
+  pthread_once(&blas_once, blas_single_thread);
+  return &cpu_backend;
+}
