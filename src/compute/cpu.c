@@ -32,10 +32,7 @@
 
 #include "base/pool.h"
 
-#if defined(__x86_64__) || defined(_M_X64)
-#define QV_X86 1
-#include <immintrin.h>
-#endif
+#include "compute/simd.h"
 
 /* Work (in multiply-adds, or elements for elementwise ops) below which an op runs on the
  * calling thread: waking the pool costs more than it saves. */
@@ -177,29 +174,7 @@ static const cpu_kernels k_portable = {erf_portable, gelu_portable, layernorm_ro
 /* ---- AVX2 + FMA kernels --------------------------------------------------------------- */
 
 #ifdef QV_X86
-#define AVX2 __attribute__((target("avx2,fma")))
 
-/* Lane mask selecting the first r (0..8) lanes. */
-AVX2 static inline __m256i tail_mask(size_t r) {
-  static const int lanes[16] = {-1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0};
-  return _mm256_loadu_si256((const __m256i *)(lanes + 8 - r));
-}
-
-AVX2 static inline float hsum8(__m256 v) {
-  __m128 lo = _mm256_castps256_ps128(v), hi = _mm256_extractf128_ps(v, 1);
-  lo = _mm_add_ps(lo, hi);
-  lo = _mm_add_ps(lo, _mm_movehl_ps(lo, lo));
-  lo = _mm_add_ss(lo, _mm_movehdup_ps(lo));
-  return _mm_cvtss_f32(lo);
-}
-
-AVX2 static inline float hmax8(__m256 v) {
-  __m128 lo = _mm256_castps256_ps128(v), hi = _mm256_extractf128_ps(v, 1);
-  lo = _mm_max_ps(lo, hi);
-  lo = _mm_max_ps(lo, _mm_movehl_ps(lo, lo));
-  lo = _mm_max_ss(lo, _mm_movehdup_ps(lo));
-  return _mm_cvtss_f32(lo);
-}
 
 /* exp(x - lo); 0 below EXP_MIN; NaN stays NaN. */
 AVX2 static inline __m256 exp8(__m256 x, __m256 lo) {
@@ -271,7 +246,7 @@ AVX2 static void erf_avx2(float *out, const float *x, size_t n) {
   size_t i = 0;
   for (; i + 8 <= n; i += 8) _mm256_storeu_ps(out + i, erf8(_mm256_loadu_ps(x + i)));
   if (i < n) {
-    __m256i m = tail_mask(n - i);
+    __m256i m = avx2_tail_mask(n - i);
     _mm256_maskstore_ps(out + i, m, erf8(_mm256_maskload_ps(x + i, m)));
   }
 }
@@ -285,7 +260,7 @@ AVX2 static void gelu_avx2(float *x, size_t n) {
   }
   for (; i + 8 <= n; i += 8) _mm256_storeu_ps(x + i, gelu8(_mm256_loadu_ps(x + i)));
   if (i < n) {
-    __m256i m = tail_mask(n - i);
+    __m256i m = avx2_tail_mask(n - i);
     _mm256_maskstore_ps(x + i, m, gelu8(_mm256_maskload_ps(x + i, m)));
   }
 }
@@ -300,14 +275,14 @@ AVX2 static void layernorm_row_avx2(float *out, const float *a, const float *r, 
     _mm256_storeu_ps(out + i, v);
     s0 = _mm256_add_ps(s0, v);
   }
-  __m256i m = tail_mask((size_t)(C - i));
+  __m256i m = avx2_tail_mask((size_t)(C - i));
   if (i < C) {
     __m256 v = _mm256_maskload_ps(a + i, m);
     if (r) v = _mm256_add_ps(v, _mm256_maskload_ps(r + i, m));
     _mm256_maskstore_ps(out + i, m, v);
     s1 = v;
   }
-  float mean = hsum8(_mm256_add_ps(s0, s1)) / (float)C;
+  float mean = avx2_hsum(_mm256_add_ps(s0, s1)) / (float)C;
   __m256 mv = _mm256_set1_ps(mean);
   s0 = _mm256_setzero_ps();
   s1 = _mm256_setzero_ps();
@@ -320,7 +295,7 @@ AVX2 static void layernorm_row_avx2(float *out, const float *a, const float *r, 
                              _mm256_castsi256_ps(m));
     s1 = _mm256_mul_ps(d, d);
   }
-  float rstd = 1.0f / sqrtf(hsum8(_mm256_add_ps(s0, s1)) / (float)C + eps);
+  float rstd = 1.0f / sqrtf(avx2_hsum(_mm256_add_ps(s0, s1)) / (float)C + eps);
   __m256 rv = _mm256_set1_ps(rstd);
   for (i = 0; i + 8 <= C; i += 8) {
     __m256 d = _mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(out + i), mv), rv);
@@ -337,11 +312,11 @@ AVX2 static void softmax_row_avx2(float *x, int n) {
   __m256 mx = _mm256_set1_ps(-INFINITY);
   int i = 0;
   for (; i + 8 <= n; i += 8) mx = _mm256_max_ps(mx, _mm256_loadu_ps(x + i));
-  __m256i m = tail_mask((size_t)(n - i));
+  __m256i m = avx2_tail_mask((size_t)(n - i));
   if (i < n)
     mx = _mm256_max_ps(mx, _mm256_blendv_ps(_mm256_set1_ps(-INFINITY), _mm256_maskload_ps(x + i, m),
                                             _mm256_castsi256_ps(m)));
-  __m256 mv = _mm256_set1_ps(hmax8(mx)), zero = _mm256_setzero_ps();
+  __m256 mv = _mm256_set1_ps(avx2_hmax(mx)), zero = _mm256_setzero_ps();
   __m256 s0 = zero, s1 = zero;
   for (i = 0; i + 8 <= n; i += 8) {
     __m256 e = exp8(_mm256_sub_ps(_mm256_loadu_ps(x + i), mv), zero);
@@ -354,13 +329,13 @@ AVX2 static void softmax_row_avx2(float *x, int n) {
     _mm256_maskstore_ps(x + i, m, e);
     s1 = e;
   }
-  __m256 inv = _mm256_set1_ps(1.0f / hsum8(_mm256_add_ps(s0, s1)));
+  __m256 inv = _mm256_set1_ps(1.0f / avx2_hsum(_mm256_add_ps(s0, s1)));
   for (i = 0; i + 8 <= n; i += 8) _mm256_storeu_ps(x + i, _mm256_mul_ps(_mm256_loadu_ps(x + i), inv));
   if (i < n) _mm256_maskstore_ps(x + i, m, _mm256_mul_ps(_mm256_maskload_ps(x + i, m), inv));
 }
 
 AVX2 static void add_bias_avx2(float *out, const float *bias, int rows, int N, int ld) {
-  __m256i m = tail_mask((size_t)(N % 8));
+  __m256i m = avx2_tail_mask((size_t)(N % 8));
   for (int r = 0; r < rows; r++) {
     float *o = out + (size_t)r * ld;
     int i = 0;

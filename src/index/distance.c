@@ -12,10 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#if defined(__x86_64__) || defined(__i386__)
-#define QV_X86 1
-#include <immintrin.h>
-#endif
+#include "compute/simd.h"
 
 /* ---- Portable ------------------------------------------------------------------------ */
 
@@ -82,21 +79,6 @@ static float l1_portable(const float *a, const float *b, size_t n) {
 
 /* ---- AVX2 + FMA ---------------------------------------------------------------------- */
 
-#define AVX2 __attribute__((target("avx2,fma")))
-
-/* Lane mask selecting the first r (0..7) lanes: -1 in the lanes to load. */
-AVX2 static inline __m256i avx2_tail_mask(size_t r) {
-  static const int lanes[16] = {-1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0};
-  return _mm256_loadu_si256((const __m256i *)(lanes + 8 - r));
-}
-
-AVX2 static inline float avx2_hsum(__m256 v) {
-  __m128 lo = _mm256_castps256_ps128(v), hi = _mm256_extractf128_ps(v, 1);
-  lo = _mm_add_ps(lo, hi);
-  lo = _mm_add_ps(lo, _mm_movehl_ps(lo, lo));
-  lo = _mm_add_ss(lo, _mm_movehdup_ps(lo));
-  return _mm_cvtss_f32(lo);
-}
 
 AVX2 static float dot_avx2(const float *a, const float *b, size_t n) {
   __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps(), s2 = _mm256_setzero_ps(),
@@ -172,7 +154,6 @@ AVX2 static float l1_avx2(const float *a, const float *b, size_t n) {
 
 /* ---- AVX-512F ------------------------------------------------------------------------ */
 
-#define AVX512 __attribute__((target("avx512f")))
 
 AVX512 static float dot_avx512(const float *a, const float *b, size_t n) {
   __m512 s0 = _mm512_setzero_ps(), s1 = _mm512_setzero_ps(), s2 = _mm512_setzero_ps(),
