@@ -13,6 +13,10 @@ static const char usage[] =
     "  search COLLECTION                    exact top-k search\n"
     "  points get|upsert|delete|count|scroll  work with points\n"
     "  bench exact                          time exact search\n"
+    "  embed [TEXT...]                      text to vectors with an embedding model\n"
+    "  rerank QUERY DOC...                  score documents with a cross-encoder\n"
+    "  model list                           the models in the cache\n"
+    "  tokenize --tokenizer FILE            token ids, as Hugging Face tokenizers gives them\n"
     "  version                              print the version\n"
     "\n"
     "Every command takes --help. Data lives in --data-dir (default ./quiver-data, or\n"
@@ -37,5 +41,9 @@ int main(int argc, char **argv) {
   if (!strcmp(cmd, "search")) return cmd_search(argc - 1, argv + 1);
   if (!strcmp(cmd, "points")) return cmd_points(argc - 1, argv + 1);
   if (!strcmp(cmd, "bench")) return cmd_bench(argc - 1, argv + 1);
+  if (!strcmp(cmd, "tokenize")) return cmd_tokenize(argc - 1, argv + 1);
+  if (!strcmp(cmd, "embed")) return cmd_embed(argc - 1, argv + 1);
+  if (!strcmp(cmd, "rerank")) return cmd_rerank(argc - 1, argv + 1);
+  if (!strcmp(cmd, "model")) return cmd_model(argc - 1, argv + 1);
   cli_die("unknown command \"%s\" (see quiver --help)", cmd);
 }
