@@ -36,7 +36,8 @@ extern "C" {
   X(ESTORE, -14, "storage engine error")                                        \
   X(ESTICKY, -15, "storage failed earlier; reopen the collection")              \
   X(EUNSUPPORTED, -16, "not supported")                                         \
-  X(ERANGE, -17, "value out of range")
+  X(ERANGE, -17, "value out of range")                                          \
+  X(ETOOLONG, -18, "input is longer than the model accepts")
 
 typedef enum {
 #define QV_STATUS_ENUM(name, value, msg) QV_##name = value,
@@ -176,6 +177,44 @@ typedef struct qv_search_params {
 /* Exact search for nq queries (nq, size); out gets nq result lists. */
 qv_status qv_collection_search(qv_collection *c, const float *queries, size_t nq,
                                const qv_search_params *p, qv_records *out, qv_error *err);
+
+/* ---- Models ------------------------------------------------------------------------- */
+
+typedef struct qv_model qv_model;
+
+typedef enum { QV_MODEL_EMBEDDING = 0, QV_MODEL_RERANKER = 1 } qv_model_kind;
+typedef enum { QV_POOL_MEAN = 0, QV_POOL_CLS = 1, QV_POOL_MAX = 2 } qv_pooling;
+
+typedef struct qv_model_info {
+  const char *name;     /* the folder's name */
+  qv_model_kind kind;
+  int dims;             /* embedding size (hidden size for rerankers) */
+  int max_tokens;       /* inputs are cut to this many tokens, special tokens included */
+  qv_pooling pooling;   /* embedding models */
+  int normalize;        /* embeddings are L2-normalized */
+} qv_model_info;
+
+/* Loads a sentence-transformers folder (config.json, model.safetensors, tokenizer.json,
+ * modules.json, 1_Pooling/config.json, ...) or a cross-encoder folder
+ * (BertForSequenceClassification). `path` is a directory, or a model name looked up in
+ * $QUIVER_MODELS (default ~/.cache/quiver/models). Weights stay memory-mapped. */
+qv_status qv_model_load(qv_model **out, const char *path, qv_error *err);
+void qv_model_free(qv_model *m);
+void qv_model_info_get(const qv_model *m, qv_model_info *out);
+
+/* Embeds n texts (UTF-8; lens may be NULL for NUL-terminated) into out (n, dims). With
+ * truncate, inputs are cut to max_tokens; without it, a longer input is QV_ETOOLONG naming
+ * its index and token count. Thread-safe; concurrent calls are serialized per model. */
+qv_status qv_model_encode(qv_model *m, const char *const *texts, const size_t *lens, size_t n,
+                          int truncate, float *out, qv_error *err);
+
+/* Scores n (query, document) pairs with a cross-encoder: logits (n), raw (the usual
+ * relevance score is sigmoid(logit)). Truncation as for qv_model_encode. */
+qv_status qv_model_rerank(qv_model *m, const char *query, const char *const *docs, size_t n,
+                          int truncate, float *logits, qv_error *err);
+
+/* Token count of a text with special tokens, untruncated. */
+qv_status qv_model_count_tokens(qv_model *m, const char *text, size_t len, size_t *out, qv_error *err);
 
 #ifdef __cplusplus
 }

@@ -18,3 +18,7 @@ static inline uint64_t qv_mix64(uint64_t x) {
 }
 
 #endif
+
+/* SHA-256 of a whole file as 64 lower-case hex digits plus NUL. */
+#include "quiver.h"
+qv_status qv_sha256_file(const char *path, char hex[65]);

@@ -4,14 +4,18 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <unistd.h>
+
+#include <cblas.h>
 
 #include "cli/cli.h"
 #include "index/distance.h"
 #include "store/vecfile.h"
 
 static const char usage[] =
-    "usage: quiver bench exact --data FILE.npy --queries FILE.npy [options]\n"
+    "usage: quiver bench exact|embed|sgemm ...\n"
+    "       quiver bench exact --data FILE.npy --queries FILE.npy [options]\n"
     "Loads the data into a temporary collection, then times one query at a time and all\n"
     "queries as one batch. Prints one JSON object.\n"
     "options:\n"
@@ -134,11 +138,104 @@ static int bench_exact(int argc, char **argv) {
   return 0;
 }
 
+static const char embed_usage[] =
+    "usage: quiver bench embed --input FILE [--model NAME|DIR] [--batch B] [--repeat R]\n"
+    "Embeds every line of FILE in calls of B texts, best of R runs. Prints one JSON object:\n"
+    "texts, tokens (with special tokens, after truncation), seconds, sentences/s, peak RSS.\n";
+
+static int bench_embed(int argc, char **argv) {
+  const char *input = NULL, *model = "all-MiniLM-L6-v2", *batch_s = "32", *repeat_s = "3";
+  cli_opt opts[] = {{"input", &input, NULL}, {"model", &model, NULL}, {"batch", &batch_s, NULL},
+                    {"repeat", &repeat_s, NULL}, {0}};
+  cli_parse(argc, argv, opts, NULL, 0, embed_usage);
+  if (!input) cli_die("bench embed: --input is required");
+  size_t batch = (size_t)cli_int(batch_s, "--batch", 1, 100000);
+  int repeat = (int)cli_int(repeat_s, "--repeat", 1, 1000);
+  FILE *f = fopen(input, "r");
+  if (!f) cli_die("%s: cannot open", input);
+  char **texts = NULL, *line = NULL;
+  size_t n = 0, cap = 0, lcap = 0;
+  ssize_t len;
+  while ((len = getline(&line, &lcap, f)) >= 0) {
+    while (len > 0 && (line[len - 1] == '\n' || line[len - 1] == '\r')) line[--len] = 0;
+    if (n == cap && !(texts = realloc(texts, (cap = cap ? cap * 2 : 256) * sizeof *texts))) cli_die("out of memory");
+    if (!(texts[n++] = strdup(line))) cli_die("out of memory");
+  }
+  free(line);
+  fclose(f);
+  qv_model *m;
+  qv_error err = {0};
+  cli_check(qv_model_load(&m, model, &err), &err, "loading the model");
+  qv_model_info info;
+  qv_model_info_get(m, &info);
+  size_t tokens = 0;
+  for (size_t i = 0; i < n; i++) {
+    size_t t;
+    cli_check(qv_model_count_tokens(m, texts[i], strlen(texts[i]), &t, &err), &err, "tokenize");
+    tokens += t < (size_t)info.max_tokens ? t : (size_t)info.max_tokens;
+  }
+  float *out = malloc((n ? n : 1) * (size_t)info.dims * sizeof(float));
+  if (!out) cli_die("out of memory");
+  double best = 1e30;
+  for (int r = 0; r < repeat; r++) {
+    double t0 = cli_now();
+    for (size_t i = 0; i < n; i += batch) {
+      size_t nb = n - i < batch ? n - i : batch;
+      cli_check(qv_model_encode(m, (const char *const *)texts + i, NULL, nb, 1, out + i * (size_t)info.dims, &err),
+                &err, "embed");
+    }
+    double s = cli_now() - t0;
+    if (s < best) best = s;
+  }
+  struct rusage ru;
+  getrusage(RUSAGE_SELF, &ru);
+  printf("{\"texts\":%zu,\"batch\":%zu,\"tokens\":%zu,\"seconds\":%.4f,\"sentences_per_s\":%.1f,"
+         "\"maxrss_mb\":%.1f}\n",
+         n, batch, tokens, best, (double)n / best, (double)ru.ru_maxrss / 1024.0);
+  for (size_t i = 0; i < n; i++) free(texts[i]);
+  free(texts);
+  free(out);
+  qv_model_free(m);
+  return 0;
+}
+
+/* The ceiling the encoder's GEMMs are measured against: OpenBLAS's own multithreaded
+ * sgemm on an encoder-shaped product. */
+static int bench_sgemm(int argc, char **argv) {
+  const char *m_s = "4096", *n_s = "1536", *k_s = "384", *threads_s = NULL;
+  cli_opt opts[] = {{"m", &m_s, NULL}, {"n", &n_s, NULL}, {"k", &k_s, NULL}, {"threads", &threads_s, NULL}, {0}};
+  cli_parse(argc, argv, opts, NULL, 0, "usage: quiver bench sgemm [--m M --n N --k K --threads T]\n");
+  int M = (int)cli_int(m_s, "--m", 1, 1 << 16), N = (int)cli_int(n_s, "--n", 1, 1 << 16),
+      K = (int)cli_int(k_s, "--k", 1, 1 << 16);
+  int threads = threads_s ? (int)cli_int(threads_s, "--threads", 1, 1024) : (int)sysconf(_SC_NPROCESSORS_ONLN);
+  openblas_set_num_threads(threads);
+  float *a = calloc((size_t)M * K, sizeof(float)), *b = calloc((size_t)N * K, sizeof(float)),
+        *c = calloc((size_t)M * N, sizeof(float));
+  if (!a || !b || !c) cli_die("out of memory");
+  for (size_t i = 0; i < (size_t)M * K; i++) a[i] = (float)(i % 7) * 0.1f;
+  for (size_t i = 0; i < (size_t)N * K; i++) b[i] = (float)(i % 5) * 0.1f;
+  double best = 1e30;
+  for (int r = 0; r < 5; r++) {
+    double t0 = cli_now();
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, N, K, 1.0f, a, K, b, K, 0.0f, c, N);
+    double s = cli_now() - t0;
+    if (s < best) best = s;
+  }
+  printf("{\"m\":%d,\"n\":%d,\"k\":%d,\"threads\":%d,\"gflops\":%.1f}\n", M, N, K, threads,
+         2.0 * M * N * K / best / 1e9);
+  free(a);
+  free(b);
+  free(c);
+  return 0;
+}
+
 int cmd_bench(int argc, char **argv) {
   if (argc < 2 || strcmp(argv[1], "--help") == 0) {
     fputs(usage, argc < 2 ? stderr : stdout);
     return argc < 2 ? 2 : 0;
   }
   if (strcmp(argv[1], "exact") == 0) return bench_exact(argc - 1, argv + 1);
-  cli_die("bench: unknown benchmark \"%s\" (try: exact)", argv[1]);
+  if (strcmp(argv[1], "embed") == 0) return bench_embed(argc - 1, argv + 1);
+  if (strcmp(argv[1], "sgemm") == 0) return bench_sgemm(argc - 1, argv + 1);
+  cli_die("bench: unknown benchmark \"%s\" (try: exact, embed, sgemm)", argv[1]);
 }
