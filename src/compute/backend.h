@@ -56,7 +56,7 @@ const qv_backend *backend_cpu(void);
 
 /* The CPU backend's elementwise kernels (layernorm, softmax, GELU, bias) come in a
  * portable and an AVX2+FMA version, chosen at load time; QUIVER_ISA=portable caps the
- * choice as it does for the distance kernels. Returns "avx2" or "portable". */
+ * choice as it does for the distance kernels. Returns "avx512", "avx2" or "portable". */
 const char *backend_cpu_isa(void);
 /* For tests only: re-selects the kernels as if QUIVER_ISA were isa (NULL = no cap) and
  * returns the ISA now in use. Call it only while no op is running. */

@@ -1171,7 +1171,7 @@ static qv_status load_post_processor(qv_tokenizer *t, const json_t *pp, qv_error
   if (strcmp(type, "BertProcessing") == 0) {
     int32_t cls, sep;
     if ((st = bert_special(pp, "cls", &cls, err)) || (st = bert_special(pp, "sep", &sep, err))) return st;
-    size_t ocls, osep;
+    size_t ocls = 0, osep = 0;
     if ((st = add_special(t, &cls, 1, &ocls, err)) || (st = add_special(t, &sep, 1, &osep, err))) return st;
     t->single = calloc(3, sizeof *t->single);
     t->pair = calloc(5, sizeof *t->pair);

@@ -339,6 +339,33 @@ TEST(embed_gathers_and_zeroes_padding) {
   free(word), free(pos), free(type), free(out);
 }
 
+/* Few rows take the unpacked kernel (M <= 64 in cpu.c), more go to sgemm: check both
+ * sides of the cutoff, K and N tails (K % 16, N % 4), and single-threaded and pooled splits,
+ * under every ISA the machine has. */
+static void linear_small_m_all(void) {
+  static const int Ms[] = {1, 3, 13, 64, 65};
+  static const int Ks[] = {384, 1536, 37};
+  static const int Ns[] = {1, 384, 1152};
+  for (size_t m = 0; m < sizeof Ms / sizeof Ms[0]; m++)
+    for (size_t k = 0; k < sizeof Ks / sizeof Ks[0]; k++)
+      for (size_t n = 0; n < sizeof Ns / sizeof Ns[0]; n++)
+        check_linear(Ms[m], Ns[n], Ks[k], (int)((m + k + n) % 2 == 0));
+  check_linear(5, 7, 1, 1);   /* K below one vector */
+  check_linear(2, 6, 17, 0);  /* K one past a vector, N % 4 == 2 */
+  check_linear(4, 1001, 16, 1);
+}
+
+TEST(linear_small_m_every_isa) {
+  static const char *isas[] = {"portable", "avx2", "avx512"};
+  for (size_t i = 0; i < sizeof isas / sizeof isas[0]; i++) {
+    const char *got = backend_cpu_force_isa(isas[i]);
+    if (strcmp(got, isas[i]) != 0) continue; /* not on this machine */
+    printf("  linear small M [%s]\n", got);
+    linear_small_m_all();
+  }
+  backend_cpu_force_isa(NULL);
+}
+
 TEST(backend_table_is_complete) {
   const qv_backend *be = backend_cpu();
   ASSERT_EQ(be->api_version, QV_BACKEND_API_VERSION);
@@ -349,6 +376,6 @@ TEST(backend_table_is_complete) {
   backend_cpu_force_isa(NULL);
 }
 
-TEST_MAIN(T(backend_table_is_complete), T(linear_small_shapes), T(linear_split_over_pool),
+TEST_MAIN(T(backend_table_is_complete), T(linear_small_shapes), T(linear_split_over_pool), T(linear_small_m_every_isa),
           T(layernorm_matches_reference), T(gelu_matches_exact_erf_form), T(erf_dense_range),
           T(tanh_matches_libm), T(attention_matches_reference), T(embed_gathers_and_zeroes_padding))
