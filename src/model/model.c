@@ -227,14 +227,12 @@ static void job_free(job *j) {
   free(j->order);
 }
 
-static const tok_encoding *sort_base;
-static int by_len(const void *a, const void *b) {
+static int by_len(const void *a, const void *b, void *arg) {
+  const tok_encoding *enc = arg;
   size_t x = *(const size_t *)a, y = *(const size_t *)b;
-  size_t lx = sort_base[x].len, ly = sort_base[y].len;
+  size_t lx = enc[x].len, ly = enc[y].len;
   return lx < ly ? -1 : lx > ly ? 1 : x < y ? -1 : x > y;
 }
-
-static pthread_mutex_t sort_mu = PTHREAD_MUTEX_INITIALIZER;
 
 /* Tokenizes every input (pairs when query != NULL) and orders them by length. */
 static qv_status tokenize_all(qv_model *m, job *j, const char *query, const char *const *texts,
@@ -258,10 +256,7 @@ static qv_status tokenize_all(qv_model *m, job *j, const char *query, const char
                      i, j->enc[i].len, limit);
     j->order[i] = i;
   }
-  pthread_mutex_lock(&sort_mu);
-  sort_base = j->enc;
-  qsort(j->order, n, sizeof *j->order, by_len);
-  pthread_mutex_unlock(&sort_mu);
+  qsort_r(j->order, n, sizeof *j->order, by_len, j->enc);
   return QV_OK;
 }
 
