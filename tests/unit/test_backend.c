@@ -290,12 +290,21 @@ static void attention_all(void) {
   check_attention(4, 13, 384, 12, l4);
   int l5[2] = {0, 3}; /* an empty sequence gives zero rows */
   check_attention(2, 3, 6, 3, l5);
+  /* head dim 32 (MiniLM) at the lengths where a padded batch and block edges meet */
+  static const int Ts[] = {1, 2, 13, 16, 17, 31, 64, 65};
+  for (size_t i = 0; i < sizeof Ts / sizeof *Ts; i++) {
+    int T = Ts[i];
+    int lens[3] = {T, T > 1 ? T - 1 : 1, T / 2};
+    check_attention(3, T, 64, 2, lens);
+  }
 }
 
 TEST(attention_matches_reference) {
-  attention_all();
-  backend_cpu_force_isa("portable");
-  attention_all();
+  static const char *isas[] = {"avx512", "avx2", "portable"};
+  for (size_t i = 0; i < sizeof isas / sizeof *isas; i++) {
+    backend_cpu_force_isa(isas[i]);
+    attention_all();
+  }
   backend_cpu_force_isa(NULL);
 }
 
