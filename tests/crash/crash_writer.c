@@ -107,8 +107,14 @@ static int do_write(const char *dir, int first) {
   if (st) return fail("open", st, &err);
   qv_collection_config cfg = {DIM, QV_DIST_EUCLID};
   st = qv_collection_create(db, "crash", &cfg, &err);
-  if (st && st != QV_EXISTS) return fail("create", st, &err);
-  if ((st = qv_collection_open(db, "crash", &c, &err))) return fail("open collection", st, &err);
+  if (st && st != QV_EXISTS) {
+    qv_db_close(db);
+    return fail("create", st, &err);
+  }
+  if ((st = qv_collection_open(db, "crash", &c, &err))) {
+    qv_db_close(db);
+    return fail("open collection", st, &err);
+  }
   printf("ready\n");
   fflush(stdout);
   static float vecs[64][DIM];
@@ -135,7 +141,16 @@ static int do_write(const char *dir, int first) {
       if (!st) st = qv_collection_delete_filter(c, flt, NULL, &err);
       qv_filter_free(flt);
     }
-    if (st) return fail("write", st, &err);
+    if (st) {
+      /* Report the failure, then show that the handle now refuses writes (sticky). */
+      printf("fail %d %d\n", i, st);
+      float v[DIM] = {0};
+      qv_point p = {slot_id(0), v, NULL};
+      printf("retry %d\n", qv_collection_upsert(c, &p, 1, NULL));
+      fflush(stdout);
+      qv_db_close(db);
+      return fail("write", st, &err);
+    }
     printf("ack %d %d\n", i, b.op == OP_UPSERT ? b.n : 0);
     fflush(stdout);
   }
