@@ -57,6 +57,7 @@ int cmd_load(int argc, char **argv);
 int cmd_search(int argc, char **argv);
 int cmd_points(int argc, char **argv);
 int cmd_bench(int argc, char **argv);
+int cmd_bench_ann(int argc, char **argv);
 int cmd_tokenize(int argc, char **argv);
 int cmd_embed(int argc, char **argv);
 int cmd_rerank(int argc, char **argv);

@@ -14,7 +14,7 @@
 #include "store/vecfile.h"
 
 static const char usage[] =
-    "usage: quiver bench exact|embed|sgemm ...\n"
+    "usage: quiver bench exact|embed|sgemm|ann ...\n"
     "       quiver bench exact --data FILE.npy --queries FILE.npy [options]\n"
     "Loads the data into a temporary collection, then times one query at a time and all\n"
     "queries as one batch. Prints one JSON object.\n"
@@ -277,5 +277,6 @@ int cmd_bench(int argc, char **argv) {
   if (strcmp(argv[1], "exact") == 0) return bench_exact(argc - 1, argv + 1);
   if (strcmp(argv[1], "embed") == 0) return bench_embed(argc - 1, argv + 1);
   if (strcmp(argv[1], "sgemm") == 0) return bench_sgemm(argc - 1, argv + 1);
-  cli_die("bench: unknown benchmark \"%s\" (try: exact, embed, sgemm)", argv[1]);
+  if (strcmp(argv[1], "ann") == 0) return cmd_bench_ann(argc - 1, argv + 1);
+  cli_die("bench: unknown benchmark \"%s\" (try: exact, embed, sgemm, ann)", argv[1]);
 }

@@ -1,0 +1,175 @@
+/* quiver bench ann: builds the HNSW index (src/index/hnsw.h) straight from a .npy file and
+ * sweeps the search beam width, so bench/ann.py can set it beside hnswlib, FAISS and
+ * usearch on the same data with the same M and ef_construction. The index is used
+ * directly, not through a collection: the point is the graph, not the storage around it.
+ *
+ * Build runs over a pool of --threads; searches run one query at a time on the calling
+ * thread, the latency-bound case, and the whole query set is timed per ef. */
+#define _GNU_SOURCE
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "base/pool.h"
+#include "cli/cli.h"
+#include "index/hnsw.h"
+#include "store/vecfile.h"
+
+static const char ann_usage[] =
+    "usage: quiver bench ann --data X.npy --queries Q.npy --truth T.npy [options]\n"
+    "Builds an HNSW index over X, then for each ef searches every query of Q one at a time\n"
+    "on one thread and scores recall@k against T (ids of the true neighbours, best first,\n"
+    "(queries, >= k), int64 or float32). Prints one JSON object.\n"
+    "options:\n"
+    "  --distance D       Dot (default), Cosine, Euclid, Manhattan\n"
+    "  --m M              links per node on upper levels, 2M on level 0 (default 16)\n"
+    "  --ef-construct E   beam width while building (default 200)\n"
+    "  --ef LIST          beam widths to search with, comma-separated (default 16,32,64,128,256)\n"
+    "  --k K              neighbours per query (default 10)\n"
+    "  --threads N        build threads (default: all CPUs)\n";
+
+static vecfile_matrix read_npy(const char *path) {
+  const uint8_t *buf;
+  size_t len;
+  qv_error err = {0};
+  vecfile_matrix m = {0};
+  cli_check(vecfile_map(path, &buf, &len, &err), &err, path);
+  cli_check(vecfile_read_npy(&m, buf, len, &err), &err, path);
+  vecfile_unmap(buf, len);
+  return m;
+}
+
+/* The ground truth as uint64 ids (rows, cols). vecfile reads only float .npy, so '<i8'
+ * (numpy's default for argsort output) is parsed here; anything else goes to vecfile,
+ * whose float32 holds ids exactly below 2^24. Only what numpy writes for a C-order 2-D
+ * array is accepted. */
+static uint64_t *read_truth(const char *path, size_t *rows, size_t *cols) {
+  const uint8_t *buf;
+  size_t len;
+  qv_error err = {0};
+  cli_check(vecfile_map(path, &buf, &len, &err), &err, path);
+  if (len < 10 || memcmp(buf, "\x93NUMPY", 6) != 0) cli_die("%s: not a .npy file", path);
+  size_t hoff = buf[6] == 1 ? 10 : 12;
+  if (len < hoff) cli_die("%s: truncated header", path);
+  size_t hlen = buf[8] | (size_t)buf[9] << 8;
+  if (buf[6] != 1) hlen |= (size_t)buf[10] << 16 | (size_t)buf[11] << 24;
+  if (hlen > len - hoff) cli_die("%s: truncated header", path);
+  char *h = strndup((const char *)buf + hoff, hlen);
+  if (!h) cli_die("out of memory");
+  if (!strstr(h, "'<i8'")) {
+    free(h);
+    vecfile_unmap(buf, len);
+    vecfile_matrix m = read_npy(path);
+    size_t n = m.rows * m.cols;
+    uint64_t *ids = malloc((n ? n : 1) * sizeof *ids);
+    if (!ids) cli_die("out of memory");
+    for (size_t i = 0; i < n; i++) ids[i] = m.data[i] < 0 ? UINT64_MAX : (uint64_t)m.data[i];
+    *rows = m.rows;
+    *cols = m.cols;
+    vecfile_matrix_free(&m);
+    return ids;
+  }
+  const char *shape = strstr(h, "'shape':");
+  if (strstr(h, "'fortran_order': True") || !shape ||
+      sscanf(shape, "'shape': (%zu, %zu)", rows, cols) != 2)
+    cli_die("%s: want a C-order (queries, k) int64 array", path);
+  free(h);
+  size_t n = *rows * *cols;
+  if (*cols && n / *cols != *rows) cli_die("%s: shape too large", path);
+  if (len - hoff - hlen != n * 8) cli_die("%s: %zu data bytes, shape needs %zu", path, len - hoff - hlen, n * 8);
+  uint64_t *ids = malloc((n ? n : 1) * sizeof *ids);
+  if (!ids) cli_die("out of memory");
+  memcpy(ids, buf + hoff + hlen, n * 8); /* little-endian hosts only, as '<i8' says */
+  vecfile_unmap(buf, len);
+  return ids;
+}
+
+/* Parses "16,32,64" into at most max values in [lo, hi]; returns the count. */
+static size_t parse_list(size_t *out, size_t max, const char *s, const char *what) {
+  size_t n = 0;
+  char *copy = strdup(s), *save = NULL;
+  if (!copy) cli_die("out of memory");
+  for (char *tok = strtok_r(copy, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+    if (n == max) cli_die("%s: at most %zu values", what, max);
+    out[n++] = (size_t)cli_int(tok, what, 1, 1000000);
+  }
+  free(copy);
+  if (!n) cli_die("%s: empty list", what);
+  return n;
+}
+
+int cmd_bench_ann(int argc, char **argv) {
+  const char *data = NULL, *queries = NULL, *truth = NULL, *dist_s = "Dot", *m_s = "16", *efc_s = "200",
+             *ef_s = "16,32,64,128,256", *k_s = "10", *threads_s = "0";
+  cli_opt opts[] = {{"data", &data, NULL},         {"queries", &queries, NULL}, {"truth", &truth, NULL},
+                    {"distance", &dist_s, NULL},   {"m", &m_s, NULL},           {"ef-construct", &efc_s, NULL},
+                    {"ef", &ef_s, NULL},           {"k", &k_s, NULL},           {"threads", &threads_s, NULL},
+                    {0}};
+  cli_parse(argc, argv, opts, NULL, 0, ann_usage);
+  if (!data || !queries || !truth) cli_die("bench ann: --data, --queries and --truth are required");
+  qv_distance dist;
+  if (qv_distance_parse(&dist, dist_s)) cli_die("--distance: unknown \"%s\"", dist_s);
+  size_t M = (size_t)cli_int(m_s, "--m", 2, HNSW_MAX_M);
+  size_t efc = (size_t)cli_int(efc_s, "--ef-construct", 1, 1000000);
+  size_t k = (size_t)cli_int(k_s, "--k", 1, 10000);
+  int threads = (int)cli_int(threads_s, "--threads", 0, 1024);
+  size_t efs[64];
+  size_t nef = parse_list(efs, 64, ef_s, "--ef");
+
+  vecfile_matrix x = read_npy(data), q = read_npy(queries);
+  if (x.cols != q.cols) cli_die("data has %zu dimensions, queries %zu", x.cols, q.cols);
+  size_t trows, tcols;
+  uint64_t *gt = read_truth(truth, &trows, &tcols); /* (trows, tcols) */
+  if (trows != q.rows || tcols < k)
+    cli_die("%s: shape (%zu, %zu), want (%zu, >= %zu)", truth, trows, tcols, q.rows, k);
+
+  hnsw *h;
+  qv_pool *pool;
+  if (pool_create(&pool, threads)) cli_die("cannot start threads");
+  if (hnsw_new(&h, x.cols, dist, M, efc, 42)) cli_die("bench ann: bad index parameters");
+  uint64_t *labels = malloc((x.rows ? x.rows : 1) * sizeof *labels);
+  if (!labels) cli_die("out of memory");
+  for (size_t i = 0; i < x.rows; i++) labels[i] = i;
+  double t0 = cli_now();
+  qv_status st = hnsw_add_batch(h, labels, x.data, x.rows, pool, NULL);
+  double build_s = cli_now() - t0;
+  if (st) cli_die("bench ann: build failed: %s", qv_strerror(st));
+  free(labels);
+  size_t mem = hnsw_memory_bytes(h);
+
+  hnsw_hit *hits = malloc(k * sizeof *hits);
+  if (!hits) cli_die("out of memory");
+  printf("{\"n\":%zu,\"dim\":%zu,\"queries\":%zu,\"k\":%zu,\"m\":%zu,\"ef_construct\":%zu,\"threads\":%d,"
+         "\"build_s\":%.3f,\"memory_bytes\":%zu,\"bytes_per_point\":%.1f,\"runs\":[",
+         x.rows, x.cols, q.rows, k, M, efc, pool_size(pool), build_s, mem,
+         x.rows ? (double)mem / (double)x.rows : 0.0);
+  for (size_t e = 0; e < nef; e++) {
+    size_t found = 0;
+    double search_s = 0;
+    for (size_t i = 0; i < q.rows; i++) {
+      size_t count;
+      t0 = cli_now();
+      st = hnsw_search(h, q.data + i * q.cols, k, efs[e], NULL, hits, &count);
+      search_s += cli_now() - t0;
+      if (st) cli_die("bench ann: search failed: %s", qv_strerror(st));
+      /* recall@k: how many of the true k nearest came back, scored outside the timing */
+      const uint64_t *want = gt + i * tcols;
+      for (size_t a = 0; a < count; a++)
+        for (size_t b = 0; b < k; b++)
+          if (hits[a].label == want[b]) {
+            found++;
+            break;
+          }
+    }
+    printf("%s{\"ef\":%zu,\"qps\":%.1f,\"recall\":%.4f}", e ? "," : "", efs[e],
+           search_s > 0 ? (double)q.rows / search_s : 0.0, q.rows ? (double)found / (double)(q.rows * k) : 0.0);
+  }
+  printf("]}\n");
+  free(hits);
+  free(gt);
+  hnsw_free(h);
+  pool_destroy(pool);
+  vecfile_matrix_free(&x);
+  vecfile_matrix_free(&q);
+  return 0;
+}
