@@ -40,6 +40,10 @@ import time
 
 import numpy as np
 
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from exact import make_data  # noqa: E402
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.join(HERE, "..")
 QUIVER = os.environ.get("QUIVER_BIN", os.path.join(ROOT, "build", "quiver"))
@@ -54,13 +58,7 @@ def random_l2(n, nq, seed=1):
 
 
 def clustered_ip(n, nq, dim=384, seed=0):
-    rng = np.random.default_rng(seed)
-    centers = rng.standard_normal((256, dim)).astype(np.float32)
-    x = centers[rng.integers(0, 256, n)] + 0.6 * rng.standard_normal((n, dim)).astype(np.float32)
-    q = centers[rng.integers(0, 256, nq)] + 0.6 * rng.standard_normal((nq, dim)).astype(np.float32)
-    x /= np.linalg.norm(x, axis=1, keepdims=True)
-    q /= np.linalg.norm(q, axis=1, keepdims=True)
-    return x, q
+    return make_data(n, dim, nq, seed)  # the generator bench/exact.py uses
 
 
 DATASETS = [

@@ -36,6 +36,10 @@ qv_filter *cli_filter(const char *json); /* NULL for NULL */
 
 /* Writes one record as Qdrant's Record (score < 0 means none) or ScoredPoint. */
 void cli_print_record(FILE *f, const qv_record *r, size_t dim, int scored);
+/* Reads a float .npy matrix (vecfile_read_npy); dies with the file's name on error. The
+ * caller frees it with vecfile_matrix_free. */
+struct vecfile_matrix cli_read_npy(const char *path);
+
 /* Parses "1.5,2,-3" into exactly `dim` floats (or any count when dim is 0). Dies on error. */
 float *cli_parse_vector(const char *s, size_t *dim);
 

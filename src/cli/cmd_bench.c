@@ -24,17 +24,6 @@ static const char usage[] =
     "  --repeat R       timed repetitions of the batch, best kept (default 3)\n"
     "  --out FILE.npy   write the batch's result ids, int64 (queries, k)\n";
 
-static vecfile_matrix read_npy(const char *path) {
-  const uint8_t *buf;
-  size_t len;
-  qv_error err = {0};
-  vecfile_matrix m = {0};
-  cli_check(vecfile_map(path, &buf, &len, &err), &err, path);
-  cli_check(vecfile_read_npy(&m, buf, len, &err), &err, path);
-  vecfile_unmap(buf, len);
-  return m;
-}
-
 static void write_ids(const char *path, const qv_records *res, size_t nq, size_t k) {
   FILE *f = fopen(path, "wb");
   if (!f) cli_die("cannot write %s", path);
@@ -66,7 +55,7 @@ static int bench_exact(int argc, char **argv) {
   int repeat = (int)cli_int(repeat_s, "--repeat", 1, 1000);
   qv_collection_config cfg;
   if (qv_distance_parse(&cfg.distance, dist_s)) cli_die("--distance: unknown \"%s\"", dist_s);
-  vecfile_matrix x = read_npy(data), q = read_npy(queries);
+  vecfile_matrix x = cli_read_npy(data), q = cli_read_npy(queries);
   if (x.cols != q.cols) cli_die("data has %zu dimensions, queries %zu", x.cols, q.cols);
   cfg.size = (uint32_t)x.cols;
 

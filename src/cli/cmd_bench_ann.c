@@ -28,17 +28,6 @@ static const char ann_usage[] =
     "  --k K              neighbours per query (default 10)\n"
     "  --threads N        build threads (default: all CPUs)\n";
 
-static vecfile_matrix read_npy(const char *path) {
-  const uint8_t *buf;
-  size_t len;
-  qv_error err = {0};
-  vecfile_matrix m = {0};
-  cli_check(vecfile_map(path, &buf, &len, &err), &err, path);
-  cli_check(vecfile_read_npy(&m, buf, len, &err), &err, path);
-  vecfile_unmap(buf, len);
-  return m;
-}
-
 /* The ground truth as uint64 ids (rows, cols). vecfile reads only float .npy, so '<i8'
  * (numpy's default for argsort output) is parsed here; anything else goes to vecfile,
  * whose float32 holds ids exactly below 2^24. Only what numpy writes for a C-order 2-D
@@ -59,7 +48,7 @@ static uint64_t *read_truth(const char *path, size_t *rows, size_t *cols) {
   if (!strstr(h, "'<i8'")) {
     free(h);
     vecfile_unmap(buf, len);
-    vecfile_matrix m = read_npy(path);
+    vecfile_matrix m = cli_read_npy(path);
     size_t n = m.rows * m.cols;
     uint64_t *ids = malloc((n ? n : 1) * sizeof *ids);
     if (!ids) cli_die("out of memory");
@@ -116,7 +105,7 @@ int cmd_bench_ann(int argc, char **argv) {
   size_t efs[64];
   size_t nef = parse_list(efs, 64, ef_s, "--ef");
 
-  vecfile_matrix x = read_npy(data), q = read_npy(queries);
+  vecfile_matrix x = cli_read_npy(data), q = cli_read_npy(queries);
   if (x.cols != q.cols) cli_die("data has %zu dimensions, queries %zu", x.cols, q.cols);
   size_t trows, tcols;
   uint64_t *gt = read_truth(truth, &trows, &tcols); /* (trows, tcols) */

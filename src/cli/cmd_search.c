@@ -55,11 +55,7 @@ int cmd_search(int argc, char **argv) {
   if (vector) {
     qs = cli_parse_vector(vector, &dim);
   } else {
-    const uint8_t *buf;
-    size_t len;
-    cli_check(vecfile_map(queries, &buf, &len, &err), &err, queries);
-    cli_check(vecfile_read_npy(&m, buf, len, &err), &err, queries);
-    vecfile_unmap(buf, len);
+    m = cli_read_npy(queries);
     if (m.rows && m.cols != dim)
       cli_die("%s: queries have %zu dimensions; the collection's vectors have %zu", queries, m.cols, dim);
     qs = m.data;

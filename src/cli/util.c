@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include "cli/cli.h"
+#include "store/vecfile.h"
 
 _Noreturn void cli_die(const char *fmt, ...) {
   va_list ap;
@@ -132,6 +133,17 @@ void cli_print_record(FILE *f, const qv_record *r, size_t dim, int scored) {
     fputs("null", f);
   }
   fputc('}', f);
+}
+
+vecfile_matrix cli_read_npy(const char *path) {
+  const uint8_t *buf;
+  size_t len;
+  qv_error err = {0};
+  vecfile_matrix m = {0};
+  cli_check(vecfile_map(path, &buf, &len, &err), &err, path);
+  cli_check(vecfile_read_npy(&m, buf, len, &err), &err, path);
+  vecfile_unmap(buf, len);
+  return m;
 }
 
 float *cli_parse_vector(const char *s, size_t *dim) {
