@@ -216,3 +216,36 @@ def test_model_list_shows_the_registry(cross_encoder):
     assert m["pooling"] == "mean" and m["normalize"] is True and m["default"] is True
     assert m["checksum"] == "verified"
     assert m["bytes"] > 90_000_000
+
+
+@pytest.mark.parametrize("mode", ["cls", "max"])
+def test_cls_and_max_pooling_follow_the_folder(tmp_path, reference, mode):
+    """The pooling recipe comes from the model folder: the same weights with
+    1_Pooling/config.json set to CLS or max pooling, and no Normalize module, give exactly
+    the reference's [CLS] row or per-dimension maximum, unnormalized."""
+    bert, tok = reference
+    d = tmp_path / f"minilm-{mode}"
+    d.mkdir()
+    for f in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
+              "sentence_bert_config.json"):
+        os.symlink(os.path.join(MODEL, f), d / f)
+    (d / "modules.json").write_text(json.dumps([
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]))
+    (d / "1_Pooling").mkdir()
+    (d / "1_Pooling" / "config.json").write_text(json.dumps({
+        "word_embedding_dimension": 384, "pooling_mode_cls_token": mode == "cls",
+        "pooling_mode_mean_tokens": False, "pooling_mode_max_tokens": mode == "max"}))
+    texts = ["Pooling picks one row or the maximum.", "東京 café 🚀", "a"]
+    p = subprocess.run([QUIVER, "embed", "--model", str(d), *texts], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    got = np.array([json.loads(l)["embedding"] for l in p.stdout.splitlines()])
+    for text, g in zip(texts, got):
+        h = bert.hidden(tok.encode(text).ids)
+        want = h[0] if mode == "cls" else h.max(0)
+        assert np.abs(g - want).max() <= 1e-4
+        assert abs(np.linalg.norm(g) - 1.0) > 1e-3  # not normalized: no Normalize module
+    rows = {r["name"]: r for r in map(json.loads, subprocess.run(
+        [QUIVER, "model", "list", "--json", "--no-verify"], capture_output=True, text=True,
+        env=dict(os.environ, QUIVER_MODELS=str(tmp_path))).stdout.splitlines())}
+    assert rows[f"minilm-{mode}"]["pooling"] == mode and rows[f"minilm-{mode}"]["normalize"] is False
