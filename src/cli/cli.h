@@ -40,6 +40,11 @@ void cli_print_record(FILE *f, const qv_record *r, size_t dim, int scored);
  * caller frees it with vecfile_matrix_free. */
 struct vecfile_matrix cli_read_npy(const char *path);
 
+/* Writes a 2-D .npy file (format 1.0, C order): descr is "<f4" or "<i8", data holds
+ * rows x cols elements of elem_size bytes. Dies with the path on any write error. */
+void cli_write_npy(const char *path, const char *descr, const void *data, size_t elem_size, size_t rows,
+                   size_t cols);
+
 /* Parses "1.5,2,-3" into exactly `dim` floats (or any count when dim is 0). Dies on error. */
 float *cli_parse_vector(const char *s, size_t *dim);
 

@@ -24,25 +24,14 @@ static const char usage[] =
     "  --repeat R       timed repetitions of the batch, best kept (default 3)\n"
     "  --out FILE.npy   write the batch's result ids, int64 (queries, k)\n";
 
+/* The batch's result ids as int64 (queries, k), -1 where a query got fewer than k. */
 static void write_ids(const char *path, const qv_records *res, size_t nq, size_t k) {
-  FILE *f = fopen(path, "wb");
-  if (!f) cli_die("cannot write %s", path);
-  char header[128];
-  int hl = snprintf(header, sizeof header, "{'descr': '<i8', 'fortran_order': False, 'shape': (%zu, %zu), }", nq, k);
-  int total = 10 + hl + 1, pad = (64 - total % 64) % 64;
-  unsigned short hlen = (unsigned short)(hl + pad + 1);
-  fwrite("\x93NUMPY\x01\x00", 1, 8, f);
-  fputc(hlen & 0xff, f);
-  fputc(hlen >> 8, f);
-  fwrite(header, 1, (size_t)hl, f);
-  for (int i = 0; i < pad; i++) fputc(' ', f);
-  fputc('\n', f);
+  long long *ids = malloc((nq ? nq : 1) * k * sizeof *ids);
+  if (!ids) cli_die("out of memory");
   for (size_t q = 0; q < nq; q++)
-    for (size_t i = 0; i < k; i++) {
-      long long id = i < res[q].count ? (long long)res[q].items[i].id.num : -1;
-      fwrite(&id, sizeof id, 1, f);
-    }
-  if (fclose(f)) cli_die("cannot write %s", path);
+    for (size_t i = 0; i < k; i++) ids[q * k + i] = i < res[q].count ? (long long)res[q].items[i].id.num : -1;
+  cli_write_npy(path, "<i8", ids, sizeof *ids, nq, k);
+  free(ids);
 }
 
 static int bench_exact(int argc, char **argv) {

@@ -59,21 +59,6 @@ static qv_model *load_model(const char *name) {
   return m;
 }
 
-static void write_npy(const char *path, const float *x, size_t rows, size_t cols) {
-  FILE *f = fopen(path, "wb");
-  if (!f) cli_die("%s: cannot write", path);
-  char header[128];
-  int hl = snprintf(header, sizeof header, "{'descr': '<f4', 'fortran_order': False, 'shape': (%zu, %zu), }",
-                    rows, cols);
-  int pad = (64 - (10 + hl + 1) % 64) % 64;
-  unsigned short hlen = (unsigned short)(hl + pad + 1);
-  int ok = fwrite("\x93NUMPY\x01\x00", 1, 8, f) == 8 && fputc(hlen & 0xff, f) != EOF && fputc(hlen >> 8, f) != EOF &&
-           fwrite(header, 1, (size_t)hl, f) == (size_t)hl;
-  for (int i = 0; ok && i < pad; i++) ok = fputc(' ', f) != EOF;
-  ok = ok && fputc('\n', f) != EOF && fwrite(x, sizeof(float), rows * cols, f) == rows * cols;
-  if (fclose(f) || !ok) cli_die("%s: write failed", path);
-}
-
 static const char embed_usage[] =
     "usage: quiver embed [TEXT...] [options]\n"
     "Embeds each TEXT (or each line of --input, or of stdin when neither is given).\n"
@@ -113,7 +98,7 @@ int cmd_embed(int argc, char **argv) {
   }
   cli_progress_end(&prog, texts.n);
   if (output) {
-    write_npy(output, out, texts.n, dims);
+    cli_write_npy(output, "<f4", out, sizeof(float), texts.n, dims);
     printf("{\"embedded\":%zu,\"dims\":%zu,\"output\":\"%s\"}\n", texts.n, dims, output);
   } else {
     for (size_t i = 0; i < texts.n; i++) {

@@ -146,6 +146,23 @@ vecfile_matrix cli_read_npy(const char *path) {
   return m;
 }
 
+void cli_write_npy(const char *path, const char *descr, const void *data, size_t elem_size, size_t rows,
+                   size_t cols) {
+  FILE *f = fopen(path, "wb");
+  if (!f) cli_die("%s: cannot write", path);
+  char header[160];
+  int hl = snprintf(header, sizeof header, "{'descr': '%s', 'fortran_order': False, 'shape': (%zu, %zu), }", descr,
+                    rows, cols);
+  /* magic (6) + version (2) + length (2) + header + '\n', padded to 64 bytes */
+  int pad = (64 - (10 + hl + 1) % 64) % 64;
+  unsigned short hlen = (unsigned short)(hl + pad + 1);
+  int ok = fwrite("\x93NUMPY\x01\x00", 1, 8, f) == 8 && fputc(hlen & 0xff, f) != EOF && fputc(hlen >> 8, f) != EOF &&
+           fwrite(header, 1, (size_t)hl, f) == (size_t)hl;
+  for (int i = 0; ok && i < pad; i++) ok = fputc(' ', f) != EOF;
+  ok = ok && fputc('\n', f) != EOF && fwrite(data, elem_size, rows * cols, f) == rows * cols;
+  if (fclose(f) || !ok) cli_die("%s: write failed", path);
+}
+
 float *cli_parse_vector(const char *s, size_t *dim) {
   size_t cap = 16, n = 0;
   float *v = malloc(cap * sizeof *v);

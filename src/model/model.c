@@ -36,8 +36,7 @@ struct qv_model {
   const qv_backend *be;
   pthread_mutex_t mu;             /* one encode at a time: the workspace is shared */
   bert_workspace *ws;             /* guarded by mu */
-  int ws_b, ws_t;
-  float *hidden;                  /* (ws_b, ws_t, C), guarded by mu */
+  float *hidden;                  /* (BATCH_TOKENS, C) rows of the last batch, guarded by mu */
 };
 
 static char *path_join(const char *a, const char *b) {
@@ -270,11 +269,8 @@ static qv_status ensure_workspace(qv_model *m, qv_error *err) {
     qv_aligned_free(m->hidden);
     m->hidden = NULL;
     m->ws = NULL;
-    m->ws_b = m->ws_t = 0;
     return qv_fail(err, st, "cannot allocate the workspace for %d x %d tokens", B, T);
   }
-  m->ws_b = B;
-  m->ws_t = T;
   return QV_OK;
 }
 

@@ -586,9 +586,11 @@ qv_status qv_collection_count(qv_collection *c, const qv_filter *f, size_t *out,
   return QV_OK;
 }
 
-/* Scroll walks LMDB's id order from the offset, taking each point's content from memory:
- * rows and LMDB agree whenever rw is held shared (invariant 3 applies memory under rw
- * exclusive right after commit, and write_mu is not needed for reading). */
+/* Scroll walks LMDB's id order from the offset, taking each point's content from memory.
+ * LMDB may be one batch ahead of memory (a writer commits, then waits for rw to apply),
+ * so an id LMDB has and memory lacks is skipped, and one memory still holds after LMDB
+ * dropped it is not returned: a page shows each point as of its last applied batch or
+ * the one being applied, never a half-applied point. */
 qv_status qv_collection_scroll(qv_collection *c, const qv_point_id *offset, size_t limit,
                                const qv_filter *f, int with_payload, int with_vector, qv_records *out,
                                qv_point_id *next_offset, int *has_next, qv_error *err) {
