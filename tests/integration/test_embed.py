@@ -249,3 +249,12 @@ def test_cls_and_max_pooling_follow_the_folder(tmp_path, reference, mode):
         [QUIVER, "model", "list", "--json", "--no-verify"], capture_output=True, text=True,
         env=dict(os.environ, QUIVER_MODELS=str(tmp_path))).stdout.splitlines())}
     assert rows[f"minilm-{mode}"]["pooling"] == mode and rows[f"minilm-{mode}"]["normalize"] is False
+
+
+def test_model_pull_runs_the_fetch_script():
+    env = dict(os.environ, QUIVER_MODELS=MODELS)
+    p = subprocess.run([QUIVER, "model", "pull", "all-MiniLM-L6-v2"], capture_output=True, text=True, env=env)
+    assert p.returncode == 0, p.stderr
+    assert "all-MiniLM-L6-v2: present and verified" in p.stdout
+    p = subprocess.run([QUIVER, "model", "pull", "no-such-model"], capture_output=True, text=True, env=env)
+    assert p.returncode != 0 and "unknown model 'no-such-model'" in p.stderr
