@@ -15,6 +15,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 DEB_PACKAGES := build-essential cmake pkg-config clang libclang-rt-14-dev \
 	libjansson-dev liblmdb-dev libopenblas-dev libutf8proc-dev libssl-dev \
+	libmicrohttpd-dev libyaml-dev nodejs-doc \
 	python3 python3-venv python3-pip
 
 .PHONY: all deps build run demo test unit integration asan-test fuzz venv models bench-exact clean

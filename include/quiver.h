@@ -37,7 +37,9 @@ extern "C" {
   X(ESTICKY, -15, "storage failed earlier; reopen the collection")              \
   X(EUNSUPPORTED, -16, "not supported")                                         \
   X(ERANGE, -17, "value out of range")                                          \
-  X(ETOOLONG, -18, "input is longer than the model accepts")
+  X(ETOOLONG, -18, "input is longer than the model accepts")                   \
+  X(EBUSY, -19, "overloaded; try again later")                                 \
+  X(EDEVICE, -20, "accelerator failed")
 
 typedef enum {
 #define QV_STATUS_ENUM(name, value, msg) QV_##name = value,
@@ -127,9 +129,36 @@ typedef struct qv_collection qv_collection;
 qv_status qv_db_open(qv_db **out, const char *path, qv_error *err);
 void qv_db_close(qv_db *db);
 
+/* Qdrant's hnsw_config. Zero fields take the defaults (m 16, ef_construct 100,
+ * full_scan_threshold 10000). */
+typedef struct qv_hnsw_config {
+  uint32_t m;                    /* links per node on upper levels; 2m on level 0 */
+  uint32_t ef_construct;         /* candidate list size while building */
+  uint32_t full_scan_threshold;  /* in KB of vectors, as Qdrant: below it search is exact */
+} qv_hnsw_config;
+
+typedef enum { QV_QUANT_NONE = 0, QV_QUANT_INT8 = 1 } qv_quant_type;
+
+/* Qdrant's quantization_config.scalar. */
+typedef struct qv_quant_config {
+  qv_quant_type type;
+  float quantile;                /* 0 = default 0.99; in (0.5, 1] */
+  int always_ram;
+} qv_quant_config;
+
+#define QV_MAX_VECTOR_NAME 64
+
 typedef struct qv_collection_config {
   uint32_t size;        /* 1 .. QV_MAX_VECTOR_SIZE */
   qv_distance distance;
+  qv_hnsw_config hnsw;
+  qv_quant_config quant;
+  /* The name of the collection's one vector when it was created with named vectors
+   * ({"name": {size, distance}}); "" for an unnamed vector. */
+  char vector_name[QV_MAX_VECTOR_NAME + 1];
+  /* The embedding model that turns text into this collection's vectors ("" = none
+   * chosen; text queries then use the server's default model). */
+  char model[QV_MAX_NAME + 1];
 } qv_collection_config;
 
 qv_status qv_collection_create(qv_db *db, const char *name, const qv_collection_config *cfg,
@@ -143,6 +172,28 @@ qv_status qv_collection_open(qv_db *db, const char *name, qv_collection **out, q
 void qv_collection_config_get(const qv_collection *c, qv_collection_config *out);
 size_t qv_collection_count_all(const qv_collection *c);
 
+/* Changes the parts of the configuration that may change after creation: hnsw and quant
+ * (size, distance, vector_name are fixed; a request to change them is QV_EINVAL). The
+ * index is rebuilt in the background when its parameters change. Durable on return. */
+qv_status qv_collection_update_config(qv_collection *c, const qv_collection_config *cfg,
+                                      qv_error *err);
+
+/* What `collection info` and Qdrant's CollectionInfo report. */
+typedef struct qv_collection_stats {
+  size_t points;           /* live points */
+  size_t indexed;          /* points reachable through the HNSW graph */
+  size_t tombstones;       /* deleted points still linked in the graph */
+  int indexing;            /* a background build or repair is running */
+  size_t vector_bytes;     /* float32 vectors in memory */
+  size_t graph_bytes;      /* HNSW links and levels */
+  size_t quantized_bytes;  /* int8 codes, when quantization is on */
+} qv_collection_stats;
+void qv_collection_stats_get(qv_collection *c, qv_collection_stats *out);
+
+/* A counter that grows with every committed write (upsert, delete, payload change), so
+ * derived structures (a keyword index, a cache) can tell they are stale. */
+uint64_t qv_collection_version(const qv_collection *c);
+
 /* Inserts or replaces n points as one transaction: all are stored, or none. Returns only
  * after the batch is durable. */
 qv_status qv_collection_upsert(qv_collection *c, const qv_point *points, size_t n, qv_error *err);
@@ -151,6 +202,19 @@ qv_status qv_collection_delete_ids(qv_collection *c, const qv_point_id *ids, siz
                                    size_t *deleted, qv_error *err);
 qv_status qv_collection_delete_filter(qv_collection *c, const qv_filter *f, size_t *deleted,
                                       qv_error *err);
+
+/* Payload changes, as Qdrant's set_payload / overwrite_payload / delete_payload /
+ * clear_payload, on the given ids (missing ids are ignored) or, when ids is NULL, on the
+ * points matching f (NULL = all). Set merges the keys of `payload` (a JSON object) into
+ * each point's payload; overwrite replaces it. Delete removes `keys` (top-level names).
+ * One transaction each; *updated (may be NULL) gets how many points changed. */
+typedef enum { QV_PAYLOAD_SET = 0, QV_PAYLOAD_OVERWRITE = 1 } qv_payload_mode;
+qv_status qv_collection_set_payload(qv_collection *c, const qv_point_id *ids, size_t n,
+                                    const qv_filter *f, const char *payload, qv_payload_mode mode,
+                                    size_t *updated, qv_error *err);
+qv_status qv_collection_delete_payload(qv_collection *c, const qv_point_id *ids, size_t n,
+                                       const qv_filter *f, const char *const *keys, size_t nkeys,
+                                       size_t *updated, qv_error *err);
 
 /* Records for the ids that exist, in the order asked. */
 qv_status qv_collection_get(qv_collection *c, const qv_point_id *ids, size_t n, int with_payload,
@@ -172,9 +236,13 @@ typedef struct qv_search_params {
   float score_threshold;     /* keep score >= t (Cosine, Dot) or distance <= t (Euclid, Manhattan) */
   int with_payload;
   int with_vector;
+  uint32_t hnsw_ef;          /* 0 = max(limit + offset, default ef 64) */
+  int exact;                 /* 1 = exact scan, bypassing the index */
 } qv_search_params;
 
-/* Exact search for nq queries (nq, size); out gets nq result lists. */
+/* Search for nq queries (nq, size); out gets nq result lists. HNSW when the collection is
+ * over full_scan_threshold and not p->exact; an exact scan otherwise, and for filters the
+ * index estimates as selective. */
 qv_status qv_collection_search(qv_collection *c, const float *queries, size_t nq,
                                const qv_search_params *p, qv_records *out, qv_error *err);
 

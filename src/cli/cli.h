@@ -71,5 +71,11 @@ int cmd_tokenize(int argc, char **argv);
 int cmd_embed(int argc, char **argv);
 int cmd_rerank(int argc, char **argv);
 int cmd_model(int argc, char **argv);
+int cmd_serve(int argc, char **argv);
+int cmd_index(int argc, char **argv);
+int cmd_info(int argc, char **argv);
+int cmd_ingest(int argc, char **argv);
+int cmd_chunk(int argc, char **argv);
+int cmd_query(int argc, char **argv);
 
 #endif

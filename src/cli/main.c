@@ -17,6 +17,12 @@ static const char usage[] =
     "  rerank QUERY DOC...                  score documents with a cross-encoder\n"
     "  model list                           the models in the cache\n"
     "  tokenize --tokenizer FILE            token ids, as Hugging Face tokenizers gives them\n"
+    "  serve                                the HTTP server (Qdrant, OpenAI, TEI APIs)\n"
+    "  index build|info COLLECTION          the collection's HNSW index\n"
+    "  info                                 backends, devices and versions\n"
+    "  ingest PATH... --collection NAME     documents into a collection\n"
+    "  chunk FILE                           show how a file is chunked\n"
+    "  query TEXT --collection NAME         search documents by text\n"
     "  version                              print the version\n"
     "\n"
     "Every command takes --help. Data lives in --data-dir (default ./quiver-data, or\n"
@@ -45,5 +51,11 @@ int main(int argc, char **argv) {
   if (!strcmp(cmd, "embed")) return cmd_embed(argc - 1, argv + 1);
   if (!strcmp(cmd, "rerank")) return cmd_rerank(argc - 1, argv + 1);
   if (!strcmp(cmd, "model")) return cmd_model(argc - 1, argv + 1);
+  if (!strcmp(cmd, "serve")) return cmd_serve(argc - 1, argv + 1);
+  if (!strcmp(cmd, "index")) return cmd_index(argc - 1, argv + 1);
+  if (!strcmp(cmd, "info")) return cmd_info(argc - 1, argv + 1);
+  if (!strcmp(cmd, "ingest")) return cmd_ingest(argc - 1, argv + 1);
+  if (!strcmp(cmd, "chunk")) return cmd_chunk(argc - 1, argv + 1);
+  if (!strcmp(cmd, "query")) return cmd_query(argc - 1, argv + 1);
   cli_die("unknown command \"%s\" (see quiver --help)", cmd);
 }

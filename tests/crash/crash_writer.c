@@ -105,7 +105,7 @@ static int do_write(const char *dir, int first) {
   qv_error err = {0};
   qv_status st = qv_db_open(&db, dir, &err);
   if (st) return fail("open", st, &err);
-  qv_collection_config cfg = {DIM, QV_DIST_EUCLID};
+  qv_collection_config cfg = {.size = DIM, .distance = QV_DIST_EUCLID};
   st = qv_collection_create(db, "crash", &cfg, &err);
   if (st && st != QV_EXISTS) {
     qv_db_close(db);

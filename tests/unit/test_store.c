@@ -23,7 +23,7 @@ static qv_point_id num(uint64_t n) { return (qv_point_id){.kind = QV_ID_NUM, .nu
 
 static qv_collection *make(qv_db **db, const char *dir, uint32_t size, qv_distance d) {
   qv_collection *c = NULL;
-  qv_collection_config cfg = {size, d};
+  qv_collection_config cfg = {.size = size, .distance = d};
   if (qv_db_open(db, dir, NULL) || qv_collection_create(*db, "t", &cfg, NULL) ||
       qv_collection_open(*db, "t", &c, NULL))
     return NULL;
@@ -132,7 +132,7 @@ TEST(a_bad_point_rejects_the_whole_batch) {
 TEST(create_refuses_bad_configs_and_names) {
   qv_db *db;
   ASSERT_OK(qv_db_open(&db, fresh_dir(), NULL));
-  qv_collection_config cfg = {0, QV_DIST_DOT};
+  qv_collection_config cfg = {.size = 0, .distance = QV_DIST_DOT};
   ASSERT_STATUS(qv_collection_create(db, "a", &cfg, NULL), QV_ERANGE);
   cfg.size = QV_MAX_VECTOR_SIZE + 1;
   ASSERT_STATUS(qv_collection_create(db, "a", &cfg, NULL), QV_ERANGE);

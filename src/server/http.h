@@ -1,0 +1,71 @@
+/* The HTTP layer's contract with the API surfaces (qdrant.c, openai.c, tei.c, native.c):
+ * a handler gets a complete request and fills a response; http.c does the socket work on
+ * libmicrohttpd, limits, auth, metrics and logging around it. */
+#ifndef QV_SERVER_HTTP_H
+#define QV_SERVER_HTTP_H
+
+#include <jansson.h>
+#include <stddef.h>
+
+struct server;
+
+#define HTTP_MAX_PARAMS 4
+
+typedef struct http_req {
+  const char *method;            /* "GET", "POST", "PUT", "PATCH", "DELETE" */
+  const char *path;              /* percent-decoded path, no query string */
+  const char *body;              /* the whole body, NUL-terminated; "" when none */
+  size_t body_len;
+  const char *params[HTTP_MAX_PARAMS]; /* the {name} segments of the matched route, in order */
+  int read_only;                 /* the caller authenticated with a read-only key */
+  struct server *srv;
+  void *conn;                    /* private to http.c */
+} http_req;
+
+/* A request header or query-string argument, or NULL when absent. */
+const char *http_header(const http_req *r, const char *name);
+const char *http_query_arg(const http_req *r, const char *name);
+
+typedef struct http_resp {
+  int status;
+  char *body;                    /* malloc'd; owned by the response */
+  size_t body_len;
+  const char *content_type;      /* static string; default application/json */
+  int retry_after;               /* seconds, sent as Retry-After when > 0 */
+} http_resp;
+
+/* Sets the response to j serialized compactly (takes ownership of j). */
+void http_reply_json(http_resp *w, int status, json_t *j);
+/* Sets a text body (copied). */
+void http_reply_text(http_resp *w, int status, const char *content_type, const char *text, size_t len);
+/* A plain JSON error {"error": "..."} for non-Qdrant surfaces; Qdrant routes use
+ * qdrant_error (qdrant.h) for Qdrant's envelope. */
+void http_reply_error(http_resp *w, int status, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+/* Parses the body as JSON (an object unless allow_any); on failure replies 400 naming the
+ * problem (via reply_error when given, else http_reply_error) and returns NULL. */
+json_t *http_body_json(const http_req *r, http_resp *w, int allow_any);
+
+typedef void (*http_handler)(http_req *r, http_resp *w);
+
+enum {
+  HTTP_ROUTE_OPEN = 1,   /* no auth (health checks, GET /) */
+  HTTP_ROUTE_WRITE = 2,  /* needs a read-write key */
+};
+
+typedef struct http_route {
+  const char *method;
+  const char *pattern;   /* "/collections/{name}/points/query": {x} matches one segment */
+  http_handler fn;
+  int flags;
+  const char *name;      /* the route's label in metrics, e.g. "qdrant_query" */
+} http_route;
+
+/* Route tables, each ending with a {0} entry; http.c tries them in order. */
+extern const http_route qdrant_routes[];
+extern const http_route openai_routes[];
+extern const http_route tei_routes[];
+extern const http_route native_routes[];   /* health, metrics, openapi, legacy /api/v1 */
+
+#endif

@@ -1,0 +1,45 @@
+/* The server's shared state: configuration, the data directory, the loaded models and
+ * their batchers. One per process; handlers reach it through http_req.srv. */
+#ifndef QV_SERVER_SERVER_H
+#define QV_SERVER_SERVER_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "quiver.h"
+
+struct batcher;
+struct metrics;
+
+typedef struct server_config {
+  char host[64];
+  int port;                       /* 6333 */
+  char data_dir[4096];
+  char model[256];                /* default embedding model name or path */
+  char reranker[256];             /* cross-encoder name or path; "" = none */
+  char **api_keys;  size_t n_api_keys;        /* read-write keys */
+  char **ro_keys;   size_t n_ro_keys;         /* read-only keys */
+  char jwt_secret[256];           /* HS256; "" = JWT off */
+  size_t max_body_bytes;          /* 32 MiB */
+  size_t max_batch;               /* points or inputs per request */
+  double request_timeout_s;
+  int threads;                    /* HTTP worker threads */
+  int truncate;                   /* default for embedding routes */
+  size_t batch_tokens;            /* dynamic batching: token budget per forward pass */
+  double batch_wait_ms;           /* dynamic batching: longest wait to fill a batch */
+  size_t max_queue;               /* waiting embedding requests before 429 */
+  char gpu[8];                    /* "auto" | "on" | "off" */
+} server_config;
+
+typedef struct server {
+  server_config cfg;              /* read-only after start */
+  qv_db *db;
+  qv_model *model;                /* default embedding model, or NULL */
+  qv_model *reranker;             /* or NULL */
+  struct batcher *embed_batcher;  /* over model */
+  struct batcher *rerank_batcher; /* over reranker */
+  struct metrics *metrics;
+  double started;                 /* monotonic seconds */
+} server;
+
+#endif
