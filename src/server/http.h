@@ -66,6 +66,7 @@ typedef struct http_route {
 extern const http_route qdrant_routes[];
 extern const http_route openai_routes[];
 extern const http_route tei_routes[];
-extern const http_route native_routes[];   /* health, metrics, openapi, legacy /api/v1 */
+extern const http_route native_routes[];   /* health, metrics, telemetry, openapi */
+extern const http_route legacy_routes[];   /* the earlier embedding service's /api/v1/... */
 
 #endif
