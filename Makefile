@@ -38,10 +38,12 @@ build: deps
 run: build
 	@bash scripts/demo.sh $(BUILD)/quiver $(DATA_DIR)
 
-$(VENV)/.stamp: requirements-dev.txt
+# requirements-dev.txt names what the tests import; requirements-dev.lock pins every
+# package underneath them too, so a fresh venv is the one the tests last passed with.
+$(VENV)/.stamp: requirements-dev.txt requirements-dev.lock
 	python3 -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
-	$(VENV)/bin/pip install -q -r requirements-dev.txt
+	$(VENV)/bin/pip install -q -r requirements-dev.txt -c requirements-dev.lock
 	touch $@
 
 venv: deps $(VENV)/.stamp
