@@ -29,6 +29,7 @@ typedef struct server_config {
   double batch_wait_ms;           /* dynamic batching: longest wait to fill a batch */
   size_t max_queue;               /* waiting embedding requests before 429 */
   char gpu[8];                    /* "auto" | "on" | "off" */
+  size_t max_in_flight;           /* requests being served at once before 429 */
 } server_config;
 
 typedef struct server {
@@ -40,6 +41,19 @@ typedef struct server {
   struct batcher *rerank_batcher; /* over reranker */
   struct metrics *metrics;
   double started;                 /* monotonic seconds */
+  int ready;                      /* db and models loaded (read with __atomic_load_n) */
+  struct http_server *http;       /* private to http.c */
 } server;
+
+/* Monotonic seconds. */
+double server_now(void);
+
+/* Starts listening, then opens the data directory and loads the models; the HTTP side
+ * answers /livez at once and everything else 503 until ready. On failure everything
+ * started is stopped. */
+qv_status server_start(server *s, qv_error *err);
+/* Stops accepting, lets in-flight requests finish (up to request_timeout_s), then frees
+ * the batchers and models and closes the data directory (flushing storage). */
+void server_stop(server *s);
 
 #endif
