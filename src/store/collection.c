@@ -39,10 +39,14 @@
 
 #define MAP_SIZE ((size_t)1 << 40) /* address space only; the file grows as needed */
 #define CONFIG_FORMAT 1
+#define DEFAULT_M 16
+#define DEFAULT_EF_CONSTRUCT 100
+#define DEFAULT_FULL_SCAN_KB 10000
+#define DEFAULT_QUANTILE 0.99f
 
 struct qv_collection {
   char *name, *dir;               /* read-only */
-  qv_collection_config cfg;       /* read-only */
+  qv_collection_config cfg;       /* size, distance, vector_name read-only; the rest under rw */
   size_t stride;                  /* floats per row: size rounded up to 64 bytes; read-only */
   MDB_env *env;
   MDB_dbi points, meta;
@@ -56,6 +60,7 @@ struct qv_collection {
   json_t **payloads;              /* (cap) parsed payload objects, NULL for none */
   idmap map;                      /* id -> row */
   size_t corrupt;                 /* records skipped at open; read-only after open */
+  uint64_t version;               /* committed writes; stored in meta "version"; atomic */
 };
 
 static qv_status lmdb_fail(qv_error *err, int rc, const char *what) {
@@ -98,19 +103,70 @@ static qv_status env_open(MDB_env **out, const char *dir, qv_error *err) {
   return QV_OK;
 }
 
-qv_status collection_init_dir(const char *dir, const char *name, const qv_collection_config *cfg,
-                              qv_error *err) {
+/* Fills the zero fields of a configuration with the defaults and checks the ranges. */
+qv_status collection_config_resolve(qv_collection_config *cfg, qv_error *err) {
   if (cfg->size < 1 || cfg->size > QV_MAX_VECTOR_SIZE)
     return qv_fail(err, QV_ERANGE, "vector size %u is outside 1..%d", cfg->size, QV_MAX_VECTOR_SIZE);
   if ((unsigned)cfg->distance > QV_DIST_MANHATTAN)
     return qv_fail(err, QV_EINVAL, "unknown distance %d", (int)cfg->distance);
-  MDB_env *env;
-  qv_status st = env_open(&env, dir, err);
-  if (st) return st;
-  json_t *j = json_pack("{s:i, s:s, s:i, s:s}", "format", CONFIG_FORMAT, "name", name, "size",
-                        (json_int_t)cfg->size, "distance", qv_distance_name(cfg->distance));
+  if (!cfg->hnsw.m) cfg->hnsw.m = DEFAULT_M;
+  if (!cfg->hnsw.ef_construct) cfg->hnsw.ef_construct = DEFAULT_EF_CONSTRUCT;
+  if (!cfg->hnsw.full_scan_threshold) cfg->hnsw.full_scan_threshold = DEFAULT_FULL_SCAN_KB;
+  if (cfg->hnsw.m < 2 || cfg->hnsw.m > 1024)
+    return qv_fail(err, QV_ERANGE, "hnsw_config.m %u is outside 2..1024", cfg->hnsw.m);
+  if (cfg->hnsw.ef_construct < 4 || cfg->hnsw.ef_construct > 100000)
+    return qv_fail(err, QV_ERANGE, "hnsw_config.ef_construct %u is outside 4..100000",
+                   cfg->hnsw.ef_construct);
+  if ((unsigned)cfg->quant.type > QV_QUANT_INT8)
+    return qv_fail(err, QV_EINVAL, "unknown quantization type %d", (int)cfg->quant.type);
+  if (cfg->quant.type == QV_QUANT_NONE) {
+    cfg->quant.quantile = 0;
+    cfg->quant.always_ram = 0;
+  } else {
+    if (cfg->quant.quantile == 0) cfg->quant.quantile = DEFAULT_QUANTILE;
+    if (!(cfg->quant.quantile > 0.5f && cfg->quant.quantile <= 1.0f))
+      return qv_fail(err, QV_ERANGE, "quantization quantile %g is outside (0.5, 1]",
+                     (double)cfg->quant.quantile);
+    cfg->quant.always_ram = cfg->quant.always_ram != 0;
+  }
+  if (memchr(cfg->vector_name, 0, sizeof cfg->vector_name) == NULL ||
+      memchr(cfg->model, 0, sizeof cfg->model) == NULL)
+    return qv_fail(err, QV_EINVAL, "vector name or model name is not terminated");
+  return QV_OK;
+}
+
+/* The stored configuration, as compact JSON (malloc'd) or NULL when out of memory. Keys
+ * added after format 1 (hnsw, quantization, vector_name, model) are optional on reading,
+ * so configurations written before them still open with the defaults. */
+static char *config_json(const char *name, const qv_collection_config *cfg) {
+  json_t *j = json_pack("{s:i, s:s, s:I, s:s, s:{s:I, s:I, s:I}, s:s, s:s}", "format", CONFIG_FORMAT,
+                        "name", name, "size", (json_int_t)cfg->size, "distance",
+                        qv_distance_name(cfg->distance), "hnsw", "m", (json_int_t)cfg->hnsw.m,
+                        "ef_construct", (json_int_t)cfg->hnsw.ef_construct, "full_scan_threshold",
+                        (json_int_t)cfg->hnsw.full_scan_threshold, "vector_name", cfg->vector_name,
+                        "model", cfg->model);
+  if (j && cfg->quant.type == QV_QUANT_INT8) {
+    json_t *q = json_pack("{s:s, s:f, s:b}", "type", "int8", "quantile", (double)cfg->quant.quantile,
+                          "always_ram", cfg->quant.always_ram);
+    if (!q || json_object_set_new(j, "quantization", q)) {
+      json_decref(j);
+      j = NULL;
+    }
+  }
   char *text = j ? json_dumps(j, JSON_COMPACT) : NULL;
   json_decref(j);
+  return text;
+}
+
+qv_status collection_init_dir(const char *dir, const char *name, const qv_collection_config *cfg_in,
+                              qv_error *err) {
+  qv_collection_config cfg = *cfg_in;
+  qv_status st = collection_config_resolve(&cfg, err);
+  if (st) return st;
+  MDB_env *env;
+  st = env_open(&env, dir, err);
+  if (st) return st;
+  char *text = config_json(name, &cfg);
   if (!text) {
     mdb_env_close(env);
     return qv_fail(err, QV_ENOMEM, "out of memory writing the configuration");
@@ -134,6 +190,14 @@ qv_status collection_init_dir(const char *dir, const char *name, const qv_collec
   return rc ? lmdb_fail(err, rc, "writing the collection configuration") : QV_OK;
 }
 
+static int get_u32_field(json_t *obj, const char *key, uint32_t *out) {
+  json_t *v = json_object_get(obj, key);
+  if (!v) return 0;
+  if (!json_is_integer(v) || json_integer_value(v) < 0 || json_integer_value(v) > UINT32_MAX) return -1;
+  *out = (uint32_t)json_integer_value(v);
+  return 0;
+}
+
 static qv_status read_config(qv_collection *c, MDB_txn *txn, qv_error *err) {
   MDB_val k = {6, "config"}, v;
   int rc = mdb_get(txn, c->meta, &k, &v);
@@ -143,14 +207,41 @@ static qv_status read_config(qv_collection *c, MDB_txn *txn, qv_error *err) {
   json_t *j = json_loadb(v.mv_data, v.mv_size, 0, &je);
   json_int_t format = 0, size = 0;
   const char *dist = NULL;
-  qv_status st = QV_OK;
-  if (!j || json_unpack(j, "{s:I, s:I, s:s}", "format", &format, "size", &size, "distance", &dist) ||
-      format != CONFIG_FORMAT || size < 1 || size > QV_MAX_VECTOR_SIZE ||
-      qv_distance_parse(&c->cfg.distance, dist) != QV_OK)
-    st = qv_fail(err, QV_ECORRUPT, "%s: unreadable configuration", c->dir);
-  else
-    c->cfg.size = (uint32_t)size;
+  qv_collection_config cfg = {0};
+  int bad = !j || json_unpack(j, "{s:I, s:I, s:s}", "format", &format, "size", &size, "distance", &dist) ||
+            format != CONFIG_FORMAT || size < 1 || size > QV_MAX_VECTOR_SIZE ||
+            qv_distance_parse(&cfg.distance, dist) != QV_OK;
+  if (!bad) {
+    cfg.size = (uint32_t)size;
+    json_t *h = json_object_get(j, "hnsw"), *q = json_object_get(j, "quantization");
+    if (h) bad = !json_is_object(h) || get_u32_field(h, "m", &cfg.hnsw.m) ||
+                 get_u32_field(h, "ef_construct", &cfg.hnsw.ef_construct) ||
+                 get_u32_field(h, "full_scan_threshold", &cfg.hnsw.full_scan_threshold);
+    if (!bad && q && !json_is_null(q)) {
+      const char *type = NULL;
+      double quantile = 0;
+      int always = 0;
+      bad = json_unpack(q, "{s:s, s?F, s?b}", "type", &type, "quantile", &quantile, "always_ram", &always) ||
+            strcmp(type, "int8") != 0;
+      cfg.quant.type = QV_QUANT_INT8;
+      cfg.quant.quantile = (float)quantile;
+      cfg.quant.always_ram = always;
+    }
+    const char *vn = json_string_value(json_object_get(j, "vector_name"));
+    const char *model = json_string_value(json_object_get(j, "model"));
+    if (!bad && vn && strlen(vn) <= QV_MAX_VECTOR_NAME) strcpy(cfg.vector_name, vn);
+    if (!bad && model && strlen(model) <= QV_MAX_NAME) strcpy(cfg.model, model);
+  }
+  qv_status st = bad ? QV_ECORRUPT : collection_config_resolve(&cfg, NULL);
+  if (st) st = qv_fail(err, QV_ECORRUPT, "%s: unreadable configuration", c->dir);
+  else c->cfg = cfg;
   json_decref(j);
+  if (!st) {
+    MDB_val vk = {7, "version"}, vv;
+    rc = mdb_get(txn, c->meta, &vk, &vv);
+    if (rc == 0 && vv.mv_size == 8) memcpy(&c->version, vv.mv_data, 8);
+    else if (rc != MDB_NOTFOUND) st = qv_fail(err, QV_ECORRUPT, "%s: unreadable version", c->dir);
+  }
   return st;
 }
 
@@ -311,7 +402,11 @@ void collection_close(qv_collection *c) {
   free(c);
 }
 
-void qv_collection_config_get(const qv_collection *c, qv_collection_config *out) { *out = c->cfg; }
+void qv_collection_config_get(const qv_collection *c, qv_collection_config *out) {
+  pthread_rwlock_rdlock((pthread_rwlock_t *)&c->rw);
+  *out = c->cfg;
+  pthread_rwlock_unlock((pthread_rwlock_t *)&c->rw);
+}
 
 size_t qv_collection_count_all(const qv_collection *c) {
   pthread_rwlock_rdlock((pthread_rwlock_t *)&c->rw);
@@ -383,6 +478,13 @@ static qv_status write_txn(qv_collection *c, txn_fill_fn fill, void *ctx, qv_err
   int rc = mdb_txn_begin(c->env, NULL, 0, &txn);
   if (rc) return lmdb_fail(err, rc, "mdb_txn_begin");
   rc = fill(c, txn, ctx);
+  if (!rc) {
+    /* The version moves with the data in the same transaction, so a saved graph that
+     * names a version matches exactly the points stored under it. */
+    uint64_t next = c->version + 1;
+    MDB_val k = {7, "version"}, v = {8, &next};
+    rc = mdb_put(txn, c->meta, &k, &v, 0);
+  }
   if (rc) {
     mdb_txn_abort(txn);
     return lmdb_fail(err, rc, "writing points");
@@ -395,6 +497,14 @@ static qv_status write_txn(qv_collection *c, txn_fill_fn fill, void *ctx, qv_err
     return lmdb_fail(err, rc, "committing");
   }
   return QV_OK;
+}
+
+/* Called with write_mu and rw held for writing, after the memory side of a committed
+ * write is applied: write_txn stored version + 1 in the same transaction. */
+static void bump_version(qv_collection *c) { __atomic_store_n(&c->version, c->version + 1, __ATOMIC_RELEASE); }
+
+uint64_t qv_collection_version(const qv_collection *c) {
+  return __atomic_load_n(&c->version, __ATOMIC_ACQUIRE);
 }
 
 typedef struct upsert_ctx {
@@ -444,6 +554,7 @@ qv_status qv_collection_upsert(qv_collection *c, const qv_point *points, size_t 
       set_row(c, &points[i].id, prep[i].vec, prep[i].json);
       prep[i].json = NULL; /* the row owns it now */
     }
+    bump_version(c);
     pthread_rwlock_unlock(&c->rw);
   }
   pthread_mutex_unlock(&c->write_mu);
@@ -489,6 +600,7 @@ static qv_status delete_locked(qv_collection *c, qv_point_id *ids, size_t n, siz
       removed++;
     }
   }
+  bump_version(c);
   pthread_rwlock_unlock(&c->rw);
   if (deleted) *deleted = removed;
   return QV_OK;
@@ -521,6 +633,215 @@ qv_status qv_collection_delete_filter(qv_collection *c, const qv_filter *f, size
   pthread_mutex_unlock(&c->write_mu);
   free(ids);
   return st;
+}
+
+/* ---- payload changes ------------------------------------------------------------------ */
+
+typedef struct payload_ctx {
+  const size_t *rows;
+  char *const *texts; /* (n) compact JSON of each row's new payload */
+  size_t n;
+} payload_ctx;
+
+static int fill_payload(qv_collection *c, MDB_txn *txn, void *arg) {
+  payload_ctx *u = arg;
+  for (size_t i = 0; i < u->n; i++) {
+    uint8_t key[RECORD_KEY_MAX];
+    size_t row = u->rows[i], plen = strlen(u->texts[i]);
+    MDB_val k = {record_key_encode(key, &c->ids[row]), key};
+    MDB_val v = {record_size(c->cfg.size, plen), NULL};
+    int rc = mdb_put(txn, c->points, &k, &v, MDB_RESERVE);
+    if (rc) return rc;
+    record_encode(v.mv_data, row_vec(c, row), c->cfg.size, u->texts[i], plen);
+  }
+  return 0;
+}
+
+static int cmp_size(const void *a, const void *b) {
+  size_t x = *(const size_t *)a, y = *(const size_t *)b;
+  return x < y ? -1 : x > y;
+}
+
+/* The rows a payload change applies to, sorted and without repeats; caller holds
+ * write_mu, so rows cannot move under it. */
+static qv_status target_rows(qv_collection *c, const qv_point_id *ids, size_t n, const qv_filter *f,
+                             size_t **rows_out, size_t *count) {
+  size_t cap = ids ? n : c->n, m = 0;
+  size_t *rows = malloc((cap ? cap : 1) * sizeof *rows);
+  if (!rows) return QV_ENOMEM;
+  if (ids) {
+    for (size_t i = 0; i < n; i++) {
+      int64_t r = idmap_get(&c->map, &ids[i]);
+      if (r >= 0) rows[m++] = (size_t)r;
+    }
+    qsort(rows, m, sizeof *rows, cmp_size);
+    size_t u = 0;
+    for (size_t i = 0; i < m; i++)
+      if (u == 0 || rows[u - 1] != rows[i]) rows[u++] = rows[i];
+    m = u;
+  } else {
+    for (size_t r = 0; r < c->n; r++)
+      if (!f || filter_match(f, &c->ids[r], c->payloads[r])) rows[m++] = r;
+  }
+  *rows_out = rows;
+  *count = m;
+  return QV_OK;
+}
+
+typedef struct payload_op {
+  json_t *set;               /* SET / OVERWRITE: the parsed object */
+  qv_payload_mode mode;
+  const char *const *keys;   /* delete: the keys */
+  size_t nkeys;
+} payload_op;
+
+/* The new payload of one row, or NULL with *same set when the row would not change. */
+static json_t *apply_op(const payload_op *op, json_t *old, int *same) {
+  *same = 0;
+  if (op->set && op->mode == QV_PAYLOAD_OVERWRITE) return json_deep_copy(op->set);
+  json_t *p = old ? json_copy(old) : json_object();
+  if (!p) return NULL;
+  if (op->set) {
+    if (json_object_update(p, op->set)) {
+      json_decref(p);
+      return NULL;
+    }
+    return p;
+  }
+  size_t removed = 0;
+  for (size_t i = 0; i < op->nkeys; i++) removed += json_object_del(p, op->keys[i]) == 0;
+  if (!removed) {
+    json_decref(p);
+    *same = 1;
+    return NULL;
+  }
+  return p;
+}
+
+static qv_status payload_change(qv_collection *c, const qv_point_id *ids, size_t n, const qv_filter *f,
+                                const payload_op *op, size_t *updated, qv_error *err) {
+  if (updated) *updated = 0;
+  size_t *rows = NULL, m = 0, changed = 0;
+  json_t **newp = NULL;
+  char **texts = NULL;
+  qv_status st = QV_OK;
+  pthread_mutex_lock(&c->write_mu);
+  if (c->sticky) {
+    st = qv_fail(err, QV_ESTICKY, "collection %s: an earlier write failed; reopen it", c->name);
+    goto out;
+  }
+  if ((st = target_rows(c, ids, n, f, &rows, &m))) goto oom;
+  newp = calloc(m ? m : 1, sizeof *newp);
+  texts = calloc(m ? m : 1, sizeof *texts);
+  if (!newp || !texts) goto oom;
+  for (size_t i = 0; i < m; i++) {
+    int same;
+    json_t *p = apply_op(op, c->payloads[rows[i]], &same);
+    if (same) continue;
+    if (!p) goto oom;
+    rows[changed] = rows[i];
+    newp[changed] = p;
+    if (!(texts[changed++] = json_dumps(p, JSON_COMPACT))) goto oom;
+  }
+  if (changed) {
+    payload_ctx u = {rows, texts, changed};
+    st = write_txn(c, fill_payload, &u, err);
+    if (st) goto out;
+    pthread_rwlock_wrlock(&c->rw);
+    for (size_t i = 0; i < changed; i++) {
+      json_decref(c->payloads[rows[i]]);
+      c->payloads[rows[i]] = newp[i];
+      newp[i] = NULL;
+    }
+    bump_version(c);
+    pthread_rwlock_unlock(&c->rw);
+  }
+  if (updated) *updated = changed;
+  goto out;
+oom:
+  st = qv_fail(err, QV_ENOMEM, "out of memory changing payloads");
+out:
+  pthread_mutex_unlock(&c->write_mu);
+  for (size_t i = 0; i < changed && newp; i++) json_decref(newp[i]);
+  for (size_t i = 0; i < changed && texts; i++) free(texts[i]);
+  free(newp);
+  free(texts);
+  free(rows);
+  return st;
+}
+
+qv_status qv_collection_set_payload(qv_collection *c, const qv_point_id *ids, size_t n,
+                                    const qv_filter *f, const char *payload, qv_payload_mode mode,
+                                    size_t *updated, qv_error *err) {
+  if (updated) *updated = 0;
+  if ((unsigned)mode > QV_PAYLOAD_OVERWRITE) return qv_fail(err, QV_EINVAL, "unknown payload mode %d", (int)mode);
+  if (!payload) return qv_fail(err, QV_EINVAL, "no payload given");
+  json_error_t je;
+  json_t *j = json_loads(payload, 0, &je);
+  if (!j) return qv_fail(err, QV_EJSON, "payload: %s at column %d", je.text, je.column);
+  if (!json_is_object(j)) {
+    json_decref(j);
+    return qv_fail(err, QV_EJSON, "payload must be a JSON object");
+  }
+  payload_op op = {j, mode, NULL, 0};
+  qv_status st = payload_change(c, ids, n, f, &op, updated, err);
+  json_decref(j);
+  return st;
+}
+
+qv_status qv_collection_delete_payload(qv_collection *c, const qv_point_id *ids, size_t n,
+                                       const qv_filter *f, const char *const *keys, size_t nkeys,
+                                       size_t *updated, qv_error *err) {
+  if (updated) *updated = 0;
+  for (size_t i = 0; i < nkeys; i++)
+    if (!keys[i]) return qv_fail(err, QV_EINVAL, "payload key %zu is NULL", i);
+  if (nkeys == 0) return QV_OK;
+  payload_op op = {NULL, QV_PAYLOAD_SET, keys, nkeys};
+  return payload_change(c, ids, n, f, &op, updated, err);
+}
+
+/* ---- configuration changes and statistics -------------------------------------------- */
+
+qv_status qv_collection_update_config(qv_collection *c, const qv_collection_config *cfg_in,
+                                      qv_error *err) {
+  qv_collection_config cfg = *cfg_in;
+  qv_status st = collection_config_resolve(&cfg, err);
+  if (st) return st;
+  if (cfg.size != c->cfg.size || cfg.distance != c->cfg.distance ||
+      strcmp(cfg.vector_name, c->cfg.vector_name) != 0)
+    return qv_fail(err, QV_EINVAL, "collection %s: size, distance and vector name cannot change", c->name);
+  char *text = config_json(c->name, &cfg);
+  if (!text) return qv_fail(err, QV_ENOMEM, "out of memory");
+  pthread_mutex_lock(&c->write_mu);
+  if (c->sticky) {
+    st = qv_fail(err, QV_ESTICKY, "collection %s: an earlier write failed; reopen it", c->name);
+  } else {
+    MDB_txn *txn;
+    int rc = mdb_txn_begin(c->env, NULL, 0, &txn);
+    if (!rc) {
+      MDB_val k = {6, "config"}, v = {strlen(text), text};
+      rc = mdb_put(txn, c->meta, &k, &v, 0);
+      if (rc) mdb_txn_abort(txn);
+      else if ((rc = mdb_txn_commit(txn))) c->sticky = 1;
+    }
+    if (rc) st = lmdb_fail(err, rc, "writing the configuration");
+  }
+  if (!st) {
+    pthread_rwlock_wrlock(&c->rw);
+    c->cfg = cfg;
+    pthread_rwlock_unlock(&c->rw);
+  }
+  pthread_mutex_unlock(&c->write_mu);
+  free(text);
+  return st;
+}
+
+void qv_collection_stats_get(qv_collection *c, qv_collection_stats *out) {
+  memset(out, 0, sizeof *out);
+  pthread_rwlock_rdlock(&c->rw);
+  out->points = c->n;
+  out->vector_bytes = c->n * c->stride * sizeof(float);
+  pthread_rwlock_unlock(&c->rw);
 }
 
 /* ---- reads ---------------------------------------------------------------------------- */

@@ -4,6 +4,9 @@
 
 #include "quiver.h"
 
+/* Fills a configuration's zero fields with the defaults and checks every range. */
+qv_status collection_config_resolve(qv_collection_config *cfg, qv_error *err);
+
 /* Makes a new collection's LMDB environment in the existing, empty directory `dir` and
  * writes its configuration durably. */
 qv_status collection_init_dir(const char *dir, const char *name, const qv_collection_config *cfg,

@@ -306,9 +306,177 @@ TEST(statuses_have_messages) {
   ASSERT_STR_EQ(qv_strerror(-9999), "unknown error");
 }
 
+TEST(config_fields_persist_and_defaults_fill_in) {
+  char *dir = fresh_dir();
+  qv_db *db;
+  ASSERT_OK(qv_db_open(&db, dir, NULL));
+  qv_collection_config cfg = {.size = 8, .distance = QV_DIST_COSINE,
+                              .hnsw = {.m = 32, .full_scan_threshold = 5},
+                              .quant = {.type = QV_QUANT_INT8, .quantile = 0.9f, .always_ram = 1}};
+  strcpy(cfg.vector_name, "text");
+  strcpy(cfg.model, "all-MiniLM-L6-v2");
+  ASSERT_OK(qv_collection_create(db, "t", &cfg, NULL));
+  qv_collection_config bad = {.size = 8, .hnsw = {.m = 1}};
+  ASSERT_STATUS(qv_collection_create(db, "u", &bad, NULL), QV_ERANGE);
+  bad = (qv_collection_config){.size = 8, .quant = {.type = QV_QUANT_INT8, .quantile = 0.2f}};
+  ASSERT_STATUS(qv_collection_create(db, "u", &bad, NULL), QV_ERANGE);
+  qv_db_close(db);
+  ASSERT_OK(qv_db_open(&db, dir, NULL));
+  qv_collection *c;
+  ASSERT_OK(qv_collection_open(db, "t", &c, NULL));
+  qv_collection_config got;
+  qv_collection_config_get(c, &got);
+  ASSERT_EQ(got.size, 8);
+  ASSERT_EQ(got.hnsw.m, 32);
+  ASSERT_EQ(got.hnsw.ef_construct, 100);
+  ASSERT_EQ(got.hnsw.full_scan_threshold, 5);
+  ASSERT_EQ(got.quant.type, QV_QUANT_INT8);
+  ASSERT_NEAR(got.quant.quantile, 0.9, 1e-6);
+  ASSERT_EQ(got.quant.always_ram, 1);
+  ASSERT_STR_EQ(got.vector_name, "text");
+  ASSERT_STR_EQ(got.model, "all-MiniLM-L6-v2");
+
+  /* hnsw and quantization may change; size, distance and vector name may not */
+  got.hnsw.ef_construct = 200;
+  got.quant = (qv_quant_config){0};
+  ASSERT_OK(qv_collection_update_config(c, &got, NULL));
+  qv_collection_config other = got;
+  other.size = 9;
+  ASSERT_STATUS(qv_collection_update_config(c, &other, NULL), QV_EINVAL);
+  other = got;
+  strcpy(other.vector_name, "image");
+  ASSERT_STATUS(qv_collection_update_config(c, &other, NULL), QV_EINVAL);
+  qv_db_close(db);
+  ASSERT_OK(qv_db_open(&db, dir, NULL));
+  ASSERT_OK(qv_collection_open(db, "t", &c, NULL));
+  qv_collection_config_get(c, &got);
+  ASSERT_EQ(got.hnsw.ef_construct, 200);
+  ASSERT_EQ(got.hnsw.m, 32);
+  ASSERT_EQ(got.quant.type, QV_QUANT_NONE);
+  qv_db_close(db);
+}
+
+TEST(a_format_1_config_without_new_fields_opens_with_defaults) {
+  char *dir = fresh_dir();
+  qv_db *db;
+  qv_collection *c = make(&db, dir, 4, QV_DIST_DOT);
+  ASSERT(c);
+  qv_db_close(db);
+  /* rewrite the stored configuration as the first release wrote it */
+  char path[512];
+  snprintf(path, sizeof path, "%s/collections/t", dir);
+  MDB_env *env;
+  MDB_txn *txn;
+  MDB_dbi meta;
+  ASSERT_EQ(mdb_env_create(&env), 0);
+  ASSERT_EQ(mdb_env_set_maxdbs(env, 4), 0);
+  ASSERT_EQ(mdb_env_open(env, path, 0, 0644), 0);
+  ASSERT_EQ(mdb_txn_begin(env, NULL, 0, &txn), 0);
+  ASSERT_EQ(mdb_dbi_open(txn, "meta", 0, &meta), 0);
+  const char *old = "{\"format\":1,\"name\":\"t\",\"size\":4,\"distance\":\"Dot\"}";
+  MDB_val k = {6, "config"}, v = {strlen(old), (void *)old};
+  ASSERT_EQ(mdb_put(txn, meta, &k, &v, 0), 0);
+  ASSERT_EQ(mdb_txn_commit(txn), 0);
+  mdb_env_close(env);
+  ASSERT_OK(qv_db_open(&db, dir, NULL));
+  ASSERT_OK(qv_collection_open(db, "t", &c, NULL));
+  qv_collection_config got;
+  qv_collection_config_get(c, &got);
+  ASSERT_EQ(got.size, 4);
+  ASSERT_EQ(got.distance, QV_DIST_DOT);
+  ASSERT_EQ(got.hnsw.m, 16);
+  ASSERT_EQ(got.hnsw.ef_construct, 100);
+  ASSERT_EQ(got.hnsw.full_scan_threshold, 10000);
+  ASSERT_EQ(got.quant.type, QV_QUANT_NONE);
+  ASSERT_STR_EQ(got.vector_name, "");
+  qv_db_close(db);
+}
+
+TEST(version_grows_with_each_write_and_survives_reopen) {
+  char *dir = fresh_dir();
+  qv_db *db;
+  qv_collection *c = make(&db, dir, 2, QV_DIST_DOT);
+  ASSERT(c);
+  ASSERT_U64_EQ(qv_collection_version(c), 0);
+  float v[2] = {1, 2};
+  qv_point p = {num(1), v, "{\"a\":1}"};
+  ASSERT_OK(qv_collection_upsert(c, &p, 1, NULL));
+  ASSERT_U64_EQ(qv_collection_version(c), 1);
+  size_t n;
+  qv_point_id missing = num(7);
+  ASSERT_OK(qv_collection_delete_ids(c, &missing, 1, &n, NULL)); /* nothing written */
+  ASSERT_U64_EQ(qv_collection_version(c), 1);
+  ASSERT_OK(qv_collection_set_payload(c, &p.id, 1, NULL, "{\"b\":2}", QV_PAYLOAD_SET, &n, NULL));
+  ASSERT_U64_EQ(qv_collection_version(c), 2);
+  qv_collection_stats s;
+  qv_collection_stats_get(c, &s);
+  ASSERT_EQ(s.points, 1);
+  ASSERT(s.vector_bytes >= 2 * sizeof(float));
+  qv_db_close(db);
+  ASSERT_OK(qv_db_open(&db, dir, NULL));
+  ASSERT_OK(qv_collection_open(db, "t", &c, NULL));
+  ASSERT_U64_EQ(qv_collection_version(c), 2);
+  qv_db_close(db);
+}
+
+static char *payload_of(qv_collection *c, uint64_t id) {
+  static char buf[256];
+  qv_point_id pid = num(id);
+  qv_records r;
+  if (qv_collection_get(c, &pid, 1, 1, 0, &r, NULL) || r.count != 1) return NULL;
+  snprintf(buf, sizeof buf, "%s", r.items[0].payload);
+  qv_records_free(&r);
+  return buf;
+}
+
+TEST(set_overwrite_and_delete_payload_by_ids_and_filter) {
+  char *dir = fresh_dir();
+  qv_db *db;
+  qv_collection *c = make(&db, dir, 2, QV_DIST_DOT);
+  ASSERT(c);
+  float v[2] = {1, 2};
+  qv_point pts[3] = {{num(1), v, "{\"a\":1,\"k\":\"x\"}"}, {num(2), v, "{\"a\":2,\"k\":\"y\"}"}, {num(3), v, NULL}};
+  ASSERT_OK(qv_collection_upsert(c, pts, 3, NULL));
+  size_t n = 99;
+  qv_point_id ids[3] = {num(1), num(1), num(9)}; /* a repeat and a missing id */
+  ASSERT_OK(qv_collection_set_payload(c, ids, 3, NULL, "{\"b\":[1,2],\"a\":5}", QV_PAYLOAD_SET, &n, NULL));
+  ASSERT_EQ(n, 1);
+  ASSERT_STR_EQ(payload_of(c, 1), "{\"a\":5,\"k\":\"x\",\"b\":[1,2]}");
+  ASSERT_OK(qv_collection_set_payload(c, &pts[2].id, 1, NULL, "{\"z\":true}", QV_PAYLOAD_OVERWRITE, &n, NULL));
+  ASSERT_STR_EQ(payload_of(c, 3), "{\"z\":true}");
+  ASSERT_STATUS(qv_collection_set_payload(c, ids, 1, NULL, "[1]", QV_PAYLOAD_SET, &n, NULL), QV_EJSON);
+  ASSERT_STATUS(qv_collection_set_payload(c, ids, 1, NULL, "{", QV_PAYLOAD_SET, &n, NULL), QV_EJSON);
+
+  qv_filter *f;
+  const char *ft = "{\"must\":[{\"key\":\"k\",\"match\":{\"value\":\"y\"}}]}";
+  ASSERT_OK(qv_filter_parse(&f, ft, strlen(ft), NULL));
+  ASSERT_OK(qv_collection_set_payload(c, NULL, 0, f, "{\"k\":\"w\"}", QV_PAYLOAD_SET, &n, NULL));
+  ASSERT_EQ(n, 1);
+  ASSERT_STR_EQ(payload_of(c, 2), "{\"a\":2,\"k\":\"w\"}");
+  qv_filter_free(f);
+
+  const char *keys[2] = {"a", "nope"};
+  ASSERT_OK(qv_collection_delete_payload(c, NULL, 0, NULL, keys, 2, &n, NULL)); /* every point */
+  ASSERT_EQ(n, 2); /* point 3 has no "a" */
+  ASSERT_STR_EQ(payload_of(c, 1), "{\"k\":\"x\",\"b\":[1,2]}");
+  ASSERT_OK(qv_collection_set_payload(c, NULL, 0, NULL, "{}", QV_PAYLOAD_OVERWRITE, &n, NULL)); /* clear */
+  ASSERT_EQ(n, 3);
+  ASSERT_OK(qv_collection_set_payload(c, &pts[0].id, 1, NULL, "{\"after\":1}", QV_PAYLOAD_SET, &n, NULL));
+  qv_db_close(db);
+  /* durable: the changes are in storage, not only in memory */
+  ASSERT_OK(qv_db_open(&db, dir, NULL));
+  ASSERT_OK(qv_collection_open(db, "t", &c, NULL));
+  ASSERT_STR_EQ(payload_of(c, 1), "{\"after\":1}");
+  ASSERT_STR_EQ(payload_of(c, 2), "{}");
+  ASSERT_STR_EQ(payload_of(c, 3), "{}");
+  qv_db_close(db);
+}
+
 TEST_MAIN(T(empty_collection_search_count_scroll), T(dimension_one_and_4096_round_trip_after_reopen),
           T(duplicate_ids_in_one_batch_last_wins), T(a_bad_point_rejects_the_whole_batch),
           T(create_refuses_bad_configs_and_names), T(second_open_of_a_data_directory_is_refused),
           T(leftover_tmp_and_trash_directories_are_swept), T(corrupt_record_is_skipped_at_open),
           T(record_decode_rejects_every_truncation), T(id_keys_sort_in_id_order),
-          T(point_id_parse_and_format), T(idmap_matches_reference_under_churn), T(statuses_have_messages))
+          T(point_id_parse_and_format), T(idmap_matches_reference_under_churn), T(statuses_have_messages),
+          T(config_fields_persist_and_defaults_fill_in), T(a_format_1_config_without_new_fields_opens_with_defaults),
+          T(version_grows_with_each_write_and_survives_reopen), T(set_overwrite_and_delete_payload_by_ids_and_filter))
