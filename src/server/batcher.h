@@ -20,8 +20,17 @@ void batcher_free(batcher *b);
  * are already waiting; QV_ETOOLONG as qv_model_encode. Thread-safe. */
 qv_status batcher_encode(batcher *b, const char *const *texts, const size_t *lens, size_t n,
                          int truncate, float *out, qv_error *err);
+/* As batcher_encode; *tokens (may be NULL) gets the tokens the inputs hold, special
+ * tokens included, after truncation: what the OpenAI route reports as usage. */
+qv_status batcher_encode_tokens(batcher *b, const char *const *texts, const size_t *lens, size_t n,
+                                int truncate, float *out, size_t *tokens, qv_error *err);
 /* Blocks until the n cross-encoder logits are in logits (n). */
 qv_status batcher_rerank(batcher *b, const char *query, const char *const *docs, size_t n,
                          int truncate, float *logits, qv_error *err);
+
+/* Model calls made so far (a merged pass counts once), and requests waiting now: for
+ * tests and the server's own gauges. */
+size_t batcher_passes(batcher *b);
+size_t batcher_queued(batcher *b);
 
 #endif
