@@ -7,6 +7,7 @@ SHELL := /bin/bash
 BUILD ?= build
 ASAN_BUILD ?= build-asan
 FUZZ_BUILD ?= build-fuzz
+TSAN_BUILD ?= build-tsan
 VENV ?= .venv
 JOBS ?= $(shell nproc)
 FUZZ_SECONDS ?= 30
@@ -18,7 +19,7 @@ DEB_PACKAGES := build-essential cmake pkg-config clang libclang-rt-14-dev \
 	libmicrohttpd-dev libyaml-dev nodejs-doc \
 	python3 python3-venv python3-pip
 
-.PHONY: all deps build run demo test unit integration asan-test fuzz venv models bench-exact clean
+.PHONY: all deps build run demo test unit integration asan-test tsan-test fuzz venv models bench-exact clean
 
 all: build
 
@@ -61,6 +62,14 @@ integration: build venv models
 	  $(VENV)/bin/pytest -q tests/integration
 
 test: unit integration
+
+# Concurrent inserts and searches on one collection (and the HNSW module alone) under
+# ThreadSanitizer: any data race fails the run.
+tsan-test: deps
+	CC=clang cmake -S . -B $(TSAN_BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo -DQUIVER_TSAN=ON >/dev/null
+	cmake --build $(TSAN_BUILD) -j $(JOBS) --target test_collection_threads test_hnsw
+	TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1" $(TSAN_BUILD)/test_collection_threads
+	TSAN_OPTIONS="halt_on_error=1" $(TSAN_BUILD)/test_hnsw
 
 asan-test: deps venv models
 	CC=clang cmake -S . -B $(ASAN_BUILD) -DCMAKE_BUILD_TYPE=Debug -DQUIVER_SANITIZE=ON >/dev/null

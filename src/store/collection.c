@@ -33,6 +33,7 @@
 #include "base/pool.h"
 #include "index/distance.h"
 #include "index/flat.h"
+#include "index/hnsw.h"
 #include "store/filter.h"
 #include "store/idmap.h"
 #include "store/record.h"
@@ -43,6 +44,13 @@
 #define DEFAULT_EF_CONSTRUCT 100
 #define DEFAULT_FULL_SCAN_KB 10000
 #define DEFAULT_QUANTILE 0.99f
+#define DEFAULT_EF 64
+#define NODE_NONE UINT32_MAX
+#define BUILD_CHUNK 2048
+/* A rebuild is scheduled once tombstones pass this share of the graph's nodes: a
+ * tombstone still costs traversal work and memory, and hnswlib-style repair of the
+ * neighbours' links is left for later (see the report in collection_close's comment). */
+#define TOMBSTONE_SHARE 0.2
 
 struct qv_collection {
   char *name, *dir;               /* read-only */
@@ -61,6 +69,23 @@ struct qv_collection {
   idmap map;                      /* id -> row */
   size_t corrupt;                 /* records skipped at open; read-only after open */
   uint64_t version;               /* committed writes; stored in meta "version"; atomic */
+
+  /* The HNSW index (see "index" below). Rows move (swap-remove) and UUIDs do not fit a
+   * graph label, so the graph's internal node ids are the stable names and two arrays
+   * map between nodes and rows. All of these change only under write_mu and are swapped
+   * or written under rw held for writing, so a search holding rw shared sees them whole. */
+  hnsw *graph;                    /* NULL until built */
+  uint32_t *node2row;             /* (node_cap) a node's row; NODE_NONE when tombstoned or pending */
+  size_t node_cap;
+  uint32_t *row2node;             /* (cap) a row's node; NODE_NONE when not in the graph */
+  size_t unindexed;               /* rows with no node while graph != NULL: scanned exactly */
+  qv_hnsw_config graph_cfg;       /* the parameters graph was built with */
+  int graph_dirty;                /* graph differs from its file; under write_mu */
+  pthread_t worker;               /* background builder (index_worker) */
+  int worker_started;
+  pthread_mutex_t idx_mu;         /* guards the three below */
+  pthread_cond_t idx_cv;
+  int want_build, indexing, stop;
 };
 
 static qv_status lmdb_fail(qv_error *err, int rc, const char *what) {
@@ -245,6 +270,11 @@ static qv_status read_config(qv_collection *c, MDB_txn *txn, qv_error *err) {
   return st;
 }
 
+static int cmp_size(const void *a, const void *b) {
+  size_t x = *(const size_t *)a, y = *(const size_t *)b;
+  return x < y ? -1 : x > y;
+}
+
 /* ---- rows in memory ------------------------------------------------------------------- */
 
 static qv_status reserve_rows(qv_collection *c, size_t more) {
@@ -263,7 +293,12 @@ static qv_status reserve_rows(qv_collection *c, size_t more) {
   if (ids) c->ids = ids;
   json_t **pl = realloc(c->payloads, cap * sizeof *pl);
   if (pl) c->payloads = pl;
-  if (!vecs || !sq || !ids || !pl) {
+  uint32_t *r2n = realloc(c->row2node, cap * sizeof *r2n);
+  if (r2n) {
+    c->row2node = r2n;
+    for (size_t i = c->cap; i < cap; i++) r2n[i] = NODE_NONE;
+  }
+  if (!vecs || !sq || !ids || !pl || !r2n) {
     qv_aligned_free(vecs);
     return QV_ENOMEM;
   }
@@ -278,16 +313,33 @@ static qv_status reserve_rows(qv_collection *c, size_t more) {
 
 static float *row_vec(const qv_collection *c, size_t row) { return c->vecs + row * c->stride; }
 
-/* Sets row `row` (existing or the next free one) to this point; takes the payload ref. */
+/* Takes a row out of the graph: its node becomes a tombstone (never returned, still
+ * traversed) and the row counts as unindexed until it is inserted again. Caller holds
+ * write_mu and rw for writing. */
+static void unlink_row(qv_collection *c, size_t row) {
+  uint32_t node = c->row2node[row];
+  if (node == NODE_NONE) return;
+  hnsw_mark_deleted(c->graph, node);
+  c->node2row[node] = NODE_NONE;
+  c->row2node[row] = NODE_NONE;
+  c->unindexed++;
+}
+
+/* Sets row `row` (existing or the next free one) to this point; takes the payload ref.
+ * A replaced point's old node is tombstoned; the new vector is unindexed until
+ * index_rows inserts it. */
 static void set_row(qv_collection *c, const qv_point_id *id, const float *vec, json_t *payload) {
   int64_t found = idmap_get(&c->map, id);
   size_t row;
   if (found >= 0) {
     row = (size_t)found;
     json_decref(c->payloads[row]);
+    unlink_row(c, row);
   } else {
     row = c->n++;
     c->ids[row] = *id;
+    c->row2node[row] = NODE_NONE;
+    if (c->graph) c->unindexed++;
     idmap_put(&c->map, id, (uint32_t)row);
   }
   memcpy(row_vec(c, row), vec, c->cfg.size * sizeof(float));
@@ -299,6 +351,8 @@ static void set_row(qv_collection *c, const qv_point_id *id, const float *vec, j
 static void remove_row(qv_collection *c, size_t row) {
   idmap_del(&c->map, &c->ids[row]);
   json_decref(c->payloads[row]);
+  unlink_row(c, row);
+  if (c->graph) c->unindexed--; /* the row is gone, not waiting for the graph */
   size_t last = --c->n;
   if (row != last) {
     memcpy(row_vec(c, row), row_vec(c, last), c->stride * sizeof(float));
@@ -306,7 +360,11 @@ static void remove_row(qv_collection *c, size_t row) {
     c->ids[row] = c->ids[last];
     c->payloads[row] = c->payloads[last];
     idmap_put(&c->map, &c->ids[row], (uint32_t)row);
+    uint32_t node = c->row2node[last];
+    c->row2node[row] = node;
+    if (node != NODE_NONE) c->node2row[node] = (uint32_t)row;
   }
+  c->row2node[last] = NODE_NONE;
 }
 
 static qv_status load_points(qv_collection *c, MDB_txn *txn, qv_error *err) {
@@ -347,6 +405,210 @@ static qv_status load_points(qv_collection *c, MDB_txn *txn, qv_error *err) {
   return st;
 }
 
+/* ---- index ---------------------------------------------------------------------------
+ *
+ * The graph is derived data: LMDB stays the truth (invariant 1), and the graph can always
+ * be rebuilt from the rows. It exists once the collection's vectors pass
+ * full_scan_threshold KB (Qdrant's unit); below that every search is exact. Writers keep
+ * it in step: an upsert inserts its new vectors after its commit, holding write_mu but
+ * not rw, so searches go on meanwhile; the rows are unindexed (scanned exactly by every
+ * search) until their nodes are mapped. Deletes and replacements tombstone the node. A
+ * background thread (index_worker) builds the graph the first time, and rebuilds it when
+ * tombstones pass TOMBSTONE_SHARE or the parameters change; a build holds write_mu, so
+ * writers wait for it while searches keep using the old graph or the exact scan. */
+
+static size_t vectors_kb(const qv_collection *c, size_t n) { return n * c->cfg.size * sizeof(float) / 1024; }
+
+/* Whether the graph should be (re)built now; caller holds write_mu. */
+static int needs_build(const qv_collection *c) {
+  if (vectors_kb(c, c->n) < c->cfg.hnsw.full_scan_threshold) return 0;
+  if (!c->graph) return 1;
+  if (c->graph_cfg.m != c->cfg.hnsw.m || c->graph_cfg.ef_construct != c->cfg.hnsw.ef_construct) return 1;
+  size_t total = hnsw_count(c->graph), dead = hnsw_deleted_count(c->graph);
+  return total && (double)dead > TOMBSTONE_SHARE * (double)total;
+}
+
+static void request_build(qv_collection *c) {
+  pthread_mutex_lock(&c->idx_mu);
+  c->want_build = 1;
+  pthread_cond_broadcast(&c->idx_cv);
+  pthread_mutex_unlock(&c->idx_mu);
+}
+
+static int stopping(qv_collection *c) { return __atomic_load_n(&c->stop, __ATOMIC_ACQUIRE); }
+
+/* Makes room for `more` further graph nodes in node2row, so mapping them cannot fail;
+ * caller holds write_mu and rw for writing. */
+static qv_status reserve_nodes(qv_collection *c, size_t more) {
+  if (!c->graph) return QV_OK;
+  size_t need = hnsw_count(c->graph) + more;
+  if (need <= c->node_cap) return QV_OK;
+  size_t cap = c->node_cap ? c->node_cap : 1024;
+  while (cap < need) cap += cap / 2;
+  uint32_t *m = realloc(c->node2row, cap * sizeof *m);
+  if (!m) return QV_ENOMEM;
+  for (size_t i = c->node_cap; i < cap; i++) m[i] = NODE_NONE;
+  c->node2row = m;
+  c->node_cap = cap;
+  return QV_OK;
+}
+
+/* Inserts rows into graph g (n of them) in chunks, over the pool for big batches, and
+ * records each node's row in node2row / row2node as given (the caller decides whether
+ * these are the live arrays, under rw, or a new build's). */
+typedef struct index_job {
+  hnsw *g;
+  const size_t *rows;
+  size_t n;
+  float *buf;        /* (BUILD_CHUNK, size) */
+  uint64_t *labels;  /* (BUILD_CHUNK) */
+  uint32_t *ids;     /* (BUILD_CHUNK) */
+} index_job;
+
+static qv_status insert_chunk(qv_collection *c, index_job *j, size_t from, size_t cnt) {
+  size_t dim = c->cfg.size;
+  for (size_t i = 0; i < cnt; i++) {
+    memcpy(j->buf + i * dim, row_vec(c, j->rows[from + i]), dim * sizeof(float));
+    j->labels[i] = j->rows[from + i];
+  }
+  return hnsw_add_batch(j->g, j->labels, j->buf, cnt, cnt >= 64 ? pool_default() : NULL, j->ids);
+}
+
+static qv_status job_init(index_job *j, hnsw *g, const size_t *rows, size_t n, size_t dim) {
+  size_t chunk = n < BUILD_CHUNK ? n : BUILD_CHUNK;
+  if (!chunk) chunk = 1;
+  *j = (index_job){g, rows, n, malloc(chunk * dim * sizeof(float)), malloc(chunk * sizeof(uint64_t)),
+                   malloc(chunk * sizeof(uint32_t))};
+  return j->buf && j->labels && j->ids ? QV_OK : QV_ENOMEM;
+}
+
+static void job_free(index_job *j) {
+  free(j->buf);
+  free(j->labels);
+  free(j->ids);
+}
+
+/* Inserts the given unindexed rows into the live graph. Caller holds write_mu (so rows
+ * stay put) and not rw: searches run meanwhile and see the new nodes only once mapped. */
+static qv_status index_rows(qv_collection *c, const size_t *rows, size_t n) {
+  index_job j;
+  qv_status st = job_init(&j, c->graph, rows, n, c->cfg.size);
+  for (size_t from = 0; !st && from < n; from += BUILD_CHUNK) {
+    size_t cnt = n - from < BUILD_CHUNK ? n - from : BUILD_CHUNK;
+    st = insert_chunk(c, &j, from, cnt);
+    pthread_rwlock_wrlock(&c->rw);
+    for (size_t i = 0; i < cnt; i++) {
+      if (j.ids[i] == UINT32_MAX || j.ids[i] >= c->node_cap) continue; /* stays unindexed: scanned */
+      size_t row = rows[from + i];
+      c->node2row[j.ids[i]] = (uint32_t)row;
+      c->row2node[row] = j.ids[i];
+      c->unindexed--;
+    }
+    pthread_rwlock_unlock(&c->rw);
+    c->graph_dirty = 1;
+  }
+  job_free(&j);
+  return st;
+}
+
+/* Builds a new graph over every row and swaps it in. Caller holds write_mu; searches go
+ * on with the old graph (or exact scans) until the swap. Stops early, changing nothing,
+ * when the collection is closing. */
+static qv_status build_locked(qv_collection *c) {
+  hnsw *g = NULL;
+  size_t n = c->n;
+  size_t cap = n + n / 2 + 1024;
+  uint32_t *n2r = malloc(cap * sizeof *n2r), *r2n = malloc((c->cap ? c->cap : 1) * sizeof *r2n);
+  size_t *rows = malloc((n ? n : 1) * sizeof *rows);
+  index_job j = {0};
+  qv_status st = n2r && r2n && rows ? QV_OK : QV_ENOMEM;
+  if (!st) st = hnsw_new(&g, c->cfg.size, c->cfg.distance, c->cfg.hnsw.m, c->cfg.hnsw.ef_construct, 42);
+  if (!st) st = job_init(&j, g, rows, n, c->cfg.size);
+  if (st) goto out;
+  for (size_t i = 0; i < cap; i++) n2r[i] = NODE_NONE;
+  for (size_t i = 0; i < c->cap; i++) r2n[i] = NODE_NONE;
+  for (size_t i = 0; i < n; i++) rows[i] = i;
+  size_t unindexed = 0;
+  for (size_t from = 0; from < n; from += BUILD_CHUNK) {
+    if (stopping(c)) {
+      st = QV_EBUSY;
+      goto out;
+    }
+    size_t cnt = n - from < BUILD_CHUNK ? n - from : BUILD_CHUNK;
+    if ((st = insert_chunk(c, &j, from, cnt))) goto out;
+    for (size_t i = 0; i < cnt; i++) {
+      if (j.ids[i] == UINT32_MAX || j.ids[i] >= cap) {
+        unindexed++;
+        continue;
+      }
+      n2r[j.ids[i]] = (uint32_t)(from + i);
+      r2n[from + i] = j.ids[i];
+    }
+  }
+  pthread_rwlock_wrlock(&c->rw);
+  hnsw *old = c->graph;
+  c->graph = g;
+  g = old;
+  free(c->node2row);
+  c->node2row = n2r;
+  c->node_cap = cap;
+  n2r = NULL;
+  free(c->row2node);
+  c->row2node = r2n;
+  r2n = NULL;
+  c->unindexed = unindexed;
+  c->graph_cfg = c->cfg.hnsw;
+  pthread_rwlock_unlock(&c->rw);
+  c->graph_dirty = 1;
+  LOG_INFO("collection %s: HNSW index built over %zu points (m %u, ef_construct %u)", c->name, n,
+           c->cfg.hnsw.m, c->cfg.hnsw.ef_construct);
+out:
+  job_free(&j);
+  hnsw_free(g);
+  free(n2r);
+  free(r2n);
+  free(rows);
+  return st;
+}
+
+static void *index_worker(void *arg) {
+  qv_collection *c = arg;
+  pthread_mutex_lock(&c->idx_mu);
+  for (;;) {
+    while (!c->want_build && !c->stop) pthread_cond_wait(&c->idx_cv, &c->idx_mu);
+    if (c->stop) break;
+    c->want_build = 0;
+    c->indexing = 1;
+    pthread_mutex_unlock(&c->idx_mu);
+    pthread_mutex_lock(&c->write_mu);
+    if (needs_build(c)) {
+      qv_status st = build_locked(c);
+      if (st && st != QV_EBUSY)
+        LOG_ERROR("collection %s: building the index failed: %s; searches stay exact", c->name,
+                  qv_strerror(st));
+    }
+    pthread_mutex_unlock(&c->write_mu);
+    pthread_mutex_lock(&c->idx_mu);
+    c->indexing = 0;
+    pthread_cond_broadcast(&c->idx_cv);
+  }
+  pthread_mutex_unlock(&c->idx_mu);
+  return NULL;
+}
+
+qv_status collection_index_build(qv_collection *c, qv_error *err) {
+  pthread_mutex_lock(&c->write_mu);
+  qv_status st = build_locked(c);
+  pthread_mutex_unlock(&c->write_mu);
+  return st ? qv_fail(err, st, "collection %s: building the index: %s", c->name, qv_strerror(st)) : QV_OK;
+}
+
+void collection_index_wait(qv_collection *c) {
+  pthread_mutex_lock(&c->idx_mu);
+  while ((c->want_build || c->indexing) && !c->stop) pthread_cond_wait(&c->idx_cv, &c->idx_mu);
+  pthread_mutex_unlock(&c->idx_mu);
+}
+
 qv_status collection_open_dir(qv_collection **out, const char *dir, const char *name, qv_error *err) {
   MDB_txn *txn = NULL;
   int rc;
@@ -356,6 +618,8 @@ qv_status collection_open_dir(qv_collection **out, const char *dir, const char *
   c->dir = strdup(dir);
   pthread_mutex_init(&c->write_mu, NULL);
   pthread_rwlock_init(&c->rw, NULL);
+  pthread_mutex_init(&c->idx_mu, NULL);
+  pthread_cond_init(&c->idx_cv, NULL);
   qv_status st = c->name && c->dir ? QV_OK : qv_fail(err, QV_ENOMEM, "out of memory");
   if (!st) st = env_open(&c->env, dir, err);
   if (st) goto fail;
@@ -379,6 +643,14 @@ qv_status collection_open_dir(qv_collection **out, const char *dir, const char *
   if (st) mdb_txn_abort(txn);
   else mdb_txn_commit(txn);
   if (st) goto fail;
+  if (pthread_create(&c->worker, NULL, index_worker, c)) {
+    st = qv_fail(err, QV_ENOMEM, "cannot start the index thread");
+    goto fail;
+  }
+  c->worker_started = 1;
+  pthread_mutex_lock(&c->write_mu);
+  if (needs_build(c)) request_build(c);
+  pthread_mutex_unlock(&c->write_mu);
   *out = c;
   return QV_OK;
 fail:
@@ -388,6 +660,16 @@ fail:
 
 void collection_close(qv_collection *c) {
   if (!c) return;
+  if (c->worker_started) {
+    pthread_mutex_lock(&c->idx_mu);
+    __atomic_store_n(&c->stop, 1, __ATOMIC_RELEASE);
+    pthread_cond_broadcast(&c->idx_cv);
+    pthread_mutex_unlock(&c->idx_mu);
+    pthread_join(c->worker, NULL);
+  }
+  hnsw_free(c->graph);
+  free(c->node2row);
+  free(c->row2node);
   if (c->env) mdb_env_close(c->env);
   for (size_t i = 0; i < c->n; i++) json_decref(c->payloads[i]);
   qv_aligned_free(c->vecs);
@@ -397,6 +679,8 @@ void collection_close(qv_collection *c) {
   idmap_free(&c->map);
   pthread_mutex_destroy(&c->write_mu);
   pthread_rwlock_destroy(&c->rw);
+  pthread_mutex_destroy(&c->idx_mu);
+  pthread_cond_destroy(&c->idx_cv);
   free(c->name);
   free(c->dir);
   free(c);
@@ -527,6 +811,25 @@ static int fill_upsert(qv_collection *c, MDB_txn *txn, void *arg) {
   return 0;
 }
 
+/* Inserts the rows of a just-applied batch that are not in the graph yet (each row once,
+ * though an id may repeat in a batch). A failure leaves rows unindexed, which searches
+ * scan exactly, so the write stays acknowledged; the next rebuild picks them up. */
+static void index_batch(qv_collection *c, const qv_point *points, size_t n) {
+  size_t *rows = malloc(n * sizeof *rows), m = 0;
+  if (!rows) return;
+  for (size_t i = 0; i < n; i++) {
+    int64_t r = idmap_get(&c->map, &points[i].id);
+    if (r >= 0 && c->row2node[r] == NODE_NONE) rows[m++] = (size_t)r;
+  }
+  qsort(rows, m, sizeof *rows, cmp_size);
+  size_t u = 0;
+  for (size_t i = 0; i < m; i++)
+    if (u == 0 || rows[u - 1] != rows[i]) rows[u++] = rows[i];
+  qv_status st = index_rows(c, rows, u);
+  if (st) LOG_WARN("collection %s: indexing %zu points failed (%s); they are searched exactly", c->name, u, qv_strerror(st));
+  free(rows);
+}
+
 qv_status qv_collection_upsert(qv_collection *c, const qv_point *points, size_t n, qv_error *err) {
   if (n == 0) return QV_OK;
   prepared *prep = calloc(n, sizeof *prep);
@@ -541,6 +844,7 @@ qv_status qv_collection_upsert(qv_collection *c, const qv_point *points, size_t 
   } else {
     pthread_rwlock_wrlock(&c->rw);
     st = reserve_rows(c, n);
+    if (!st) st = reserve_nodes(c, n);
     pthread_rwlock_unlock(&c->rw);
     if (st) st = qv_fail(err, st, "no room in memory for %zu more points", n);
   }
@@ -556,6 +860,8 @@ qv_status qv_collection_upsert(qv_collection *c, const qv_point *points, size_t 
     }
     bump_version(c);
     pthread_rwlock_unlock(&c->rw);
+    if (c->graph) index_batch(c, points, n);
+    if (needs_build(c)) request_build(c);
   }
   pthread_mutex_unlock(&c->write_mu);
 out:
@@ -602,6 +908,8 @@ static qv_status delete_locked(qv_collection *c, qv_point_id *ids, size_t n, siz
   }
   bump_version(c);
   pthread_rwlock_unlock(&c->rw);
+  if (c->graph) c->graph_dirty = 1;
+  if (needs_build(c)) request_build(c);
   if (deleted) *deleted = removed;
   return QV_OK;
 }
@@ -655,11 +963,6 @@ static int fill_payload(qv_collection *c, MDB_txn *txn, void *arg) {
     record_encode(v.mv_data, row_vec(c, row), c->cfg.size, u->texts[i], plen);
   }
   return 0;
-}
-
-static int cmp_size(const void *a, const void *b) {
-  size_t x = *(const size_t *)a, y = *(const size_t *)b;
-  return x < y ? -1 : x > y;
 }
 
 /* The rows a payload change applies to, sorted and without repeats; caller holds
@@ -830,6 +1133,7 @@ qv_status qv_collection_update_config(qv_collection *c, const qv_collection_conf
     pthread_rwlock_wrlock(&c->rw);
     c->cfg = cfg;
     pthread_rwlock_unlock(&c->rw);
+    if (needs_build(c)) request_build(c);
   }
   pthread_mutex_unlock(&c->write_mu);
   free(text);
@@ -841,7 +1145,15 @@ void qv_collection_stats_get(qv_collection *c, qv_collection_stats *out) {
   pthread_rwlock_rdlock(&c->rw);
   out->points = c->n;
   out->vector_bytes = c->n * c->stride * sizeof(float);
+  if (c->graph) {
+    out->indexed = c->n - c->unindexed;
+    out->tombstones = hnsw_deleted_count(c->graph);
+    out->graph_bytes = hnsw_memory_bytes(c->graph) + c->node_cap * sizeof(uint32_t);
+  }
   pthread_rwlock_unlock(&c->rw);
+  pthread_mutex_lock(&c->idx_mu);
+  out->indexing = c->want_build || c->indexing;
+  pthread_mutex_unlock(&c->idx_mu);
 }
 
 /* ---- reads ---------------------------------------------------------------------------- */
@@ -972,6 +1284,99 @@ static uint64_t *filter_mask(const qv_collection *c, const qv_filter *f) {
   return mask;
 }
 
+/* Rows allowed for the graph's part of a search: mapped nodes (not tombstoned, not
+ * pending) whose row passes the filter mask. Runs under rw shared. */
+typedef struct allow_ctx {
+  const qv_collection *c;
+  const uint64_t *mask; /* or NULL */
+} allow_ctx;
+
+static int allow_node(void *arg, uint32_t id) {
+  const allow_ctx *a = arg;
+  if (id >= a->c->node_cap) return 0;
+  uint32_t row = a->c->node2row[id];
+  return row != NODE_NONE && (!a->mask || (a->mask[row / 64] >> (row % 64) & 1));
+}
+
+typedef struct ranked {
+  float key; /* higher first: the score, negated for distances */
+  uint32_t row;
+  float score;
+} ranked;
+
+static int cmp_ranked(const void *a, const void *b) {
+  const ranked *x = a, *y = b;
+  if (x->key != y->key) return x->key > y->key ? -1 : 1;
+  return x->row < y->row ? -1 : x->row > y->row;
+}
+
+/* One query through the graph, with an exact scan of the rows the graph does not hold
+ * yet, merged; falls back to an exact scan when the graph found fewer than k of the
+ * `allowed` rows (a selective filter can strand the beam). hits (k). Caller holds rw. */
+static qv_status graph_search(const qv_collection *c, const float *q, size_t k, size_t ef,
+                              const uint64_t *mask, size_t allowed, flat_hit *hits, size_t *count) {
+  size_t dim = c->cfg.size;
+  int higher = dist_higher_is_better(c->cfg.distance);
+  hnsw_hit *hh = malloc(k * sizeof *hh);
+  ranked *all = malloc(2 * k * sizeof *all);
+  flat_hit *extra = malloc(k * sizeof *extra);
+  uint64_t *umask = NULL;
+  size_t got = 0, m = 0, xn = 0;
+  qv_status st = hh && all && extra ? QV_OK : QV_ENOMEM;
+  if (!st) {
+    /* Without a filter no callback: tombstones are the graph's own deleted nodes, and a
+     * node not mapped yet (an insert in flight) is dropped below, the exact fallback
+     * covering the rare shortfall. */
+    allow_ctx a = {c, mask};
+    hnsw_filter hf = {NULL, 0, allow_node, &a};
+    st = hnsw_search(c->graph, q, k, ef, mask ? &hf : NULL, hh, &got);
+  }
+  for (size_t i = 0; !st && i < got; i++) {
+    uint32_t row = c->node2row[hh[i].id];
+    if (row == NODE_NONE) continue;
+    /* rescore from the row: the stored float32 vector is the reference for every path */
+    float sc = dist_score(c->cfg.distance, q, row_vec(c, row), dim);
+    all[m++] = (ranked){higher ? sc : -sc, row, sc};
+  }
+  if (!st && c->unindexed) {
+    size_t words = (c->n + 63) / 64 + 1;
+    if (!(umask = calloc(words, sizeof *umask))) st = QV_ENOMEM;
+    for (size_t r = 0; !st && r < c->n; r++)
+      if (c->row2node[r] == NODE_NONE && (!mask || (mask[r / 64] >> (r % 64) & 1)))
+        umask[r / 64] |= 1ULL << (r % 64);
+    if (!st) {
+      flat_matrix fm = {c->vecs, c->sqnorms, c->n, dim, c->stride};
+      st = flat_search(extra, &xn, q, 1, &fm, c->cfg.distance, k, umask, NULL);
+    }
+    for (size_t i = 0; !st && i < xn; i++)
+      all[m++] = (ranked){higher ? extra[i].score : -extra[i].score, extra[i].row, extra[i].score};
+  }
+  if (!st) {
+    qsort(all, m, sizeof *all, cmp_ranked);
+    if (m > k) m = k;
+    size_t want = allowed < k ? allowed : k;
+    if (m < want) {
+      /* the beam missed allowed points (tombstones or a filter cut it off): scan exactly */
+      flat_matrix fm = {c->vecs, c->sqnorms, c->n, dim, c->stride};
+      st = flat_search(hits, count, q, 1, &fm, c->cfg.distance, k, mask, NULL);
+    } else {
+      for (size_t i = 0; i < m; i++) hits[i] = (flat_hit){all[i].score, all[i].row};
+      *count = m;
+    }
+  }
+  free(hh);
+  free(all);
+  free(extra);
+  free(umask);
+  return st;
+}
+
+static size_t popcount_mask(const uint64_t *mask, size_t n) {
+  size_t m = 0;
+  for (size_t w = 0; w < (n + 63) / 64; w++) m += (size_t)__builtin_popcountll(mask[w]);
+  return m;
+}
+
 qv_status qv_collection_search(qv_collection *c, const float *queries, size_t nq,
                                const qv_search_params *p, qv_records *out, qv_error *err) {
   size_t dim = c->cfg.size, limit = p->limit ? p->limit : 10;
@@ -1002,7 +1407,18 @@ qv_status qv_collection_search(qv_collection *c, const float *queries, size_t nq
   if (!st && k > 0) {
     if (qv_mul_overflow(nq, k * sizeof(flat_hit), &hbytes) || !(hits = malloc(hbytes))) st = QV_ENOMEM;
     if (!st && p->filter && !(mask = filter_mask(c, p->filter))) st = QV_ENOMEM;
-    if (!st) {
+    /* Qdrant's rule: the graph only for more than full_scan_threshold KB of candidate
+     * vectors. The filter's cardinality is counted exactly from the mask (there is no
+     * payload index to estimate it from), so a selective filter scans its matches. */
+    size_t allowed = mask ? popcount_mask(mask, c->n) : c->n;
+    uint32_t fst = c->cfg.hnsw.full_scan_threshold;
+    int use_graph = c->graph && !p->exact && vectors_kb(c, c->n) >= fst && vectors_kb(c, allowed) >= fst;
+    if (!st && use_graph) {
+      size_t ef = p->hnsw_ef ? p->hnsw_ef : DEFAULT_EF;
+      if (ef < k) ef = k;
+      for (size_t q = 0; q < nq && !st; q++)
+        st = graph_search(c, qs + q * dim, k, ef, mask, allowed, hits + q * k, &counts[q]);
+    } else if (!st) {
       flat_matrix m = {c->vecs, c->sqnorms, c->n, dim, c->stride};
       st = flat_search(hits, counts, qs, nq, &m, c->cfg.distance, k, mask, pool_default());
     }

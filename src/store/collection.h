@@ -13,7 +13,14 @@ qv_status collection_init_dir(const char *dir, const char *name, const qv_collec
                               qv_error *err);
 /* Opens the collection stored in `dir` and loads its points into memory. */
 qv_status collection_open_dir(qv_collection **out, const char *dir, const char *name, qv_error *err);
+/* Stops the index thread, saves the graph when it changed, and frees everything. */
 void collection_close(qv_collection *c);
+
+/* Builds (or rebuilds) the collection's HNSW graph now, whatever its size, and returns
+ * when it is in use. Writers wait meanwhile; searches do not. */
+qv_status collection_index_build(qv_collection *c, qv_error *err);
+/* Returns once no background build is wanted or running. */
+void collection_index_wait(qv_collection *c);
 
 /* Whether `name` may be a collection name: 1..QV_MAX_NAME bytes of [A-Za-z0-9_.-], not
  * starting with '.', so it is always one safe path component. */

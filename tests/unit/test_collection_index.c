@@ -1,0 +1,309 @@
+/* Collections with an HNSW index: recall against exact search, deletes and replacements,
+ * filtered search, and the index kept in step with writes. */
+#define _GNU_SOURCE
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "quiver.h"
+#include "store/collection.h"
+#include "test.h"
+
+static char *fresh_dir(void) {
+  static char buf[256];
+  snprintf(buf, sizeof buf, "/tmp/qv-test-cindex-XXXXXX");
+  if (!mkdtemp(buf)) abort();
+  return buf;
+}
+
+static qv_point_id num(uint64_t n) { return (qv_point_id){.kind = QV_ID_NUM, .num = n}; }
+
+static uint64_t rng_state = 88172645463325252ULL;
+static uint64_t rnd(void) {
+  rng_state ^= rng_state << 13;
+  rng_state ^= rng_state >> 7;
+  rng_state ^= rng_state << 17;
+  return rng_state;
+}
+
+/* n points around 1024 centres in [-1, 1]^dim, each coordinate spread by a sum of three
+ * uniforms scaled by 0.5, so clusters overlap (the fixture test_hnsw uses). Centres come
+ * from a fixed seed, so two calls draw from the same distribution. */
+static float frand(void) { return (float)((double)(rnd() & 0xFFFFFF) / (double)(1 << 23) - 1.0); }
+static float *clustered(size_t n, size_t dim) {
+  uint64_t keep = rng_state;
+  rng_state = 1234567;
+  float *centres = malloc(1024 * dim * sizeof(float)), *x = malloc(n * dim * sizeof(float));
+  for (size_t i = 0; i < 1024 * dim; i++) centres[i] = frand();
+  rng_state = keep;
+  for (size_t i = 0; i < n; i++) {
+    size_t cl = rnd() % 1024;
+    for (size_t d = 0; d < dim; d++)
+      x[i * dim + d] = centres[cl * dim + d] + 0.5f * (frand() + frand() + frand());
+  }
+  free(centres);
+  return x;
+}
+
+static qv_collection *make(qv_db **db, const char *dir, const qv_collection_config *cfg) {
+  qv_collection *c = NULL;
+  if (qv_db_open(db, dir, NULL) || qv_collection_create(*db, "t", cfg, NULL) ||
+      qv_collection_open(*db, "t", &c, NULL))
+    return NULL;
+  return c;
+}
+
+static qv_status upsert_range(qv_collection *c, const float *x, size_t dim, size_t from, size_t to,
+                              const char *(*payload)(size_t)) {
+  size_t n = to - from;
+  qv_point *pts = calloc(n, sizeof *pts);
+  for (size_t i = 0; i < n; i++)
+    pts[i] = (qv_point){num(from + i), x + (from + i) * dim, payload ? payload(from + i) : NULL};
+  qv_status st = qv_collection_upsert(c, pts, n, NULL);
+  free(pts);
+  return st;
+}
+
+static int has_id(const qv_records *r, uint64_t id) {
+  for (size_t i = 0; i < r->count; i++)
+    if (r->items[i].id.num == id) return 1;
+  return 0;
+}
+
+TEST(recall_at_10_is_at_least_0_95_on_20k_points_at_default_params) {
+  /* 20000 x 128 floats is 10000 KB: exactly the default full_scan_threshold */
+  size_t n = 20000, dim = 128, nq = 200;
+  float *x = clustered(n, dim);
+  qv_db *db;
+  qv_collection_config cfg = {.size = (uint32_t)dim, .distance = QV_DIST_COSINE};
+  qv_collection *c = make(&db, fresh_dir(), &cfg);
+  ASSERT(c);
+  for (size_t from = 0; from < n; from += 2500) ASSERT_OK(upsert_range(c, x, dim, from, from + 2500, NULL));
+  collection_index_wait(c);
+  qv_collection_stats s;
+  qv_collection_stats_get(c, &s);
+  ASSERT_EQ(s.points, n);
+  ASSERT_EQ(s.indexed, n);
+  ASSERT_EQ(s.tombstones, 0);
+  ASSERT(s.graph_bytes > 0);
+  float *q = clustered(nq, dim); /* independent of the points */
+  qv_records *approx = calloc(nq, sizeof *approx), *exact = calloc(nq, sizeof *exact);
+  qv_search_params pa = {.limit = 10}, pe = {.limit = 10, .exact = 1};
+  ASSERT_OK(qv_collection_search(c, q, nq, &pa, approx, NULL));
+  ASSERT_OK(qv_collection_search(c, q, nq, &pe, exact, NULL));
+  size_t found = 0;
+  for (size_t i = 0; i < nq; i++) {
+    ASSERT_EQ(approx[i].count, 10);
+    for (size_t j = 0; j < exact[i].count; j++) found += has_id(&approx[i], exact[i].items[j].id.num);
+  }
+  double recall = (double)found / (double)(nq * 10);
+  fprintf(stderr, "  recall@10 = %.4f\n", recall);
+  ASSERT(recall >= 0.95);
+  /* a larger beam does not do worse */
+  qv_search_params pw = {.limit = 10, .hnsw_ef = 256};
+  qv_records *wide = calloc(nq, sizeof *wide);
+  ASSERT_OK(qv_collection_search(c, q, nq, &pw, wide, NULL));
+  size_t found_wide = 0;
+  for (size_t i = 0; i < nq; i++)
+    for (size_t j = 0; j < exact[i].count; j++) found_wide += has_id(&wide[i], exact[i].items[j].id.num);
+  ASSERT(found_wide >= found);
+  for (size_t i = 0; i < nq; i++) {
+    qv_records_free(&approx[i]);
+    qv_records_free(&exact[i]);
+    qv_records_free(&wide[i]);
+  }
+
+  /* points arriving after the build are in the graph when the upsert returns */
+  float *more = clustered(500, dim);
+  qv_point *pts = calloc(500, sizeof *pts);
+  for (size_t i = 0; i < 500; i++) pts[i] = (qv_point){num(n + i), more + i * dim, NULL};
+  ASSERT_OK(qv_collection_upsert(c, pts, 500, NULL));
+  qv_collection_stats_get(c, &s);
+  ASSERT_EQ(s.points, n + 500);
+  ASSERT_EQ(s.indexed, n + 500);
+  qv_records r;
+  ASSERT_OK(qv_collection_search(c, more + 17 * dim, 1, &pa, &r, NULL));
+  ASSERT(r.count >= 1);
+  ASSERT_U64_EQ(r.items[0].id.num, n + 17);
+  qv_records_free(&r);
+  free(pts);
+  free(more);
+  free(approx);
+  free(exact);
+  free(wide);
+  free(q);
+  free(x);
+  qv_db_close(db);
+}
+
+TEST(deleted_and_replaced_points_never_come_back) {
+  size_t n = 3000, dim = 8;
+  float *x = clustered(n, dim);
+  qv_db *db;
+  qv_collection_config cfg = {.size = (uint32_t)dim, .distance = QV_DIST_EUCLID,
+                              .hnsw = {.full_scan_threshold = 1}};
+  qv_collection *c = make(&db, fresh_dir(), &cfg);
+  ASSERT(c);
+  ASSERT_OK(upsert_range(c, x, dim, 0, n, NULL));
+  ASSERT_OK(collection_index_build(c, NULL));
+  qv_collection_stats s;
+  qv_collection_stats_get(c, &s);
+  ASSERT_EQ(s.indexed, n);
+  /* delete every third point: few enough that no rebuild is due */
+  size_t nd = 0;
+  qv_point_id *del = malloc(n * sizeof *del);
+  for (size_t i = 0; i < n; i += 7) del[nd++] = num(i);
+  size_t deleted;
+  ASSERT_OK(qv_collection_delete_ids(c, del, nd, &deleted, NULL));
+  ASSERT_EQ(deleted, nd);
+  qv_collection_stats_get(c, &s);
+  ASSERT_EQ(s.tombstones, nd);
+  ASSERT_EQ(s.points, n - nd);
+  qv_search_params p = {.limit = 20, .hnsw_ef = 20};
+  for (size_t i = 0; i < n; i += 7) {
+    qv_records r;
+    ASSERT_OK(qv_collection_search(c, x + i * dim, 1, &p, &r, NULL));
+    ASSERT_EQ(r.count, 20);
+    for (size_t j = 0; j < r.count; j++) ASSERT(r.items[j].id.num % 7 != 0);
+    qv_records_free(&r);
+  }
+  /* a replaced point is found at its new place and never at its old one */
+  float far[8] = {100, 100, 100, 100, 100, 100, 100, 100};
+  qv_point moved = {num(1), far, NULL};
+  ASSERT_OK(qv_collection_upsert(c, &moved, 1, NULL));
+  qv_records r;
+  qv_search_params one = {.limit = 1};
+  ASSERT_OK(qv_collection_search(c, far, 1, &one, &r, NULL));
+  ASSERT_EQ(r.count, 1);
+  ASSERT_U64_EQ(r.items[0].id.num, 1);
+  ASSERT_NEAR(r.items[0].score, 0, 1e-4);
+  qv_records_free(&r);
+  qv_search_params p50 = {.limit = 50};
+  ASSERT_OK(qv_collection_search(c, x + 1 * dim, 1, &p50, &r, NULL));
+  ASSERT(!has_id(&r, 1));
+  qv_records_free(&r);
+  /* past the tombstone share a background rebuild drops them */
+  nd = 0;
+  for (size_t i = 0; i < n; i++)
+    if (i % 7 && i % 2 == 0) del[nd++] = num(i);
+  ASSERT_OK(qv_collection_delete_ids(c, del, nd, &deleted, NULL));
+  for (size_t i = 0; i < n; i += 2) { /* searches while the rebuild may be running */
+    ASSERT_OK(qv_collection_search(c, x + i * dim, 1, &p, &r, NULL));
+    for (size_t j = 0; j < r.count; j++) ASSERT(r.items[j].id.num % 2 == 1 || r.items[j].id.num == 1);
+    qv_records_free(&r);
+  }
+  collection_index_wait(c);
+  qv_collection_stats_get(c, &s);
+  ASSERT_EQ(s.tombstones, 0);
+  ASSERT_EQ(s.indexed, s.points);
+  for (size_t i = 0; i < n; i += 2) {
+    ASSERT_OK(qv_collection_search(c, x + i * dim, 1, &p, &r, NULL));
+    ASSERT_EQ(r.count, 20);
+    for (size_t j = 0; j < r.count; j++) ASSERT(r.items[j].id.num % 2 == 1 || r.items[j].id.num == 1);
+    qv_records_free(&r);
+  }
+  free(del);
+  free(x);
+  qv_db_close(db);
+}
+
+static char group_text[100][16];
+static const char *group_payload(size_t i) {
+  if (!group_text[i % 100][0]) snprintf(group_text[i % 100], 16, "{\"g\":%zu}", i % 100);
+  return group_text[i % 100];
+}
+
+static void same_results(const qv_records *a, const qv_records *b) {
+  ASSERT_EQ(a->count, b->count);
+  for (size_t j = 0; j < a->count; j++) {
+    ASSERT_U64_EQ(a->items[j].id.num, b->items[j].id.num);
+    ASSERT_NEAR(a->items[j].score, b->items[j].score, 1e-5);
+  }
+}
+
+TEST(filtered_search_returns_what_a_filtered_exact_scan_returns) {
+  size_t n = 6000, dim = 16;
+  float *x = clustered(n, dim);
+  qv_db *db;
+  /* 10 KB = 160 vectors of 16 floats: a filter matching fewer is scanned exactly */
+  qv_collection_config cfg = {.size = (uint32_t)dim, .distance = QV_DIST_DOT,
+                              .hnsw = {.full_scan_threshold = 10}};
+  qv_collection *c = make(&db, fresh_dir(), &cfg);
+  ASSERT(c);
+  ASSERT_OK(upsert_range(c, x, dim, 0, n, group_payload));
+  collection_index_wait(c);
+  qv_collection_stats s;
+  qv_collection_stats_get(c, &s);
+  ASSERT_EQ(s.indexed, n);
+  const char *texts[] = {
+      "{\"must\":[{\"key\":\"g\",\"match\":{\"value\":7}}]}",            /* 60 matches: exact */
+      "{\"must\":[{\"key\":\"g\",\"match\":{\"any\":[1,2,3,4,5]}}]}",   /* 300: graph, k = 100 */
+      "{\"must\":[{\"key\":\"g\",\"range\":{\"lt\":50}}]}",             /* 3000: graph */
+      "{\"must\":[{\"key\":\"g\",\"match\":{\"value\":1000}}]}",        /* none */
+  };
+  for (int t = 0; t < 4; t++) {
+    qv_filter *f;
+    ASSERT_OK(qv_filter_parse(&f, texts[t], strlen(texts[t]), NULL));
+    for (int qi = 0; qi < 20; qi++) {
+      const float *q = x + (rnd() % n) * dim;
+      qv_search_params pa = {.limit = 100, .filter = f, .hnsw_ef = 16, .with_payload = 1};
+      qv_search_params pe = pa;
+      pe.exact = 1;
+      qv_records a, e;
+      ASSERT_OK(qv_collection_search(c, q, 1, &pa, &a, NULL));
+      ASSERT_OK(qv_collection_search(c, q, 1, &pe, &e, NULL));
+      /* never fewer than k when k points match */
+      ASSERT_EQ(a.count, e.count);
+      ASSERT_EQ(e.count, t == 0 ? 60 : t == 3 ? 0 : 100);
+      if (t == 0) same_results(&a, &e); /* selective: the exact scan itself */
+      for (size_t j = 0; j < a.count; j++) {
+        int g = atoi(strchr(a.items[j].payload, ':') + 1);
+        ASSERT(t == 0 ? g == 7 : t == 1 ? g >= 1 && g <= 5 : g < 50);
+      }
+      /* the graph path finds the best matches too, scored exactly */
+      if (t == 1 || t == 2) {
+        size_t found = 0;
+        for (size_t j = 0; j < 10; j++) found += has_id(&a, e.items[j].id.num);
+        ASSERT(found >= 9);
+      }
+      qv_records_free(&a);
+      qv_records_free(&e);
+    }
+    qv_filter_free(f);
+  }
+  free(x);
+  qv_db_close(db);
+}
+
+TEST(small_collections_stay_exact_and_an_empty_graph_is_harmless) {
+  size_t dim = 4;
+  qv_db *db;
+  qv_collection_config cfg = {.size = (uint32_t)dim, .distance = QV_DIST_COSINE};
+  qv_collection *c = make(&db, fresh_dir(), &cfg);
+  ASSERT(c);
+  ASSERT_OK(collection_index_build(c, NULL)); /* over no points */
+  float q[4] = {1, 0, 0, 0};
+  qv_records r;
+  qv_search_params p = {.limit = 3};
+  ASSERT_OK(qv_collection_search(c, q, 1, &p, &r, NULL));
+  ASSERT_EQ(r.count, 0);
+  qv_records_free(&r);
+  float v[4] = {0, 1, 0, 0};
+  qv_point pt = {num(5), v, NULL};
+  ASSERT_OK(qv_collection_upsert(c, &pt, 1, NULL));
+  qv_collection_stats s;
+  qv_collection_stats_get(c, &s);
+  ASSERT_EQ(s.indexed, 1);
+  ASSERT_EQ(s.indexing, 0);
+  ASSERT_OK(qv_collection_search(c, q, 1, &p, &r, NULL));
+  ASSERT_EQ(r.count, 1);
+  ASSERT_U64_EQ(r.items[0].id.num, 5);
+  qv_records_free(&r);
+  qv_db_close(db);
+}
+
+TEST_MAIN(T(recall_at_10_is_at_least_0_95_on_20k_points_at_default_params),
+          T(deleted_and_replaced_points_never_come_back),
+          T(filtered_search_returns_what_a_filtered_exact_scan_returns),
+          T(small_collections_stay_exact_and_an_empty_graph_is_harmless))
