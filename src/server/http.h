@@ -69,4 +69,24 @@ extern const http_route tei_routes[];
 extern const http_route native_routes[];   /* health, metrics, telemetry, openapi */
 extern const http_route legacy_routes[];   /* the earlier embedding service's /api/v1/... */
 
+/* ---- http.c's own entry points (server.c and the fuzz target use them) ---- */
+
+#include "quiver.h"
+
+/* Listens on cfg.host:cfg.port (port 0 picks a free one, written back to cfg.port). */
+qv_status http_start(struct server *s, qv_error *err);
+/* Stops accepting, waits for in-flight requests (up to request_timeout_s), stops. */
+void http_stop(struct server *s);
+
+/* Whether path matches pattern ({x} matches one non-empty segment); the {x} values are
+ * copied NUL-separated into buf (cap bytes) and pointed to from params. */
+int http_match(const char *pattern, const char *path, const char **params, char *buf, size_t cap);
+/* The route for method and path over every table, or NULL; *method_mismatch says a route
+ * matched the path with another method (405 rather than 404). */
+const http_route *http_find_route(const char *method, const char *path, const char **params,
+                                  char *buf, size_t cap, int *method_mismatch);
+/* Checks an HS256 JWT against secret at time now (seconds since the epoch): 0 valid (with
+ * *read_only from Qdrant's "access": "r" claim), -2 expired, -1 otherwise invalid. */
+int http_jwt_check(const char *token, const char *secret, double now, int *read_only);
+
 #endif

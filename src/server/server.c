@@ -1,0 +1,71 @@
+/* Server start-up and shutdown: HTTP first (so /livez answers while models load), then the
+ * data directory, the models and their batchers; shutdown in the reverse order, after
+ * in-flight requests have finished, so the last acknowledged write is on disk before the
+ * data directory closes. */
+#include <string.h>
+
+#include "base/error.h"
+#include "base/log.h"
+#include "server/batcher.h"
+#include "server/http.h"
+#include "server/metrics.h"
+#include "server/server.h"
+
+static qv_status load_model(server *s, const char *name, qv_model **m, struct batcher **b,
+                            qv_model_kind want, qv_error *err) {
+  qv_status st = qv_model_load(m, name, err);
+  if (st) {
+    qv_error_prefix(err, "loading model %s", name);
+    return st;
+  }
+  qv_model_info info;
+  qv_model_info_get(*m, &info);
+  if (info.kind != want)
+    return qv_fail(err, QV_EINVAL, "model %s is %s, not %s", name,
+                   info.kind == QV_MODEL_RERANKER ? "a cross-encoder" : "an embedding model",
+                   want == QV_MODEL_RERANKER ? "a cross-encoder" : "an embedding model");
+  st = batcher_new(b, *m, s->cfg.batch_tokens, s->cfg.batch_wait_ms, s->cfg.max_queue, s->metrics, err);
+  if (st) return st;
+  LOG_INFO("loaded %s (%d dims, %d tokens)", info.name, info.dims, info.max_tokens);
+  return QV_OK;
+}
+
+qv_status server_start(server *s, qv_error *err) {
+  qv_status st;
+  s->started = server_now();
+  s->metrics = metrics_new();
+  if (!s->metrics) return qv_fail(err, QV_ENOMEM, "out of memory");
+  if ((st = http_start(s, err))) goto fail;
+  if ((st = qv_db_open(&s->db, s->cfg.data_dir, err))) {
+    qv_error_prefix(err, "data directory %s", s->cfg.data_dir);
+    goto fail;
+  }
+  if (s->cfg.model[0] &&
+      (st = load_model(s, s->cfg.model, &s->model, &s->embed_batcher, QV_MODEL_EMBEDDING, err)))
+    goto fail;
+  if (s->cfg.reranker[0] &&
+      (st = load_model(s, s->cfg.reranker, &s->reranker, &s->rerank_batcher, QV_MODEL_RERANKER, err)))
+    goto fail;
+  /* The GPU policy is recorded for the accelerator backend; this build computes on the CPU. */
+  if (!strcmp(s->cfg.gpu, "on")) LOG_WARN("gpu.enabled is on, but this server computes on the CPU");
+  __atomic_store_n(&s->ready, 1, __ATOMIC_RELEASE);
+  return QV_OK;
+fail:
+  server_stop(s);
+  return st;
+}
+
+void server_stop(server *s) {
+  __atomic_store_n(&s->ready, 0, __ATOMIC_RELEASE);
+  http_stop(s);
+  if (s->embed_batcher) batcher_free(s->embed_batcher);
+  if (s->rerank_batcher) batcher_free(s->rerank_batcher);
+  s->embed_batcher = s->rerank_batcher = NULL;
+  qv_model_free(s->model);
+  qv_model_free(s->reranker);
+  s->model = s->reranker = NULL;
+  if (s->db) qv_db_close(s->db);
+  s->db = NULL;
+  metrics_free(s->metrics);
+  s->metrics = NULL;
+}
