@@ -21,6 +21,7 @@
 #include "compute/backend.h"
 #include "index/distance.h"
 #include "model/bert.h"
+#include "model/model.h"
 #include "model/safetensors.h"
 #include "model/tokenizer.h"
 
@@ -210,6 +211,8 @@ void qv_model_free(qv_model *m) {
 }
 
 void qv_model_info_get(const qv_model *m, qv_model_info *out) { *out = m->info; }
+
+const qv_tokenizer *model_tokenizer(const qv_model *m) { return m->tok; }
 
 /* ---- batching ------------------------------------------------------------------------ */
 
