@@ -996,8 +996,9 @@ size_t hnsw_memory_bytes(const hnsw *h) {
 
 /* File: header (HDR_SIZE bytes, its own CRC-32C in its last 4), then count blocks of
  * stride bytes (lock and upper-pointer fields zero), then the upper lists of every node
- * with level > 0 in id order (level x (M + 1) u32 each), then a CRC-32C of everything
- * before it. Integers are little-endian (the block bytes are the in-memory layout, so a
+ * with level > 0 in id order (level x (M + 1) u32 each), then the caller's extra bytes
+ * (header u64 at offset 80; zero in files written before it existed, which therefore
+ * still read), then a CRC-32C of everything before it. Integers are little-endian (the block bytes are the in-memory layout, so a
  * big-endian host is refused at compile time). */
 #if __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
 #error "hnsw files are little-endian"
@@ -1011,6 +1012,7 @@ size_t hnsw_memory_bytes(const hnsw *h) {
 typedef struct file_header {
   uint32_t version, dim, metric, M, ef_construct, stride, max_level, entry;
   uint64_t seed, count, deleted, upper_words;
+  uint64_t extra_len; /* the caller's bytes after the upper lists (0 in older files) */
 } file_header;
 
 static void put32(unsigned char *p, uint32_t v) { memcpy(p, &v, 4); }
@@ -1042,6 +1044,7 @@ static void header_encode(unsigned char *b, const file_header *fh) {
   put64(b + 56, fh->deleted);
   put64(b + 64, fh->upper_words);
   put32(b + 72, fh->entry);
+  put64(b + 80, fh->extra_len);
   put32(b + HDR_SIZE - 4, qv_crc32c(0, b, HDR_SIZE - 4));
 }
 
@@ -1092,14 +1095,14 @@ static qv_status fsync_parent(const char *path) {
   return st;
 }
 
-static void write_index(const hnsw *h, wbuf *w) {
+static void write_index(const hnsw *h, wbuf *w, const void *extra, size_t extra_len) {
   uint64_t n = h->next, upper_words = 0;
   for (uint64_t i = 0; i < n; i++)
     upper_words += (uint64_t)level_of(node_at(h, (uint32_t)i)) * (h->M + 1);
   uint64_t ep = h->ep;
   file_header fh = {HNSW_VERSION, (uint32_t)h->dim, (uint32_t)h->metric, h->M, h->ef_construct,
                     (uint32_t)h->stride, ep == EP_NONE ? LEVEL_NONE : (uint32_t)(ep >> 32),
-                    ep == EP_NONE ? 0 : (uint32_t)ep, h->seed, n, h->deleted, upper_words};
+                    ep == EP_NONE ? 0 : (uint32_t)ep, h->seed, n, h->deleted, upper_words, extra_len};
   unsigned char hdr[HDR_SIZE];
   header_encode(hdr, &fh);
   wput(w, hdr, HDR_SIZE);
@@ -1119,14 +1122,17 @@ static void write_index(const hnsw *h, wbuf *w) {
     unsigned char *nd = node_at(h, (uint32_t)i);
     if (level_of(nd)) wput(w, upper_of(h, nd), (size_t)level_of(nd) * (h->M + 1) * 4);
   }
+  if (extra_len) wput(w, extra, extra_len);
   unsigned char crc[4];
   put32(crc, w->crc);
   wput(w, crc, 4);
   wflush(w);
 }
 
-qv_status hnsw_save(hnsw *h, const char *path) {
-  if (!h || !path) return QV_EINVAL;
+qv_status hnsw_save(hnsw *h, const char *path) { return hnsw_save_ex(h, path, NULL, 0); }
+
+qv_status hnsw_save_ex(hnsw *h, const char *path, const void *extra, size_t extra_len) {
+  if (!h || !path || (extra_len && !extra)) return QV_EINVAL;
   size_t plen = strlen(path);
   char *tmp = malloc(plen + 16);
   if (!tmp) return QV_ENOMEM;
@@ -1146,7 +1152,7 @@ qv_status hnsw_save(hnsw *h, const char *path) {
   w.fd = fd;
   if (fchmod(fd, 0644)) w.st = errno;
   pthread_rwlock_wrlock(&h->save_lock);
-  if (!w.st) write_index(h, &w);
+  if (!w.st) write_index(h, &w, extra, extra_len);
   pthread_rwlock_unlock(&h->save_lock);
   st = w.st;
   if (!st && fsync(fd)) st = errno;
@@ -1215,9 +1221,16 @@ static qv_status validate(const hnsw *h, const file_header *fh) {
   return QV_OK;
 }
 
-qv_status hnsw_load(hnsw **out, const char *path) {
-  if (!out || !path) return QV_EINVAL;
+qv_status hnsw_load(hnsw **out, const char *path) { return hnsw_load_ex(out, path, NULL, NULL); }
+
+qv_status hnsw_load_ex(hnsw **out, const char *path, void **extra, size_t *extra_len) {
+  if (!out || !path || !extra != !extra_len) return QV_EINVAL;
   *out = NULL;
+  if (extra) {
+    *extra = NULL;
+    *extra_len = 0;
+  }
+  unsigned char *xbuf = NULL;
   hnsw *h = NULL;
   rbuf r = {-1, NULL, 0, 0, 1 << 20, 0, QV_OK};
   qv_status st = QV_OK;
@@ -1248,7 +1261,8 @@ qv_status hnsw_load(hnsw **out, const char *path) {
   }
   file_header fh = {get32(hdr + 8), get32(hdr + 16), get32(hdr + 20), get32(hdr + 24),
                     get32(hdr + 28), get32(hdr + 32), get32(hdr + 36), get32(hdr + 72),
-                    get64(hdr + 40), get64(hdr + 48), get64(hdr + 56), get64(hdr + 64)};
+                    get64(hdr + 40), get64(hdr + 48), get64(hdr + 56), get64(hdr + 64),
+                    get64(hdr + 80)};
   if (fh.version != HNSW_VERSION) {
     st = QV_EUNSUPPORTED;
     goto fail;
@@ -1261,7 +1275,11 @@ qv_status hnsw_load(hnsw **out, const char *path) {
     st = QV_ECORRUPT;
     goto fail;
   }
-  uint64_t want = HDR_SIZE + fh.count * h->stride + fh.upper_words * 4 + 4;
+  if (fh.extra_len > (uint64_t)sb.st_size) {
+    st = QV_ETRUNC;
+    goto fail;
+  }
+  uint64_t want = HDR_SIZE + fh.count * h->stride + fh.upper_words * 4 + fh.extra_len + 4;
   if ((uint64_t)sb.st_size != want) {
     st = (uint64_t)sb.st_size < want ? QV_ETRUNC : QV_ECORRUPT;
     goto fail;
@@ -1298,6 +1316,13 @@ qv_status hnsw_load(hnsw **out, const char *path) {
     st = QV_ECORRUPT;
     goto fail;
   }
+  if (fh.extra_len) {
+    if (!(xbuf = malloc(fh.extra_len))) {
+      st = QV_ENOMEM;
+      goto fail;
+    }
+    if (rget(&r, xbuf, fh.extra_len)) goto fail_r;
+  }
   uint32_t crc = r.crc;
   unsigned char tail[4];
   if (rget(&r, tail, 4)) goto fail_r;
@@ -1311,12 +1336,19 @@ qv_status hnsw_load(hnsw **out, const char *path) {
   close(r.fd);
   free(r.buf);
   *out = h;
+  if (extra) {
+    *extra = xbuf;
+    *extra_len = fh.extra_len;
+  } else {
+    free(xbuf);
+  }
   return QV_OK;
 fail_r:
   st = r.st;
 fail:
   close(r.fd);
   free(r.buf);
+  free(xbuf);
   hnsw_free(h);
   return st;
 }

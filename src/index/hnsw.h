@@ -121,4 +121,11 @@ qv_status hnsw_save(hnsw *h, const char *path);
  * errno values for I/O errors. */
 qv_status hnsw_load(hnsw **out, const char *path);
 
+/* The same, with `extra_len` bytes of the caller's own (a map from nodes to its ids, say)
+ * stored after the graph and covered by the same checksum, so the two can never come
+ * from different saves. hnsw_load_ex hands them back malloc'd (*extra NULL when none);
+ * free with free(). Files without extra bytes read as extra_len 0. */
+qv_status hnsw_save_ex(hnsw *h, const char *path, const void *extra, size_t extra_len);
+qv_status hnsw_load_ex(hnsw **out, const char *path, void **extra, size_t *extra_len);
+
 #endif

@@ -18,8 +18,11 @@
  */
 #include "store/collection.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <lmdb.h>
+#include <stdio.h>
+#include <unistd.h>
 #include <math.h>
 #include <pthread.h>
 #include <stdlib.h>
@@ -81,6 +84,7 @@ struct qv_collection {
   size_t unindexed;               /* rows with no node while graph != NULL: scanned exactly */
   qv_hnsw_config graph_cfg;       /* the parameters graph was built with */
   int graph_dirty;                /* graph differs from its file; under write_mu */
+  int graph_loaded;               /* the graph came from its file at open; read-only */
   pthread_t worker;               /* background builder (index_worker) */
   int worker_started;
   pthread_mutex_t idx_mu;         /* guards the three below */
@@ -571,6 +575,161 @@ out:
   return st;
 }
 
+/* ---- index persistence ------------------------------------------------------------------
+ *
+ * The graph is saved beside the LMDB environment as GRAPH_FILE by hnsw_save_ex (temporary
+ * file, fsync, rename, directory fsync), with a map appended under the same checksum:
+ *   "QVGMAP01" | u64 collection version | u64 points | u64 nodes | u32 m | u32 ef_construct |
+ *   per node: u8 kind (0 integer, 1 UUID, 0xFF tombstone) | 16 bytes (u64 LE or UUID)
+ * At open the file is used only when it reads back whole (magic, format version,
+ * checksums, graph validation) and names the stored version and point count: the
+ * version moves in the same LMDB transaction as every write (write_txn), so equal
+ * versions mean the same points. Anything else, including a file from before a crash
+ * that followed later writes, is ignored and the graph rebuilt: it is derived data, so
+ * a kill -9 during a build or a save costs a rebuild, never the collection. */
+
+#define GRAPH_FILE "graph.hnsw"
+#define GMAP_MAGIC "QVGMAP01"
+#define GMAP_HEAD 40
+#define GMAP_ENTRY 17
+
+static char *graph_path(const qv_collection *c) {
+  size_t len = strlen(c->dir) + sizeof GRAPH_FILE + 1;
+  char *p = malloc(len);
+  if (p) snprintf(p, len, "%s/%s", c->dir, GRAPH_FILE);
+  return p;
+}
+
+/* Caller holds write_mu, so no node is added or moved while the map is written. */
+static qv_status save_graph_locked(qv_collection *c) {
+  if (!c->graph || !c->graph_dirty) return QV_OK;
+  size_t nodes = hnsw_count(c->graph), len = GMAP_HEAD + nodes * GMAP_ENTRY;
+  unsigned char *m = calloc(1, len);
+  char *path = graph_path(c);
+  qv_status st = m && path ? QV_OK : QV_ENOMEM;
+  if (!st) {
+    uint64_t head[4] = {c->version, c->n, nodes, (uint64_t)c->graph_cfg.ef_construct << 32 | c->graph_cfg.m};
+    memcpy(m, GMAP_MAGIC, 8);
+    memcpy(m + 8, head, sizeof head);
+    for (size_t i = 0; i < nodes; i++) {
+      unsigned char *e = m + GMAP_HEAD + i * GMAP_ENTRY;
+      uint32_t row = i < c->node_cap ? c->node2row[i] : NODE_NONE;
+      if (row == NODE_NONE) {
+        e[0] = 0xFF;
+        continue;
+      }
+      const qv_point_id *id = &c->ids[row];
+      e[0] = id->kind;
+      if (id->kind == QV_ID_UUID) memcpy(e + 1, id->uuid, 16);
+      else memcpy(e + 1, &id->num, 8);
+    }
+    st = hnsw_save_ex(c->graph, path, m, len);
+  }
+  if (st) LOG_WARN("collection %s: saving the index failed (%s); it will be rebuilt at the next open",
+                   c->name, qv_strerror(st));
+  else c->graph_dirty = 0;
+  free(m);
+  free(path);
+  return st;
+}
+
+/* Loads the saved graph when it matches the stored points; at open, before any thread
+ * but this one sees the collection. A mismatch is logged and left for a rebuild. */
+static void load_graph(qv_collection *c) {
+  char *path = graph_path(c);
+  hnsw *g = NULL;
+  unsigned char *m = NULL;
+  size_t len = 0;
+  uint32_t *n2r = NULL;
+  const char *why = NULL;
+  if (!path) return;
+  qv_status st = hnsw_load_ex(&g, path, (void **)&m, &len);
+  if (st == ENOENT) goto out;
+  if (st) {
+    why = qv_strerror(st);
+    goto out;
+  }
+  uint64_t head[4];
+  size_t nodes = hnsw_count(g), cap = nodes + nodes / 2 + 1024;
+  if (len >= GMAP_HEAD) memcpy(head, m + 8, sizeof head);
+  if (len < GMAP_HEAD || memcmp(m, GMAP_MAGIC, 8) || head[2] != nodes ||
+      len != GMAP_HEAD + nodes * GMAP_ENTRY) {
+    why = "no valid point map";
+    goto out;
+  }
+  if (head[0] != c->version || head[1] != c->n) {
+    why = "it was saved before later writes";
+    goto out;
+  }
+  if (hnsw_dim(g) != c->cfg.size || hnsw_distance(g) != c->cfg.distance) {
+    why = "its dimension or distance differ";
+    goto out;
+  }
+  if (!(n2r = malloc(cap * sizeof *n2r))) goto out;
+  for (size_t i = 0; i < cap; i++) n2r[i] = NODE_NONE;
+  size_t mapped = 0;
+  for (size_t i = 0; i < nodes; i++) {
+    const unsigned char *e = m + GMAP_HEAD + i * GMAP_ENTRY;
+    if (e[0] == 0xFF) {
+      if (!hnsw_is_deleted(g, (uint32_t)i)) hnsw_mark_deleted(g, (uint32_t)i);
+      continue;
+    }
+    qv_point_id id = {.kind = e[0]};
+    if (e[0] == QV_ID_UUID) memcpy(id.uuid, e + 1, 16);
+    else if (e[0] == QV_ID_NUM) memcpy(&id.num, e + 1, 8);
+    else {
+      why = "its point map is damaged";
+      goto unmap;
+    }
+    int64_t row = idmap_get(&c->map, &id);
+    if (hnsw_is_deleted(g, (uint32_t)i)) continue;
+    if (row < 0 || c->row2node[row] != NODE_NONE) {
+      why = "its point map does not match the stored points";
+      goto unmap;
+    }
+    n2r[i] = (uint32_t)row;
+    c->row2node[row] = (uint32_t)i;
+    mapped++;
+  }
+  c->graph = g;
+  g = NULL;
+  c->node2row = n2r;
+  c->node_cap = cap;
+  n2r = NULL;
+  c->unindexed = c->n - mapped;
+  c->graph_cfg.m = (uint32_t)head[3];
+  c->graph_cfg.ef_construct = (uint32_t)(head[3] >> 32);
+  c->graph_cfg.full_scan_threshold = c->cfg.hnsw.full_scan_threshold;
+  c->graph_loaded = 1;
+  goto out;
+unmap:
+  for (size_t r = 0; r < c->n; r++) c->row2node[r] = NODE_NONE;
+out:
+  if (why) LOG_WARN("collection %s: not using the saved index (%s); rebuilding it", c->name, why);
+  hnsw_free(g);
+  free(n2r);
+  free(m);
+  free(path);
+}
+
+/* Removes temporary files a crash during a save left behind. */
+static void sweep_graph_tmp(const qv_collection *c) {
+  DIR *d = opendir(c->dir);
+  if (!d) return;
+  struct dirent *e;
+  while ((e = readdir(d)))
+    if (!strncmp(e->d_name, GRAPH_FILE ".tmp-", sizeof GRAPH_FILE + 4)) {
+      char *p = malloc(strlen(c->dir) + strlen(e->d_name) + 2);
+      if (!p) break;
+      sprintf(p, "%s/%s", c->dir, e->d_name);
+      unlink(p);
+      free(p);
+    }
+  closedir(d);
+}
+
+int collection_index_loaded(const qv_collection *c) { return c->graph_loaded; }
+
 static void *index_worker(void *arg) {
   qv_collection *c = arg;
   pthread_mutex_lock(&c->idx_mu);
@@ -583,6 +742,7 @@ static void *index_worker(void *arg) {
     pthread_mutex_lock(&c->write_mu);
     if (needs_build(c)) {
       qv_status st = build_locked(c);
+      if (!st) save_graph_locked(c);
       if (st && st != QV_EBUSY)
         LOG_ERROR("collection %s: building the index failed: %s; searches stay exact", c->name,
                   qv_strerror(st));
@@ -599,6 +759,7 @@ static void *index_worker(void *arg) {
 qv_status collection_index_build(qv_collection *c, qv_error *err) {
   pthread_mutex_lock(&c->write_mu);
   qv_status st = build_locked(c);
+  if (!st) st = save_graph_locked(c);
   pthread_mutex_unlock(&c->write_mu);
   return st ? qv_fail(err, st, "collection %s: building the index: %s", c->name, qv_strerror(st)) : QV_OK;
 }
@@ -643,6 +804,8 @@ qv_status collection_open_dir(qv_collection **out, const char *dir, const char *
   if (st) mdb_txn_abort(txn);
   else mdb_txn_commit(txn);
   if (st) goto fail;
+  sweep_graph_tmp(c);
+  load_graph(c);
   if (pthread_create(&c->worker, NULL, index_worker, c)) {
     st = qv_fail(err, QV_ENOMEM, "cannot start the index thread");
     goto fail;
@@ -666,6 +829,9 @@ void collection_close(qv_collection *c) {
     pthread_cond_broadcast(&c->idx_cv);
     pthread_mutex_unlock(&c->idx_mu);
     pthread_join(c->worker, NULL);
+    pthread_mutex_lock(&c->write_mu);
+    if (!c->sticky) save_graph_locked(c);
+    pthread_mutex_unlock(&c->write_mu);
   }
   hnsw_free(c->graph);
   free(c->node2row);

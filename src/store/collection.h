@@ -21,6 +21,8 @@ void collection_close(qv_collection *c);
 qv_status collection_index_build(qv_collection *c, qv_error *err);
 /* Returns once no background build is wanted or running. */
 void collection_index_wait(qv_collection *c);
+/* Whether the graph in use was read from its file at open (not rebuilt). */
+int collection_index_loaded(const qv_collection *c);
 
 /* Whether `name` may be a collection name: 1..QV_MAX_NAME bytes of [A-Za-z0-9_.-], not
  * starting with '.', so it is always one safe path component. */
