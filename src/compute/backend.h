@@ -46,9 +46,41 @@ typedef struct qv_backend {
    * checks them against the table sizes). */
   void (*embed)(void *ctx, float *out, const int32_t *ids, const int32_t *type_ids, const float *word,
                 const float *pos, const float *type, const int *lens, int B, int T, int C);
-  /* (optional) wait for queued work; NULL means ops are synchronous */
+  /* (optional) wait for queued work; NULL means ops are synchronous. A device backend
+   * also copies every QV_MAP_OUTPUT range its ops wrote back to host memory here. */
   void (*sync)(void *ctx);
+
+  /* ---- Device hooks. All (optional): NULL is the CPU default (host memory is the memory
+   * the ops address, nothing is queued, nothing fails). ---- */
+
+  /* (optional) Makes [host, host + bytes) addressable by the ops. A device backend keeps a
+   * device twin of the range and translates any pointer into it: QV_MAP_WEIGHT copies the
+   * contents once and keeps them resident (read-only afterwards); QV_MAP_BUFFER is a
+   * device-only scratch twin (never copied); QV_MAP_OUTPUT is a twin whose written part
+   * is copied back to the host at sync. Pointers the ops get that lie in no mapped range
+   * are staged per call. QV_EDEVICE / QV_ENOMEM when the device cannot hold it. */
+  qv_status (*map)(void *ctx, const void *host, size_t bytes, int kind);
+  /* (optional) Drops the twin of the range that starts at host. */
+  void (*unmap)(void *ctx, const void *host);
+  /* (optional) The first error any op met since the last call (QV_EDEVICE, also when
+   * sync timed out), cleared by the call. Ops return void,
+   * so a device backend records failures and the dispatch asks here after each unit of
+   * work (compute/dispatch.h). */
+  qv_status (*status)(void *ctx);
+  /* (optional) Exact top-k search, the twin of src/index/flat.c (same ranking: higher key
+   * first, distances negated, NaN last, ties by lower row). scores, rows (nq, k) best
+   * first; counts (nq); queries (nq, dim) host; base (n, stride) a QV_MAP_WEIGHT range;
+   * metric is a qv_distance (Manhattan is refused with QV_EUNSUPPORTED); mask NULL or
+   * n bits. Euclid scores are L2 distances (not squared). */
+  qv_status (*search_exact)(void *ctx, float *scores, uint32_t *rows, size_t *counts,
+                            const float *queries, size_t nq, const float *base, size_t n,
+                            size_t dim, size_t stride, int metric, size_t k, const uint64_t *mask);
 } qv_backend;
+
+/* map kinds */
+#define QV_MAP_WEIGHT 0
+#define QV_MAP_BUFFER 1
+#define QV_MAP_OUTPUT 2
 
 /* The CPU backend over the process-wide pool. Never NULL. Its first call sets OpenBLAS to
  * one thread for the process: the pool is the only source of parallelism (see flat.c). */

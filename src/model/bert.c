@@ -317,11 +317,12 @@ qv_status bert_forward(const bert_model *m, bert_workspace *ws, const qv_backend
     float *dst = l == c->layers - 1 ? hidden : x;
     be->layernorm(be->ctx, dst, proj, x, ly->ln2_w, ly->ln2_b, M, C, c->ln_eps);
   }
+  /* A device backend copies hidden back to the host at sync, so sync comes first. */
+  if (be->sync) be->sync(be->ctx);
   /* Padded rows carry layernorm(bias) values; the contract says zeros. */
   for (int b = 0; b < B; b++)
     if (lens[b] < T)
       memset(hidden + ((size_t)b * T + lens[b]) * C, 0, (size_t)(T - lens[b]) * C * sizeof *hidden);
-  if (be->sync) be->sync(be->ctx);
   return QV_OK;
 }
 
@@ -343,4 +344,70 @@ qv_status bert_classify(const bert_model *m, bert_workspace *ws, const qv_backen
   be->linear(be->ctx, logits, pooled, m->cls_w, m->cls_b, B, c->num_labels, C);
   if (be->sync) be->sync(be->ctx);
   return QV_OK;
+}
+
+/* ---- device residency ------------------------------------------------------------------ */
+
+/* Every weight range of the model, for bert_map / bert_unmap: (pointer, floats). */
+static size_t weight_ranges(const bert_model *m, const float **p, size_t *n, size_t cap) {
+  const bert_config *c = &m->cfg;
+  size_t C = (size_t)c->hidden, I = (size_t)c->intermediate, k = 0;
+#define W(ptr, count) \
+  do { if ((ptr) && k < cap) { p[k] = (ptr); n[k] = (count); k++; } } while (0)
+  W(m->word, (size_t)c->vocab * C);
+  W(m->pos, (size_t)c->max_pos * C);
+  W(m->type, (size_t)c->type_vocab * C);
+  W(m->emb_ln_w, C);
+  W(m->emb_ln_b, C);
+  W(m->fused, (size_t)c->layers * (3 * C * C + 3 * C));
+  for (int l = 0; l < c->layers; l++) {
+    const bert_layer *ly = &m->layer[l];
+    W(ly->o_w, C * C);
+    W(ly->o_b, C);
+    W(ly->ln1_w, C);
+    W(ly->ln1_b, C);
+    W(ly->i_w, I * C);
+    W(ly->i_b, I);
+    W(ly->f_w, C * I);
+    W(ly->f_b, C);
+    W(ly->ln2_w, C);
+    W(ly->ln2_b, C);
+  }
+#undef W
+  return k;
+}
+
+qv_status bert_map(const bert_model *m, bert_workspace *ws, float *hidden, size_t hidden_floats,
+                   const qv_backend *be) {
+  if (!be->map) return QV_OK;
+  size_t cap = 8 + 10 * (size_t)m->cfg.layers, k;
+  const float **p = malloc(cap * sizeof *p);
+  size_t *n = malloc(cap * sizeof *n);
+  qv_status st = p && n ? QV_OK : QV_ENOMEM;
+  if (!st) {
+    k = weight_ranges(m, p, n, cap);
+    for (size_t i = 0; i < k && !st; i++) st = be->map(be->ctx, p[i], n[i] * sizeof(float), QV_MAP_WEIGHT);
+  }
+  if (!st) st = be->map(be->ctx, ws->block, ((char *)(ws->scratch + lines(ws->scratch_n))) - (char *)ws->block,
+                        QV_MAP_BUFFER);
+  if (!st) st = be->map(be->ctx, hidden, hidden_floats * sizeof(float), QV_MAP_OUTPUT);
+  free(p);
+  free(n);
+  if (st) bert_unmap(m, ws, hidden, be);
+  return st;
+}
+
+void bert_unmap(const bert_model *m, bert_workspace *ws, float *hidden, const qv_backend *be) {
+  if (!be->unmap) return;
+  size_t cap = 8 + 10 * (size_t)m->cfg.layers;
+  const float **p = malloc(cap * sizeof *p);
+  size_t *n = malloc(cap * sizeof *n);
+  if (p && n) {
+    size_t k = weight_ranges(m, p, n, cap);
+    for (size_t i = 0; i < k; i++) be->unmap(be->ctx, p[i]);
+  }
+  free(p);
+  free(n);
+  be->unmap(be->ctx, ws->block);
+  be->unmap(be->ctx, hidden);
 }

@@ -49,4 +49,12 @@ qv_status bert_forward(const bert_model *m, bert_workspace *ws, const qv_backend
 qv_status bert_classify(const bert_model *m, bert_workspace *ws, const qv_backend *be, float *logits,
                         const float *hidden, int B, int T);
 
+/* Makes the weights resident on a device backend (QV_MAP_WEIGHT), ws's block its device
+ * scratch (QV_MAP_BUFFER) and hidden (hidden_floats) the output copied back at sync
+ * (QV_MAP_OUTPUT). A no-op for backends without a map hook. On failure nothing stays
+ * mapped. bert_unmap undoes it (unmapping what was never mapped is harmless). */
+qv_status bert_map(const bert_model *m, bert_workspace *ws, float *hidden, size_t hidden_floats,
+                   const qv_backend *be);
+void bert_unmap(const bert_model *m, bert_workspace *ws, float *hidden, const qv_backend *be);
+
 #endif

@@ -17,8 +17,10 @@
 #include <jansson.h>
 
 #include "base/error.h"
+#include "base/log.h"
 #include "base/mem.h"
 #include "compute/backend.h"
+#include "compute/device.h"
 #include "index/distance.h"
 #include "model/bert.h"
 #include "model/model.h"
@@ -34,7 +36,9 @@ struct qv_model {
   st_file *st;
   bert_model *bert;
   qv_tokenizer *tok;
-  const qv_backend *be;
+  const qv_backend *be;           /* the CPU backend: the classifier head, and CPU-only runs */
+  compute_dispatch *disp;         /* the process's GPU -> CPU dispatch (compute/device.h) */
+  int gpu;                        /* weights and workspace are mapped on disp->gpu, guarded by mu */
   pthread_mutex_t mu;             /* one encode at a time: the workspace is shared */
   bert_workspace *ws;             /* guarded by mu */
   float *hidden;                  /* (BATCH_TOKENS, C) rows of the last batch, guarded by mu */
@@ -187,6 +191,7 @@ qv_status qv_model_load(qv_model **out, const char *path, qv_error *err) {
   m->info.max_tokens = read_max_tokens(m, cfg.max_pos);
   if (m->info.kind == QV_MODEL_EMBEDDING && (st = read_pipeline(m, err))) goto fail;
   m->be = backend_cpu();
+  m->disp = device_dispatch();
   *out = m;
   return QV_OK;
 oom:
@@ -199,6 +204,7 @@ fail:
 
 void qv_model_free(qv_model *m) {
   if (!m) return;
+  if (m->gpu) bert_unmap(m->bert, m->ws, m->hidden, m->disp->gpu);
   bert_workspace_free(m->ws);
   qv_aligned_free(m->hidden);
   bert_free(m->bert);
@@ -274,6 +280,15 @@ static qv_status ensure_workspace(qv_model *m, qv_error *err) {
     m->ws = NULL;
     return qv_fail(err, st, "cannot allocate the workspace for %d x %d tokens", B, T);
   }
+  /* With a GPU, the weights become resident and the workspace gets a device twin once;
+   * a device that cannot hold them leaves this model on the CPU (the rest of the process
+   * may still use the GPU). */
+  if (m->disp->gpu) {
+    size_t hidden_n = (size_t)B * (size_t)T * (size_t)m->info.dims;
+    qv_status ms = bert_map(m->bert, m->ws, m->hidden, hidden_n, m->disp->gpu);
+    if (ms) LOG_WARN("model %s stays on the CPU: the GPU cannot hold it (%s)", m->name, qv_strerror(ms));
+    m->gpu = ms == QV_OK;
+  }
   return QV_OK;
 }
 
@@ -290,6 +305,20 @@ static size_t next_batch(const job *j, size_t at, int *T) {
   }
   *T = (int)maxlen;
   return count;
+}
+
+/* One forward pass as a unit of dispatch work: repeatable, since every run writes
+ * m->hidden afresh from the same inputs. */
+typedef struct fwd_work {
+  qv_model *m;
+  const int32_t *ids, *types;
+  const int *lens;
+  int B, T;
+} fwd_work;
+
+static qv_status fwd_run(const qv_backend *be, void *arg) {
+  fwd_work *w = arg;
+  return bert_forward(w->m->bert, w->m->ws, be, w->m->hidden, w->ids, w->types, w->lens, w->B, w->T);
 }
 
 typedef void (*batch_out_fn)(qv_model *m, const job *j, size_t at, int B, int T, void *ctx);
@@ -327,9 +356,10 @@ static qv_status run_batches(qv_model *m, const job *j, batch_out_fn emit, void 
         types[(size_t)b * T + t] = (size_t)t < e->len ? e->type_ids[t] : 0;
       }
     }
-    st = bert_forward(m->bert, m->ws, m->be, m->hidden, ids, types, lens, B, T);
+    fwd_work w = {m, ids, types, lens, B, T};
+    st = m->gpu ? dispatch_run(m->disp, fwd_run, &w, NULL, err) : fwd_run(m->be, &w);
     if (st) {
-      st = qv_fail(err, st, "forward pass failed: %s", qv_strerror(st));
+      if (st != QV_EDEVICE) st = qv_fail(err, st, "forward pass failed: %s", qv_strerror(st));
       break;
     }
     emit(m, j, at, B, T, ctx);
