@@ -169,3 +169,53 @@ qv_status embedapi_tokenize(server *s, const char *text, size_t len, int add_spe
   *n = k;
   return QV_OK;
 }
+
+/* ---- request schemas for /openapi.json ---------------------------------------------------- */
+
+#define STR "{\"type\":\"string\"}"
+#define BOOL "{\"type\":\"boolean\"}"
+#define STRS "{\"type\":\"array\",\"items\":" STR "}"
+#define STR_OR_STRS "{\"oneOf\":[" STR "," STRS "]}"
+#define IDS "{\"type\":\"array\",\"items\":{\"type\":\"integer\"}}"
+
+static const struct {
+  const char *route, *schema;
+} body_schemas[] = {
+    {"openai_embeddings",
+     "{\"type\":\"object\",\"required\":[\"input\"],\"properties\":{\"input\":{\"oneOf\":[" STR "," STRS "," IDS
+     ",{\"type\":\"array\",\"items\":" IDS "}]},\"model\":" STR ",\"encoding_format\":{\"enum\":[\"float\",\"base64\"]},"
+     "\"dimensions\":{\"type\":\"integer\"},\"user\":" STR ",\"truncate\":" BOOL "}}"},
+    {"openai_rerank",
+     "{\"type\":\"object\",\"required\":[\"query\",\"documents\"],\"properties\":{\"query\":" STR
+     ",\"documents\":{\"type\":\"array\",\"items\":{\"oneOf\":[" STR ",{\"type\":\"object\",\"required\":[\"text\"],"
+     "\"properties\":{\"text\":" STR "}}]}},\"top_n\":{\"type\":\"integer\",\"minimum\":1},\"return_documents\":" BOOL
+     ",\"model\":" STR ",\"truncate\":" BOOL "}}"},
+    {"tei_embed",
+     "{\"type\":\"object\",\"required\":[\"inputs\"],\"properties\":{\"inputs\":" STR_OR_STRS ",\"normalize\":" BOOL
+     ",\"truncate\":" BOOL "}}"},
+    {"tei_rerank",
+     "{\"type\":\"object\",\"required\":[\"query\",\"texts\"],\"properties\":{\"query\":" STR ",\"texts\":" STRS
+     ",\"raw_scores\":" BOOL ",\"return_text\":" BOOL ",\"truncate\":" BOOL "}}"},
+    {"tei_tokenize",
+     "{\"type\":\"object\",\"required\":[\"inputs\"],\"properties\":{\"inputs\":" STR_OR_STRS
+     ",\"add_special_tokens\":" BOOL "}}"},
+    {"legacy_generate",
+     "{\"type\":\"object\",\"properties\":{\"text\":" STR ",\"texts\":" STRS ",\"truncate\":" BOOL "}}"},
+    {"legacy_batch", "{\"type\":\"object\",\"required\":[\"texts\"],\"properties\":{\"texts\":" STRS
+                     ",\"truncate\":" BOOL "}}"},
+    {"legacy_search",
+     "{\"type\":\"object\",\"required\":[\"query\",\"collection\"],\"properties\":{\"query\":" STR
+     ",\"collection\":" STR ",\"top_k\":{\"type\":\"integer\",\"minimum\":1,\"maximum\":10000},"
+     "\"filter\":{\"type\":\"object\"},\"truncate\":" BOOL "}}"},
+    {"legacy_index_add",
+     "{\"type\":\"object\",\"required\":[\"collection\",\"documents\"],\"properties\":{\"collection\":" STR
+     ",\"documents\":{\"type\":\"array\",\"items\":{\"type\":\"object\",\"required\":[\"text\"],\"properties\":{"
+     "\"id\":{\"oneOf\":[{\"type\":\"integer\",\"minimum\":0},{\"type\":\"string\",\"format\":\"uuid\"}]},"
+     "\"text\":" STR ",\"metadata\":{\"type\":\"object\"}}}},\"truncate\":" BOOL "}}"},
+};
+
+const char *embedapi_body_schema(const char *route) {
+  for (size_t i = 0; route && i < sizeof body_schemas / sizeof body_schemas[0]; i++)
+    if (strcmp(body_schemas[i].route, route) == 0) return body_schemas[i].schema;
+  return NULL;
+}

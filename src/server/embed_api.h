@@ -52,4 +52,8 @@ typedef struct embedapi_token {
 qv_status embedapi_tokenize(struct server *s, const char *text, size_t len, int add_special,
                             embedapi_token **toks, size_t *n, qv_error *err);
 
+/* The JSON Schema (text) of the request body of one of openai.c's, tei.c's or legacy.c's
+ * routes, by its http_route.name, for /openapi.json; NULL for other routes. */
+const char *embedapi_body_schema(const char *route);
+
 #endif

@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "server/embed_api.h"
 #include "server/http.h"
 #include "server/metrics.h"
 #include "server/server.h"
@@ -124,6 +125,7 @@ static json_t *operation(const http_route *r) {
     json_t *schema = NULL;
     for (size_t i = 0; r->name && i < sizeof body_schemas / sizeof body_schemas[0]; i++)
       if (!strcmp(body_schemas[i].route, r->name)) schema = json_loads(body_schemas[i].schema, 0, NULL);
+    if (!schema && embedapi_body_schema(r->name)) schema = json_loads(embedapi_body_schema(r->name), 0, NULL);
     if (!schema) schema = json_pack("{s:s}", "type", "object");
     json_object_set_new(op, "requestBody",
                         json_pack("{s:b,s:{s:{s:o}}}", "required", 0, "content", "application/json", "schema", schema));

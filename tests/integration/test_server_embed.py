@@ -416,3 +416,17 @@ def test_metrics_after_traffic(srv):
     assert metric(t, 'quiver_collection_points{collection="legacy_docs"}') == 4
     assert metric(t, "process_resident_memory_bytes") > 50e6
     assert metric(t, 'quiver_backend_info{backend="cpu"}') == 1
+
+
+def test_openapi_describes_the_embedding_routes(srv):
+    doc = srv.http.get("/openapi.json").json()
+    for path, method in [("/v1/embeddings", "post"), ("/v1/rerank", "post"), ("/v1/models", "get"),
+                         ("/embed", "post"), ("/rerank", "post"), ("/tokenize", "post"), ("/info", "get"),
+                         ("/health", "get"), ("/api/v1/embeddings/generate", "post"),
+                         ("/api/v1/embeddings/batch", "post"), ("/api/v1/similarity/search", "post"),
+                         ("/api/v1/index/add", "post")]:
+        assert method in doc["paths"][path], path
+    body = doc["paths"]["/v1/embeddings"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert body["required"] == ["input"] and "encoding_format" in body["properties"]
+    body = doc["paths"]["/api/v1/index/add"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert body["required"] == ["collection", "documents"]
