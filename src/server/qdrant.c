@@ -17,8 +17,8 @@
 #include "server/server.h"
 
 /* The version GET / reports: qdrant-client warns unless major.minor is within one minor
- * version of its own (1.20.x here). */
-#define QDRANT_COMPAT_VERSION "1.15.5"
+ * version of its own (1.20.x here, so it accepts 1.19..1.21). */
+#define QDRANT_COMPAT_VERSION "1.20.0"
 
 /* ---- envelope ------------------------------------------------------------------------- */
 
@@ -123,9 +123,10 @@ static qv_status decode_floats(json_t *arr, uint32_t size, float *out, qv_error 
 /* A Document: {"text": "...", "model"?: "..."}; *text set when it is one. */
 static qv_status decode_document(json_t *j, const char **text, size_t *len, qv_error *err) {
   *text = NULL;
+  /* A string "text" makes a Document; {"text": [..]} is a vector named "text". */
   json_t *t = json_object_get(j, "text");
-  if (!json_is_object(j) || !t) return QV_OK;
-  if (!json_is_string(t)) return qv_fail(err, QV_EINVAL, "\"text\" must be a string");
+  if (!json_is_object(j) || !json_is_string(t)) return QV_OK;
+  (void)err;
   *text = json_string_value(t);
   *len = json_string_length(t);
   return QV_OK;
@@ -403,7 +404,7 @@ static qv_status decode_query_value(json_t *j, const qv_collection_config *cfg, 
     q->rrf_k = k ? (int)k : 2;
     return QV_OK;
   }
-  if (json_is_object(j) && json_object_get(j, "text")) {
+  if (json_is_object(j) && json_is_string(json_object_get(j, "text"))) {
     if ((st = decode_document(j, &q->text, &q->text_len, err))) return st;
     q->kind = QQ_TEXT;
     return QV_OK;
