@@ -1,0 +1,94 @@
+"""GPU detection and fallback through the real binary on any machine: `quiver info`
+reports the backend and, without a GPU, why; a plugin whose device fails every unit of
+work (the test plugin built beside the binary) changes no result, only where it ran."""
+import json
+import os
+import subprocess
+
+from conftest import QUIVER
+
+BIN_DIR = os.path.dirname(os.path.abspath(QUIVER))
+FAKE = os.path.join(BIN_DIR, "libqv_fake_plugin.so")
+REAL = os.path.join(BIN_DIR, "libquiver-cuda.so")
+
+
+def run(*args, env=None, check=True):
+    e = {k: v for k, v in os.environ.items() if not k.startswith(("QUIVER_GPU", "QUIVER_CUDA", "QV_FAKE"))}
+    e.update(env or {})
+    p = subprocess.run([QUIVER, *args], capture_output=True, text=True, env=e, timeout=300)
+    if check:
+        assert p.returncode == 0, p.stderr
+    return p
+
+
+def info(env=None):
+    return json.loads(run("info", "--json", env=env).stdout)
+
+
+def test_info_reports_backend_and_reason():
+    j = info()
+    assert j["backend"] in ("cpu", "cuda")
+    if j["backend"] == "cpu":
+        assert j["reason"], j
+        assert j["device"] is None
+    else:
+        assert j["reason"] is None
+        d = j["device"]
+        assert d["name"] and d["memory_total"] > 0 and "." in d["compute_capability"]
+    text = run("info").stdout
+    assert "backend:" in text
+
+
+def test_info_disabled_by_config():
+    j = info({"QUIVER_GPU": "off"})
+    assert j["backend"] == "cpu"
+    assert "disabled by config" in j["reason"]
+    assert info({"QUIVER_GPU": "auto"})["gpu_mode"] == "auto"
+    assert run("info", "--gpu", "off", "--json").stdout.count("disabled by config") == 1
+
+
+def test_info_missing_plugin_and_bad_settings():
+    j = info({"QUIVER_CUDA_PLUGIN": "/nonexistent/libquiver-cuda.so"})
+    assert j["backend"] == "cpu" and "no plugin at QUIVER_CUDA_PLUGIN" in j["reason"]
+    p = run("info", env={"QUIVER_GPU": "sometimes"}, check=False)
+    assert p.returncode != 0
+    assert p.stderr.startswith("quiver: ") and "QUIVER_GPU" in p.stderr and len(p.stderr.splitlines()) == 1
+    p = run("info", "--gpu-device", "-1", check=False)
+    assert p.returncode != 0 and len(p.stderr.splitlines()) == 1
+
+
+def test_plugin_reasons_through_dlopen():
+    j = info({"QUIVER_CUDA_PLUGIN": FAKE, "QV_FAKE_PLUGIN_MODE": "nodevice"})
+    assert j["backend"] == "cpu" and j["reason"] == "fake: no CUDA device" and j["plugin"] == FAKE
+    j = info({"QUIVER_CUDA_PLUGIN": FAKE, "QV_FAKE_PLUGIN_MODE": "badversion"})
+    assert j["backend"] == "cpu" and "API version 99" in j["reason"]
+    j = info({"QUIVER_CUDA_PLUGIN": FAKE, "QV_FAKE_PLUGIN_MODE": "broken"})
+    assert j["backend"] == "cuda" and j["device"]["name"] == "Fake GPU"
+    assert j["device"]["compute_capability"] == "9.0" and j["device"]["driver_version"] == "13.0"
+
+
+def test_real_plugin_without_driver_is_reported_not_fatal():
+    """Where nvcc built the plugin: loading it on a machine without a driver (or device)
+    gives a reason and the CPU; with a GPU it reports the device."""
+    if not os.path.exists(REAL):
+        j = info()
+        assert j["backend"] == "cpu" and "no plugin built" in j["reason"]
+        return
+    j = info({"QUIVER_CUDA_PLUGIN": REAL})
+    if j["backend"] == "cpu":
+        assert "driver" in j["reason"] or "device" in j["reason"], j
+    else:
+        assert j["device"]["name"]
+    j = info()
+    assert j["plugin"] == REAL
+    if j["backend"] == "cpu":
+        assert "driver" in j["reason"] or "device" in j["reason"], j
+
+
+def test_embeddings_unchanged_when_the_gpu_fails_every_unit():
+    texts = ["the quick brown fox", "GPUs fail sometimes", "a" * 50, "semantic search with vectors"]
+    cpu = run("embed", "--model", "all-MiniLM-L6-v2", *texts, env={"QUIVER_GPU": "off"})
+    broken = run("embed", "--model", "all-MiniLM-L6-v2", *texts,
+                 env={"QUIVER_CUDA_PLUGIN": FAKE, "QV_FAKE_PLUGIN_MODE": "broken", "QUIVER_LOG": "warn"})
+    assert broken.stdout == cpu.stdout
+    assert "rerunning on the CPU" in broken.stderr
