@@ -1,4 +1,5 @@
-/* quiver search COLLECTION: exact top-k, one JSON line per query. */
+/* quiver search COLLECTION: top-k through the collection's index (or exact), one JSON line
+ * per query. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -16,17 +17,21 @@ static const char usage[] =
     "  --filter JSON           a Qdrant filter on the payload\n"
     "  --score-threshold T     keep score >= T (Cosine, Dot) or distance <= T (Euclid, Manhattan)\n"
     "  --with-vector           include each point's vector\n"
+    "  --hnsw-ef N             beam width of the HNSW search (default max(limit + offset, 64))\n"
+    "  --exact                 scan every point instead of using the index\n"
     "  --no-payload            leave payloads out\n";
 
 int cmd_search(int argc, char **argv) {
   const char *data_dir = NULL, *vector = NULL, *queries = NULL, *limit = "10", *offset = "0",
              *filter = NULL, *threshold = NULL, *pos[1] = {0};
-  int with_vector = 0, no_payload = 0;
+  const char *hnsw_ef = NULL;
+  int with_vector = 0, no_payload = 0, exact = 0;
   cli_opt opts[] = {{"data-dir", &data_dir, NULL},  {"vector", &vector, NULL},
                     {"queries", &queries, NULL},    {"limit", &limit, NULL},
                     {"offset", &offset, NULL},      {"filter", &filter, NULL},
                     {"score-threshold", &threshold, NULL}, {"with-vector", NULL, &with_vector},
-                    {"no-payload", NULL, &no_payload}, {0}};
+                    {"no-payload", NULL, &no_payload}, {"hnsw-ef", &hnsw_ef, NULL},
+                    {"exact", NULL, &exact},           {0}};
   if (cli_parse(argc, argv, opts, pos, 1, usage) != 1) {
     fputs(usage, stderr);
     return 2;
@@ -37,6 +42,8 @@ int cmd_search(int argc, char **argv) {
       .offset = (size_t)cli_int(offset, "--offset", 0, 1000000),
       .with_payload = !no_payload,
       .with_vector = with_vector,
+      .hnsw_ef = hnsw_ef ? (uint32_t)cli_int(hnsw_ef, "--hnsw-ef", 1, 1000000) : 0,
+      .exact = exact,
   };
   if (threshold) {
     p.has_score_threshold = 1;
