@@ -19,6 +19,7 @@ DEB_PACKAGES := build-essential cmake pkg-config clang libclang-rt-14-dev \
 	libmicrohttpd-dev libyaml-dev nodejs-doc \
 	python3 python3-venv python3-pip
 
+.PHONY: gpu-test gpu-bench
 .PHONY: all deps build run demo test unit integration asan-test tsan-test fuzz venv models bench-exact clean
 
 all: build
@@ -95,3 +96,20 @@ bench-exact: build
 
 clean:
 	rm -rf $(BUILD) $(ASAN_BUILD) $(FUZZ_BUILD)
+
+# GPU checks (issue 6), run where a GPU is lent; they build what they need and fetch
+# nothing (the model must already be in the cache: `make models`). gpu-test compares
+# every CUDA op, the encoder and exact search with the CPU backend within stated
+# tolerances; gpu-bench prints JSON lines: encoder sentences/s and exact-search q/s for
+# Quiver and, when torch is importable, for plain PyTorch.
+GPU_BUILD ?= $(BUILD)
+gpu-test:
+	cmake -S . -B $(GPU_BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo -DQUIVER_CUDA=ON >/dev/null
+	cmake --build $(GPU_BUILD) -j $(JOBS) --target quiver_cuda qv_gpu_test
+	QUIVER_CUDA_PLUGIN=$(abspath $(GPU_BUILD))/libquiver-cuda.so $(GPU_BUILD)/qv_gpu_test
+
+gpu-bench:
+	cmake -S . -B $(GPU_BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo -DQUIVER_CUDA=ON >/dev/null
+	cmake --build $(GPU_BUILD) -j $(JOBS) --target quiver_cuda qv_gpu_bench
+	QUIVER_CUDA_PLUGIN=$(abspath $(GPU_BUILD))/libquiver-cuda.so $(GPU_BUILD)/qv_gpu_bench $(GPU_BENCH_ARGS)
+	@py=$$( [ -x $(VENV)/bin/python ] && echo $(VENV)/bin/python || echo python3 ); $$py bench/gpu_bench.py $(GPU_BENCH_ARGS)

@@ -64,3 +64,13 @@ if(NOT QUIVER_CUDA STREQUAL "OFF")
     install(FILES ${QUIVER_CUDA_PLUGIN_FILE} DESTINATION lib/quiver)
   endif()
 endif()
+
+# The GPU test and benchmark binaries are plain C over quiver_core, so every build
+# compiles them; `make gpu-test` / `make gpu-bench` run them where a GPU is lent. ctest
+# runs the test binary's --self mode (the CPU backend standing in for the device), which
+# checks the harness itself on any machine.
+add_executable(qv_gpu_test tests/gpu/test_gpu_ops.c)
+target_link_libraries(qv_gpu_test PRIVATE quiver_core)
+add_test(NAME gpu_harness_self COMMAND qv_gpu_test --self)
+add_executable(qv_gpu_bench bench/gpu_bench.c)
+target_link_libraries(qv_gpu_bench PRIVATE quiver_core)

@@ -1,0 +1,275 @@
+/* The CUDA backend against the CPU oracle (run where a GPU is lent: `make gpu-test`).
+ *
+ * Every op, the full encoder and exact search are run on the device backend the device
+ * layer loads (gpu: on) and on the CPU backend, and compared within these tolerances:
+ *   linear, FP16/BF16 tensor cores, FP32 accumulation: |d| <= 2e-2 * (1 + |cpu|)
+ *     (K up to 1536 products of values rounded to 11 / 8 mantissa bits)
+ *   linear, FP32 (unmapped weight):          |d| <= 1e-4 * (1 + |cpu|)
+ *   layernorm, GELU, tanh, attention:        |d| <= 1e-4 * (1 + |cpu|)
+ *   embed:                                   exact
+ *   encoder (all-MiniLM-L6-v2, mean pooled, normalized): cosine(gpu, cpu) >= 0.999
+ *   exact search (Cosine/Dot/Euclid, k=10, with and without a mask): the same rows in
+ *     the same order except where two scores lie within 1e-4 relative (then either
+ *     order is right), scores within 1e-4 relative.
+ * With --self the "device" is the CPU backend itself: the harness's own logic (data,
+ * comparisons, search bookkeeping) checked on machines without a GPU (ctest runs that).
+ * Exit status 0 when every comparison holds. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "base/mem.h"
+#include "compute/backend.h"
+#include "compute/device.h"
+#include "index/flat.h"
+
+static int failures, checks;
+
+static unsigned long long rng = 88172645463325252ull;
+static float frand(void) {
+  rng ^= rng << 13, rng ^= rng >> 7, rng ^= rng << 17;
+  return (float)((rng >> 11) * (1.0 / 9007199254740992.0)) * 2.0f - 1.0f;
+}
+static float *rand_vec(size_t n, float scale) {
+  float *v = qv_aligned_alloc((n ? n : 1) * sizeof *v);
+  if (!v) {
+    fprintf(stderr, "out of memory\n");
+    exit(2);
+  }
+  for (size_t i = 0; i < n; i++) v[i] = frand() * scale;
+  return v;
+}
+
+static void compare(const char *what, const float *gpu, const float *cpu, size_t n, double rel) {
+  double worst = 0;
+  size_t at = 0;
+  for (size_t i = 0; i < n; i++) {
+    double d = fabs((double)gpu[i] - cpu[i]) / (1 + fabs((double)cpu[i]));
+    if (!(d <= worst)) {
+      worst = d;
+      at = i;
+    }
+  }
+  checks++;
+  int ok = worst <= rel;
+  if (!ok) failures++;
+  printf("%-4s %-44s max rel err %.3g (tolerance %.3g)%s\n", ok ? "ok" : "FAIL", what, worst, rel,
+         ok ? "" : " <-");
+  if (!ok) printf("     at %zu: gpu %g cpu %g\n", at, gpu[at], cpu[at]);
+}
+
+static void test_linear(const qv_backend *g, const qv_backend *c, int map, double tol) {
+  static const int shapes[][3] = {{1, 384, 384}, {7, 1152, 384}, {128, 1536, 384}, {128, 384, 1536}, {33, 5, 17}};
+  for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
+    int M = shapes[s][0], N = shapes[s][1], K = shapes[s][2];
+    float *x = rand_vec((size_t)M * K, 1), *w = rand_vec((size_t)N * K, 0.1f), *b = rand_vec((size_t)N, 0.5f);
+    float *og = rand_vec((size_t)M * N, 0), *oc = rand_vec((size_t)M * N, 0);
+    if (map && g->map) g->map(g->ctx, w, (size_t)N * K * sizeof(float), QV_MAP_WEIGHT);
+    g->linear(g->ctx, og, x, w, b, M, N, K);
+    if (g->sync) g->sync(g->ctx);
+    c->linear(c->ctx, oc, x, w, b, M, N, K);
+    char what[96];
+    snprintf(what, sizeof what, "linear %s M=%d N=%d K=%d", map ? "low-precision" : "fp32", M, N, K);
+    compare(what, og, oc, (size_t)M * N, tol);
+    if (map && g->unmap) g->unmap(g->ctx, w);
+    qv_aligned_free(x), qv_aligned_free(w), qv_aligned_free(b), qv_aligned_free(og), qv_aligned_free(oc);
+  }
+}
+
+static void test_elementwise(const qv_backend *g, const qv_backend *c) {
+  int rows = 300, C = 384;
+  size_t n = (size_t)rows * C;
+  float *x = rand_vec(n, 3), *r = rand_vec(n, 1), *w = rand_vec(C, 1), *b = rand_vec(C, 1);
+  float *og = rand_vec(n, 0), *oc = rand_vec(n, 0);
+  g->layernorm(g->ctx, og, x, r, w, b, rows, C, 1e-12f);
+  if (g->sync) g->sync(g->ctx);
+  c->layernorm(c->ctx, oc, x, r, w, b, rows, C, 1e-12f);
+  compare("layernorm with residual", og, oc, n, 1e-4);
+  memcpy(og, x, n * sizeof *x);
+  memcpy(oc, x, n * sizeof *x);
+  g->gelu(g->ctx, og, n);
+  if (g->sync) g->sync(g->ctx);
+  c->gelu(c->ctx, oc, n);
+  compare("gelu (erf)", og, oc, n, 1e-4);
+  memcpy(og, x, n * sizeof *x);
+  memcpy(oc, x, n * sizeof *x);
+  g->act_tanh(g->ctx, og, n);
+  if (g->sync) g->sync(g->ctx);
+  c->act_tanh(c->ctx, oc, n);
+  compare("tanh", og, oc, n, 1e-4);
+  qv_aligned_free(x), qv_aligned_free(r), qv_aligned_free(w), qv_aligned_free(b), qv_aligned_free(og),
+      qv_aligned_free(oc);
+}
+
+static void test_attention(const qv_backend *g, const qv_backend *c) {
+  static const int shapes[][2] = {{1, 1}, {4, 16}, {3, 128}, {2, 512}};
+  int C = 384, NH = 12;
+  for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
+    int B = shapes[s][0], T = shapes[s][1];
+    int lens[8];
+    for (int i = 0; i < B; i++) lens[i] = i == 0 ? T : 1 + (T * (i + 1) / (B + 1)) % T;
+    size_t n = (size_t)B * T * C;
+    float *qkv = rand_vec(3 * n, 1), *og = rand_vec(n, 0), *oc = rand_vec(n, 0);
+    float *scr = rand_vec(c->attention_scratch(c->ctx, B, T, NH), 0);
+    g->attention(g->ctx, og, qkv, lens, B, T, C, NH, scr);
+    if (g->sync) g->sync(g->ctx);
+    c->attention(c->ctx, oc, qkv, lens, B, T, C, NH, scr);
+    char what[64];
+    snprintf(what, sizeof what, "attention B=%d T=%d (padded)", B, T);
+    compare(what, og, oc, n, 1e-4);
+    qv_aligned_free(qkv), qv_aligned_free(og), qv_aligned_free(oc), qv_aligned_free(scr);
+  }
+}
+
+static void test_embed(const qv_backend *g, const qv_backend *c) {
+  int V = 1000, P = 64, B = 3, T = 20, C = 384, lens[3] = {20, 7, 1};
+  float *word = rand_vec((size_t)V * C, 1), *pos = rand_vec((size_t)P * C, 1), *type = rand_vec(2 * (size_t)C, 1);
+  int32_t ids[60], types[60];
+  for (int i = 0; i < B * T; i++) ids[i] = (i * 37) % V, types[i] = i % 2;
+  size_t n = (size_t)B * T * C;
+  float *og = rand_vec(n, 0), *oc = rand_vec(n, 0);
+  if (g->map) {
+    g->map(g->ctx, word, (size_t)V * C * 4, QV_MAP_WEIGHT);
+    g->map(g->ctx, pos, (size_t)P * C * 4, QV_MAP_WEIGHT);
+    g->map(g->ctx, type, 2 * (size_t)C * 4, QV_MAP_WEIGHT);
+  }
+  g->embed(g->ctx, og, ids, types, word, pos, type, lens, B, T, C);
+  if (g->sync) g->sync(g->ctx);
+  c->embed(c->ctx, oc, ids, types, word, pos, type, lens, B, T, C);
+  compare("embed (exact)", og, oc, n, 0);
+  if (g->unmap) g->unmap(g->ctx, word), g->unmap(g->ctx, pos), g->unmap(g->ctx, type);
+  qv_aligned_free(word), qv_aligned_free(pos), qv_aligned_free(type), qv_aligned_free(og), qv_aligned_free(oc);
+}
+
+/* The device's results against flat_search; a swap of two rows whose scores are within
+ * tolerance is allowed. */
+static void test_search(const qv_backend *g, qv_distance dist, int masked) {
+  size_t n = 20000, dim = 384, nq = 37, k = 10;
+  float *x = rand_vec(n * dim, 1), *q = rand_vec(nq * dim, 1);
+  uint64_t *mask = NULL;
+  if (masked) {
+    mask = calloc((n + 63) / 64, 8);
+    for (size_t r = 0; r < n; r += 3) mask[r / 64] |= 1ull << (r % 64);
+  }
+  flat_hit *hits = calloc(nq * k, sizeof *hits);
+  size_t *cc = calloc(nq, sizeof *cc), *gc = calloc(nq, sizeof *gc);
+  float *gs = calloc(nq * k, sizeof *gs);
+  uint32_t *gr = calloc(nq * k, sizeof *gr);
+  flat_matrix m = {x, NULL, n, dim, dim};
+  flat_search(hits, cc, q, nq, &m, dist, k, mask, NULL);
+  qv_status st = QV_EUNSUPPORTED;
+  if (g->search_exact) {
+    if (g->map) g->map(g->ctx, x, n * dim * 4, QV_MAP_WEIGHT);
+    st = g->search_exact(g->ctx, gs, gr, gc, q, nq, x, n, dim, dim, (int)dist, k, mask);
+    if (g->unmap) g->unmap(g->ctx, x);
+  } else { /* --self: the CPU twin stands in */
+    for (size_t i = 0; i < nq; i++) {
+      gc[i] = cc[i];
+      for (size_t j = 0; j < cc[i]; j++) gs[i * k + j] = hits[i * k + j].score, gr[i * k + j] = hits[i * k + j].row;
+    }
+    st = QV_OK;
+  }
+  int ok = st == QV_OK;
+  double worst = 0;
+  for (size_t i = 0; i < nq && ok; i++) {
+    ok = gc[i] == cc[i];
+    for (size_t j = 0; j < cc[i] && ok; j++) {
+      float cs = hits[i * k + j].score;
+      double d = fabs((double)gs[i * k + j] - cs) / (1 + fabs(cs));
+      if (d > worst) worst = d;
+      if (d > 1e-4) ok = 0;
+      if (gr[i * k + j] != hits[i * k + j].row) {
+        /* allowed only as a near-tie with a neighbour */
+        int tie = (j + 1 < cc[i] && gr[i * k + j] == hits[i * k + j + 1].row &&
+                   fabs(hits[i * k + j + 1].score - cs) <= 1e-4 * (1 + fabs(cs))) ||
+                  (j > 0 && gr[i * k + j] == hits[i * k + j - 1].row &&
+                   fabs(hits[i * k + j - 1].score - cs) <= 1e-4 * (1 + fabs(cs)));
+        if (!tie) ok = 0;
+      }
+    }
+  }
+  checks++;
+  if (!ok) failures++;
+  printf("%-4s exact search %-9s k=%zu nq=%zu n=%zu%s  max rel err %.3g (status %s)\n", ok ? "ok" : "FAIL",
+         qv_distance_name(dist), k, nq, n, masked ? " masked" : "", worst, qv_strerror(st));
+  qv_aligned_free(x), qv_aligned_free(q);
+  free(mask), free(hits), free(cc), free(gc), free(gs), free(gr);
+}
+
+static void test_encoder(int self) {
+  static const char *texts[] = {"a GPU runs the encoder", "short", "",
+                                "a much longer sentence that goes on for a while so that padding matters in the batch",
+                                "semantic search over documents", "café naïve résumé"};
+  size_t n = sizeof texts / sizeof texts[0];
+  float out[2][6 * 384];
+  for (int pass = 0; pass < 2; pass++) {
+    qv_gpu_config cfg;
+    qv_gpu_config_default(&cfg);
+    cfg.enabled = pass == 0 && !self ? QV_GPU_ON : QV_GPU_OFF;
+    cfg.fallback_to_cpu = 0; /* a GPU failure must show here, not be hidden by the CPU */
+    qv_error err = {0};
+    qv_model *m = NULL;
+    qv_status st = qv_gpu_config_apply(&cfg, &err);
+    if (!st) st = qv_model_load(&m, "all-MiniLM-L6-v2", &err);
+    if (!st) st = qv_model_encode(m, texts, NULL, n, 1, out[pass], &err);
+    qv_model_free(m);
+    if (st) {
+      checks++, failures++;
+      printf("FAIL encoder (%s): %s\n", pass ? "cpu" : "gpu", err.msg);
+      return;
+    }
+  }
+  double worst = 1;
+  for (size_t i = 0; i < n; i++) {
+    double dot = 0, a = 0, b = 0;
+    for (size_t d = 0; d < 384; d++) {
+      dot += (double)out[0][i * 384 + d] * out[1][i * 384 + d];
+      a += (double)out[0][i * 384 + d] * out[0][i * 384 + d];
+      b += (double)out[1][i * 384 + d] * out[1][i * 384 + d];
+    }
+    double cs = dot / sqrt(a * b);
+    if (!(cs >= worst)) worst = cs;
+  }
+  checks++;
+  int ok = worst >= 0.999;
+  if (!ok) failures++;
+  printf("%-4s encoder all-MiniLM-L6-v2, %zu texts: min cosine(gpu, cpu) %.6f (>= 0.999)\n", ok ? "ok" : "FAIL", n,
+         worst);
+}
+
+int main(int argc, char **argv) {
+  int self = argc > 1 && !strcmp(argv[1], "--self");
+  const qv_backend *c = backend_cpu(), *g = c;
+  if (!self) {
+    qv_gpu_config cfg;
+    qv_error err = {0};
+    qv_gpu_config_default(&cfg);
+    cfg.enabled = QV_GPU_ON;
+    if (qv_gpu_config_apply(&cfg, &err)) {
+      fprintf(stderr, "qv_gpu_test: %s\n", err.msg);
+      return 2;
+    }
+    g = device_dispatch()->gpu;
+    qv_gpu_report r;
+    qv_gpu_report_get(&r);
+    printf("device: %s (compute %d.%d)\n", r.info.name, r.info.cc_major, r.info.cc_minor);
+  }
+  test_linear(g, c, 1, self ? 0 : 2e-2);
+  test_linear(g, c, 0, self ? 0 : 1e-4);
+  test_elementwise(g, c);
+  test_attention(g, c);
+  test_embed(g, c);
+  test_search(self ? c : g, QV_DIST_COSINE, 0);
+  test_search(self ? c : g, QV_DIST_DOT, 1);
+  test_search(self ? c : g, QV_DIST_EUCLID, 0);
+  test_encoder(self);
+  if (!self && g->status) {
+    qv_status st = g->status(g->ctx);
+    checks++;
+    if (st) failures++;
+    printf("%-4s no device error recorded (%s)\n", st ? "FAIL" : "ok", qv_strerror(st));
+  }
+  printf("%d of %d comparisons hold\n", checks - failures, checks);
+  return failures ? 1 : 0;
+}
