@@ -62,6 +62,9 @@ typedef struct qv_backend {
   qv_status (*map)(void *ctx, const void *host, size_t bytes, int kind);
   /* (optional) Drops the twin of the range that starts at host. */
   void (*unmap)(void *ctx, const void *host);
+  /* (optional) Copies [host, host + bytes), which lies inside a QV_MAP_WEIGHT range, to
+   * the twin again: how a resident copy follows writes to its host rows. */
+  qv_status (*map_update)(void *ctx, const void *host, size_t bytes);
   /* (optional) The first error any op met since the last call (QV_EDEVICE, also when
    * sync timed out), cleared by the call. Ops return void,
    * so a device backend records failures and the dispatch asks here after each unit of

@@ -63,8 +63,14 @@ static const void *weight_low(cu_ctx *c, const float *w) {
   cu_range *r = cu_find(c, w);
   if (!r || r->kind != QV_MAP_WEIGHT) return NULL;
   if (!r->low) {
-    size_t n = r->bytes / sizeof(float), cap = 0;
+    size_t n = r->bytes / sizeof(float);
     if (c->used + n * 2 > c->budget) return NULL; /* no room: this weight runs in FP32 */
+    if (cudaMalloc(&r->low, n * 2) != cudaSuccess) {
+      cudaGetLastError(); /* not an op failure: this weight runs in FP32 */
+      r->low = NULL;
+      return NULL;
+    }
+    size_t cap = n * 2;
     if (to_low(c, &r->low, &cap, (const float *)r->dev, n) == NULL) return NULL;
     c->used += n * 2;
   }

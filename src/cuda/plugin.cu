@@ -131,6 +131,26 @@ static void cu_unmap(void *ctx, const void *host) {
   pthread_mutex_unlock(&c->mu);
 }
 
+static qv_status cu_map_update(void *ctx, const void *host, size_t bytes) {
+  cu_ctx *c = (cu_ctx *)ctx;
+  pthread_mutex_lock(&c->mu);
+  qv_status st = QV_OK;
+  cu_range *r = cu_find(c, host);
+  size_t off = r ? (size_t)((const char *)host - r->host) : 0;
+  if (!r || r->kind != QV_MAP_WEIGHT || off + bytes > r->bytes) st = QV_EINVAL;
+  else if (cudaMemcpyAsync(r->dev + off, host, bytes, cudaMemcpyHostToDevice, c->stream) != cudaSuccess ||
+           cudaStreamSynchronize(c->stream) != cudaSuccess)
+    st = QV_EDEVICE;
+  /* a low-precision copy (GEMM weights) would be stale now; drop it to be remade */
+  if (!st && r->low) {
+    cudaFree(r->low);
+    r->low = NULL;
+    c->used -= r->bytes / 2;
+  }
+  pthread_mutex_unlock(&c->mu);
+  return st;
+}
+
 static double now_s(void) {
   struct timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -320,6 +340,7 @@ extern "C" __attribute__((visibility("default"))) int quiver_plugin_open(int api
   be->sync = cu_sync;
   be->map = cu_map;
   be->unmap = cu_unmap;
+  be->map_update = cu_map_update;
   be->status = cu_status;
   be->search_exact = cu_search_exact;
   out->info = cu_info;
