@@ -216,7 +216,12 @@ static qv_status build_words(const text_doc *d, count_cache *cc, uint32_t budget
       word *last = &ws->w[ws->n - 1];
       int section = bi + 1 >= d->nblocks || code || d->blocks[bi + 1].kind == TEXT_BLOCK_HEADING ||
                     d->blocks[bi + 1].kind == TEXT_BLOCK_CODE;
-      last->brk = section ? BRK_SECTION : BRK_BLOCK;
+      /* a heading belongs with what follows it: cutting right after one is no better
+       * than cutting at a sentence end */
+      if (b->kind == TEXT_BLOCK_HEADING)
+        last->brk = bi + 1 >= d->nblocks || d->blocks[bi + 1].kind == TEXT_BLOCK_HEADING ? BRK_SECTION : BRK_SENTENCE;
+      else
+        last->brk = section ? BRK_SECTION : BRK_BLOCK;
     }
   }
   return QV_OK;

@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 
+import numpy as np
 import pytest
 
 from conftest import QUIVER
@@ -195,3 +196,65 @@ def test_missing_model_says_how_to_get_it(qv, tmp_path):
     assert p.returncode != 0
     err = p.stderr.strip()
     assert len(err.splitlines()) == 1 and "quiver model pull all-MiniLM-L6-v2" in err
+
+
+def query(qv, *args):
+    return json.loads(qv.run("query", *map(str, args), "--json").stdout)
+
+
+def test_query_dense_hybrid_reranked(qv, tmp_path):
+    import synthetic_reranker
+    docs = tmp_path / "docs"
+    make_docs(docs)
+    # a term no embedding knows, for the keyword index to find
+    (docs / "codes.md").write_text("# Error codes\n\nThe error ZQX-4471 means the disk quota is exhausted.\n")
+    ingest(qv, docs, "--collection", "kb", "--size", "32")
+    d = query(qv, "what is a writable stream?", "--collection", "kb", "--k", "3")
+    assert d["mode"] == "dense" and len(d["results"]) == 3 and not d["cached"]
+    top = d["results"][0]
+    assert top["source"].endswith("guide.md") and top["headings"] == ["Streams", "Writable"]
+    assert "destination" in top["text"] and top["lines"][0] >= 1 and top["dense_rank"] == 1
+    assert [r["rank"] for r in d["results"]] == [1, 2, 3]
+    assert all(a["score"] >= b["score"] for a, b in zip(d["results"], d["results"][1:]))
+
+    h = query(qv, "ZQX-4471", "--collection", "kb", "--hybrid", "--k", "3")
+    assert h["mode"] == "hybrid"
+    assert h["results"][0]["source"].endswith("codes.md") and h["results"][0]["keyword_rank"] == 1
+    # reciprocal rank fusion: 1/(60 + dense rank) + 1/(60 + keyword rank)
+    for r in h["results"]:
+        want = sum(1 / (60 + r[k]) for k in ("dense_rank", "keyword_rank") if k in r)
+        assert abs(r["score"] - want) < 1e-6
+
+    xenc = synthetic_reranker.build(tmp_path / "xenc")
+    rr = query(qv, "what is a writable stream?", "--collection", "kb", "--rerank", xenc, "--k", "4")
+    assert rr["mode"] == "reranked" and len(rr["results"]) == 4
+    logits = [r["logit"] for r in rr["results"]]
+    assert logits == sorted(logits, reverse=True)
+    assert all(abs(r["score"] - 1 / (1 + np.exp(-r["logit"]))) < 1e-5 for r in rr["results"])
+    # the reranker's order is its own: check the top logit against `quiver rerank`
+    best = rr["results"][0]
+    doc = (" > ".join(best["headings"]) + "\n" if best["headings"] else "") + best["text"]
+    out = subprocess.run([QUIVER, "rerank", "what is a writable stream?", doc, "--model", str(xenc)],
+                         capture_output=True, text=True, check=True).stdout
+    assert abs(json.loads(out.splitlines()[0])["logit"] - logits[0]) < 1e-3
+
+    # human-readable output cites source and lines
+    text = qv.run("query", "installer prompts", "--collection", "kb", "--k", "1").stdout
+    assert "install.mdx:" in text and "Run the installer" in text
+
+    assert "collection" in qv.fail("query", "x", "--collection", "nope")
+    assert "empty" in qv.fail("query", "", "--collection", "kb")
+    assert "cross-encoder" in qv.fail("query", "x", "--collection", "kb", "--rerank", "all-MiniLM-L6-v2")
+    assert "--k" in qv.fail("query", "x", "--collection", "kb", "--k", "0")
+
+
+def test_query_sees_reingested_content(qv, tmp_path):
+    docs = tmp_path / "docs"
+    make_docs(docs)
+    ingest(qv, docs, "--collection", "kb")
+    qfile = tmp_path / "q.txt"
+    qfile.write_text("ZQX-9 flux capacitor\n")
+    (docs / "new.md").write_text("# Flux\n\nThe flux capacitor ZQX-9 needs 1.21 gigawatts.\n")
+    ingest(qv, docs, "--collection", "kb")
+    out = [json.loads(l) for l in qv.run("query", "--queries", qfile, "--collection", "kb", "--hybrid").stdout.splitlines()]
+    assert out[0]["results"][0]["source"].endswith("new.md")
