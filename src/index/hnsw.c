@@ -124,6 +124,7 @@ typedef struct space {
   dist_fn fn;
   float sign; /* -1 for inner product: distance = -dot */
   size_t dim;
+  const struct hnsw *q8; /* int8 codes: "vectors" point at codes (see q8_dist); else NULL */
 } space;
 
 struct hnsw {
@@ -135,6 +136,11 @@ struct hnsw {
   double mult;
   size_t stride, off_label, off_upper, off_vec;
   unsigned cshift; /* chunk 0 holds 1 << cshift nodes */
+  /* Int8 scalar quantization (hnsw_quantize_int8): each stored vector is dim u8 codes c
+   * with x ~ q_lo + q_step * c, then (at q_sum_off) the float sum of its codes. */
+  int quant;
+  float q_lo, q_hi, q_step;
+  size_t q_sum_off;
 
   unsigned char *chunks[MAX_CHUNKS]; /* atomic */
   uint64_t cap;                      /* atomic: ids with a block */
@@ -218,20 +224,140 @@ static void node_unlock(unsigned char *n) { STORE_REL(lock_of(n), 0); }
 /* The rest of a vector whose first line is already on its way (see gather). */
 static inline void prefetch_rest(const hnsw *h, const float *v) {
   const char *p = (const char *)v;
-  size_t bytes = h->dim * sizeof(float);
+  size_t bytes = h->quant ? h->q_sum_off + 4 : h->dim * sizeof(float);
   if (bytes > PREFETCH_MAX_BYTES) bytes = PREFETCH_MAX_BYTES;
   for (size_t o = 64; o < bytes; o += 64) __builtin_prefetch(p + o, 0, 3);
 }
 
+/* ---- Int8 codes --------------------------------------------------------------------------
+ * With quantization on, the graph code is unchanged: every `const float *` vector it
+ * passes around points at a node's codes (or the query's, encoded in place in the
+ * scratch area), and dist() sends them here. Codes are unsigned so that the integer sums
+ * fit u32 up to QV_MAX_VECTOR_SIZE dimensions (255^2 * 65536 < 2^32). */
+
+static uint32_t u8_dot_c(const uint8_t *a, const uint8_t *b, size_t n) {
+  uint32_t s = 0;
+  for (size_t i = 0; i < n; i++) s += (uint32_t)a[i] * b[i];
+  return s;
+}
+static uint32_t u8_l2_c(const uint8_t *a, const uint8_t *b, size_t n) {
+  uint32_t s = 0;
+  for (size_t i = 0; i < n; i++) {
+    int d = (int)a[i] - (int)b[i];
+    s += (uint32_t)(d * d);
+  }
+  return s;
+}
+static uint32_t u8_l1_c(const uint8_t *a, const uint8_t *b, size_t n) {
+  uint32_t s = 0;
+  for (size_t i = 0; i < n; i++) s += (uint32_t)abs((int)a[i] - (int)b[i]);
+  return s;
+}
+
+#if defined(__x86_64__)
+__attribute__((target("avx2"))) static uint32_t hsum_epi32(__m256i v) {
+  __m128i x = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+  x = _mm_add_epi32(x, _mm_shuffle_epi32(x, 0x4e));
+  x = _mm_add_epi32(x, _mm_shuffle_epi32(x, 0xb1));
+  return (uint32_t)_mm_cvtsi128_si32(x);
+}
+/* 16 codes widened to i16, multiplied pairwise and summed into i32 lanes (madd): each
+ * lane stays below 2 * 255^2, and the u32 total wraps back to the exact sum. */
+__attribute__((target("avx2"))) static uint32_t u8_dot_avx2(const uint8_t *a, const uint8_t *b, size_t n) {
+  __m256i acc = _mm256_setzero_si256();
+  size_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    __m256i x = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)(a + i)));
+    __m256i y = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)(b + i)));
+    acc = _mm256_add_epi32(acc, _mm256_madd_epi16(x, y));
+  }
+  return hsum_epi32(acc) + u8_dot_c(a + i, b + i, n - i);
+}
+__attribute__((target("avx2"))) static uint32_t u8_l2_avx2(const uint8_t *a, const uint8_t *b, size_t n) {
+  __m256i acc = _mm256_setzero_si256();
+  size_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    __m256i x = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)(a + i)));
+    __m256i y = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)(b + i)));
+    __m256i d = _mm256_sub_epi16(x, y);
+    acc = _mm256_add_epi32(acc, _mm256_madd_epi16(d, d));
+  }
+  return hsum_epi32(acc) + u8_l2_c(a + i, b + i, n - i);
+}
+__attribute__((target("avx2"))) static uint32_t u8_l1_avx2(const uint8_t *a, const uint8_t *b, size_t n) {
+  __m256i acc = _mm256_setzero_si256();
+  size_t i = 0;
+  for (; i + 32 <= n; i += 32)
+    acc = _mm256_add_epi64(acc, _mm256_sad_epu8(_mm256_loadu_si256((const __m256i *)(a + i)),
+                                                 _mm256_loadu_si256((const __m256i *)(b + i))));
+  __m128i x = _mm_add_epi64(_mm256_castsi256_si128(acc), _mm256_extracti128_si256(acc, 1));
+  x = _mm_add_epi64(x, _mm_unpackhi_epi64(x, x));
+  return (uint32_t)_mm_cvtsi128_si64(x) + u8_l1_c(a + i, b + i, n - i);
+}
+#endif
+
+typedef uint32_t (*u8_fn)(const uint8_t *, const uint8_t *, size_t);
+static u8_fn u8_dot = u8_dot_c, u8_l2 = u8_l2_c, u8_l1 = u8_l1_c;
+static pthread_once_t u8_once = PTHREAD_ONCE_INIT;
+static void u8_pick(void) {
+#if defined(__x86_64__)
+  if (__builtin_cpu_supports("avx2")) {
+    u8_dot = u8_dot_avx2;
+    u8_l2 = u8_l2_avx2;
+    u8_l1 = u8_l1_avx2;
+  }
+#endif
+}
+
+/* The internal distance (lower is closer) between two code vectors, in the units of the
+ * float metric: dot from sum((lo + s a)(lo + s b)), squared L2 and L1 scaled by s. */
+static float q8_dist(const hnsw *h, const float *fa, const float *fb) {
+  const uint8_t *a = (const uint8_t *)fa, *b = (const uint8_t *)fb;
+  size_t n = h->dim;
+  float st = h->q_step;
+  switch (h->metric) {
+  case QV_DIST_EUCLID:
+    return st * st * (float)u8_l2(a, b, n);
+  case QV_DIST_MANHATTAN:
+    return st * (float)u8_l1(a, b, n);
+  default: {
+    float sa, sb;
+    memcpy(&sa, a + h->q_sum_off, 4);
+    memcpy(&sb, b + h->q_sum_off, 4);
+    float lo = h->q_lo;
+    return -((float)n * lo * lo + lo * st * (sa + sb) + st * st * (float)u8_dot(a, b, n));
+  }
+  }
+}
+
+/* Encodes n floats into codes (and their sum) at out; out may be the same memory as x:
+ * byte i is written after float i was read, and lies at or before it. */
+static void q8_encode(const hnsw *h, uint8_t *out, const float *x) {
+  uint32_t sum = 0;
+  float inv = h->q_step > 0 ? 1.0f / h->q_step : 0;
+  for (size_t i = 0; i < h->dim; i++) {
+    float v = x[i];
+    float c = (v - h->q_lo) * inv;
+    c = c < 0 ? 0 : c > 255 ? 255 : c;
+    uint8_t code = (uint8_t)lrintf(c);
+    out[i] = code;
+    sum += code;
+  }
+  float fs = (float)sum;
+  memcpy(out + h->q_sum_off, &fs, 4);
+}
+
 static inline float dist(const space *sp, const float *a, const float *b) {
+  if (sp->q8) return q8_dist(sp->q8, a, b);
   return sp->sign * sp->fn(a, b, sp->dim);
 }
 
 static space space_of(const hnsw *h) {
   const dist_kernels *k = dist_get_kernels();
-  space sp = {k->dot, -1.0f, h->dim};
-  if (h->metric == QV_DIST_EUCLID) sp = (space){k->l2sq, 1.0f, h->dim};
-  else if (h->metric == QV_DIST_MANHATTAN) sp = (space){k->l1, 1.0f, h->dim};
+  space sp = {k->dot, -1.0f, h->dim, NULL};
+  if (h->metric == QV_DIST_EUCLID) sp = (space){k->l2sq, 1.0f, h->dim, NULL};
+  else if (h->metric == QV_DIST_MANHATTAN) sp = (space){k->l1, 1.0f, h->dim, NULL};
+  if (h->quant) sp.q8 = h;
   return sp;
 }
 
@@ -732,6 +858,7 @@ qv_status hnsw_search(hnsw *h, const float *query, size_t k, size_t ef, const hn
   if (!s) return QV_ENOMEM;
   memcpy(s->q, query, h->dim * sizeof(float));
   if (h->metric == QV_DIST_COSINE) dist_normalize(s->q, h->dim);
+  if (h->quant) q8_encode(h, (uint8_t *)s->q, s->q);
   space sp = space_of(h);
   uint32_t cur = (uint32_t)ep;
   float curd = dist(&sp, s->q, vec_of(h, node_at(h, cur)));
@@ -914,9 +1041,23 @@ qv_status hnsw_add(hnsw *h, uint64_t label, const float *vector, uint32_t *out_i
   nd[2] = (uint8_t)level;
   memcpy(nd + h->off_label, &label, 8);
   memcpy(nd + h->off_upper, &up, sizeof up);
-  float *v = (float *)(nd + h->off_vec);
-  memcpy(v, vector, h->dim * sizeof(float));
-  if (h->metric == QV_DIST_COSINE) dist_normalize(v, h->dim);
+  if (h->quant) {
+    /* the node block has room for the codes only; normalize in scratch space first */
+    scratch *sc = scratch_get(h, 1);
+    if (!sc) {
+      make_hole(h, nd);
+      st = QV_ENOMEM;
+      goto out;
+    }
+    memcpy(sc->q, vector, h->dim * sizeof(float));
+    if (h->metric == QV_DIST_COSINE) dist_normalize(sc->q, h->dim);
+    q8_encode(h, nd + h->off_vec, sc->q);
+    scratch_put(h, sc);
+  } else {
+    float *v = (float *)(nd + h->off_vec);
+    memcpy(v, vector, h->dim * sizeof(float));
+    if (h->metric == QV_DIST_COSINE) dist_normalize(v, h->dim);
+  }
   st = insert_node(h, id, level);
   if (st) make_hole(h, nd);
 out:
@@ -984,7 +1125,31 @@ uint64_t hnsw_label(const hnsw *h, uint32_t id) {
   return l;
 }
 
-const float *hnsw_vector(const hnsw *h, uint32_t id) { return vec_of(h, node_at(h, id)); }
+const float *hnsw_vector(const hnsw *h, uint32_t id) {
+  return h->quant ? NULL : vec_of(h, node_at(h, id));
+}
+
+qv_status hnsw_quantize_int8(hnsw *h, float lo, float hi) {
+  if (!h || !isfinite(lo) || !isfinite(hi) || !(hi >= lo)) return QV_EINVAL;
+  if (LOAD_ACQ(&h->cap) || LOAD_ACQ(&h->next)) return QV_EINVAL;
+  pthread_once(&u8_once, u8_pick);
+  h->quant = 1;
+  h->q_lo = lo;
+  h->q_hi = hi;
+  h->q_step = hi > lo ? (hi - lo) / 255.0f : 1.0f;
+  h->q_sum_off = align_up(h->dim, 4);
+  h->stride = align_up(h->off_vec + h->q_sum_off + 4, 64);
+  unsigned cs = 4;
+  while (cs < 16 && ((size_t)2 << cs) * h->stride <= CHUNK0_BYTES) cs++;
+  h->cshift = cs;
+  return QV_OK;
+}
+
+int hnsw_quantized(const hnsw *h) { return h->quant; }
+
+size_t hnsw_code_bytes(const hnsw *h) {
+  return h->quant ? hnsw_count(h) * (h->q_sum_off + 4) : 0;
+}
 
 size_t hnsw_memory_bytes(const hnsw *h) {
   uint64_t cap = LOAD_ACQ(&h->cap);
@@ -1010,10 +1175,12 @@ size_t hnsw_memory_bytes(const hnsw *h) {
 #define LEVEL_NONE UINT32_MAX
 
 typedef struct file_header {
-  uint32_t version, dim, metric, M, ef_construct, stride, max_level, entry;
+  uint32_t version, dim, metric /* | QUANT_FLAG */, M, ef_construct, stride, max_level, entry;
   uint64_t seed, count, deleted, upper_words;
   uint64_t extra_len; /* the caller's bytes after the upper lists (0 in older files) */
+  float q_lo, q_hi;   /* int8 range, when metric has QUANT_FLAG */
 } file_header;
+#define QUANT_FLAG 0x100u
 
 static void put32(unsigned char *p, uint32_t v) { memcpy(p, &v, 4); }
 static void put64(unsigned char *p, uint64_t v) { memcpy(p, &v, 8); }
@@ -1045,6 +1212,8 @@ static void header_encode(unsigned char *b, const file_header *fh) {
   put64(b + 64, fh->upper_words);
   put32(b + 72, fh->entry);
   put64(b + 80, fh->extra_len);
+  memcpy(b + 76, &fh->q_lo, 4);
+  memcpy(b + 88, &fh->q_hi, 4);
   put32(b + HDR_SIZE - 4, qv_crc32c(0, b, HDR_SIZE - 4));
 }
 
@@ -1100,9 +1269,10 @@ static void write_index(const hnsw *h, wbuf *w, const void *extra, size_t extra_
   for (uint64_t i = 0; i < n; i++)
     upper_words += (uint64_t)level_of(node_at(h, (uint32_t)i)) * (h->M + 1);
   uint64_t ep = h->ep;
-  file_header fh = {HNSW_VERSION, (uint32_t)h->dim, (uint32_t)h->metric, h->M, h->ef_construct,
+  file_header fh = {HNSW_VERSION, (uint32_t)h->dim, (uint32_t)h->metric | (h->quant ? QUANT_FLAG : 0), h->M, h->ef_construct,
                     (uint32_t)h->stride, ep == EP_NONE ? LEVEL_NONE : (uint32_t)(ep >> 32),
-                    ep == EP_NONE ? 0 : (uint32_t)ep, h->seed, n, h->deleted, upper_words, extra_len};
+                    ep == EP_NONE ? 0 : (uint32_t)ep, h->seed, n, h->deleted, upper_words, extra_len,
+                    h->q_lo, h->q_hi};
   unsigned char hdr[HDR_SIZE];
   header_encode(hdr, &fh);
   wput(w, hdr, HDR_SIZE);
@@ -1262,13 +1432,16 @@ qv_status hnsw_load_ex(hnsw **out, const char *path, void **extra, size_t *extra
   file_header fh = {get32(hdr + 8), get32(hdr + 16), get32(hdr + 20), get32(hdr + 24),
                     get32(hdr + 28), get32(hdr + 32), get32(hdr + 36), get32(hdr + 72),
                     get64(hdr + 40), get64(hdr + 48), get64(hdr + 56), get64(hdr + 64),
-                    get64(hdr + 80)};
+                    get64(hdr + 80), 0, 0};
+  memcpy(&fh.q_lo, hdr + 76, 4);
+  memcpy(&fh.q_hi, hdr + 88, 4);
   if (fh.version != HNSW_VERSION) {
     st = QV_EUNSUPPORTED;
     goto fail;
   }
-  if (init(&h, fh.dim, (qv_distance)fh.metric, fh.M, fh.ef_construct, fh.seed) ||
-      h->stride != fh.stride || fh.count > HNSW_MAX_NODES || fh.deleted > fh.count ||
+  if ((fh.metric & ~(QUANT_FLAG | 0xffu)) ||
+      init(&h, fh.dim, (qv_distance)(fh.metric & 0xffu), fh.M, fh.ef_construct, fh.seed) ||
+      ((fh.metric & QUANT_FLAG) && hnsw_quantize_int8(h, fh.q_lo, fh.q_hi)) || h->stride != fh.stride || fh.count > HNSW_MAX_NODES || fh.deleted > fh.count ||
       (fh.count == 0) != (fh.max_level == LEVEL_NONE) ||
       (fh.count && (fh.max_level > HNSW_MAX_LEVEL || fh.entry >= fh.count)) ||
       fh.upper_words > fh.count * HNSW_MAX_LEVEL * (uint64_t)(h->M + 1)) {

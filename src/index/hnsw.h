@@ -24,7 +24,7 @@
  * search allocates nothing unless the index grew since that scratch area was last used.
  *
  * Limits: at most HNSW_MAX_NODES nodes, 2 <= M <= HNSW_MAX_M, 1 <= dim <=
- * QV_MAX_VECTOR_SIZE. Int8 scalar quantization is not here yet; see "seam" in hnsw.c. */
+ * QV_MAX_VECTOR_SIZE. Int8 scalar quantization: hnsw_quantize_int8. */
 #ifndef QV_INDEX_HNSW_H
 #define QV_INDEX_HNSW_H
 
@@ -105,6 +105,17 @@ size_t hnsw_dim(const hnsw *h);
 qv_distance hnsw_distance(const hnsw *h);
 uint64_t hnsw_label(const hnsw *h, uint32_t id);  /* id < hnsw_count */
 const float *hnsw_vector(const hnsw *h, uint32_t id); /* (dim), as stored (normalized for Cosine) */
+/* Int8 scalar quantization: from now on the index keeps, for each vector, dim u8 codes on
+ * the grid lo + (hi - lo) / 255 * c (values outside [lo, hi] clipped; Cosine vectors
+ * normalized first) instead of its floats, and every distance, while building and
+ * searching, is computed on codes (the query is encoded the same way). Blocks shrink to
+ * about a quarter of the vector bytes. Scores are then approximate: callers that keep the
+ * floats rescore the hits (the collection layer does). Only on an empty index: QV_EINVAL
+ * otherwise, or for a non-finite or inverted range. hnsw_vector returns NULL then. */
+qv_status hnsw_quantize_int8(hnsw *h, float lo, float hi);
+int hnsw_quantized(const hnsw *h);
+size_t hnsw_code_bytes(const hnsw *h); /* bytes of codes (0 without quantization) */
+
 /* Bytes the index holds: node blocks (allocated capacity), upper-level lists, scratch. */
 size_t hnsw_memory_bytes(const hnsw *h);
 

@@ -597,7 +597,88 @@ TEST(concurrent_adds_and_searches) {
   hnsw_free(h);
 }
 
-TEST_MAIN(T(recall_cosine), T(recall_dot), T(recall_euclid), T(recall_manhattan),
+/* Int8 codes: the graph built and searched on codes alone keeps recall@10 within reach
+ * of the float graph (the collection layer adds float rescoring on top); the approximate
+ * scores stay near the true ones; the codes take a quarter of the vector bytes; and a
+ * quantized index survives save and load bit for bit. */
+static double q8_recall(hnsw *h, const float *q, size_t nq, size_t dim, const uint32_t *want, size_t ef) {
+  size_t found = 0;
+  hnsw_hit hits[K];
+  for (size_t i = 0; i < nq; i++) {
+    size_t c;
+    if (hnsw_search(h, q + i * dim, K, ef, NULL, hits, &c) || c != K) abort();
+    for (size_t j = 0; j < c; j++)
+      for (size_t g = 0; g < K; g++) found += want[i * K + g] == hits[j].label;
+  }
+  return (double)found / (double)(nq * K);
+}
+
+TEST(int8_quantized_graph) {
+  size_t n = 10000, dim = 64, nq = 100;
+  qv_distance ds[4] = {QV_DIST_COSINE, QV_DIST_DOT, QV_DIST_EUCLID, QV_DIST_MANHATTAN};
+  float *x = clustered(n, dim, 5), *q = queries(nq, dim, 5);
+  uint64_t *labels = iota_labels(n);
+  for (int di = 0; di < 4; di++) {
+    qv_distance d = ds[di];
+    float lo = -3, hi = 3; /* the fixture: centres in [-1, 1] plus up to 1.5 of spread */
+    if (d == QV_DIST_COSINE) lo = -1, hi = 1;
+    hnsw *h, *f;
+    ASSERT_OK(hnsw_new(&h, dim, d, 16, 100, 1));
+    ASSERT_OK(hnsw_new(&f, dim, d, 16, 100, 1));
+    ASSERT_OK(hnsw_quantize_int8(h, lo, hi));
+    ASSERT_EQ(hnsw_quantized(h), 1);
+    ASSERT_OK(hnsw_add_batch(h, labels, x, n, pool2(), NULL));
+    ASSERT_OK(hnsw_add_batch(f, labels, x, n, pool2(), NULL));
+    ASSERT_STATUS(hnsw_quantize_int8(h, lo, hi), QV_EINVAL); /* not empty */
+    ASSERT(hnsw_vector(h, 0) == NULL);
+    ASSERT_EQ(hnsw_code_bytes(h), n * (dim + 4));
+    ASSERT(hnsw_memory_bytes(h) < hnsw_memory_bytes(f));
+    uint32_t *want = exact(x, n, q, nq, dim, d, NULL, K);
+    double rq = q8_recall(h, q, nq, dim, want, 64), rf = recall(f, x, q, nq, dim, d, want, 64);
+    printf("  int8 %s recall@10 %.4f (float graph %.4f)\n", qv_distance_name(d), rq, rf);
+    ASSERT(rq >= 0.85);
+    /* approximate scores stay close to the true ones */
+    hnsw_hit hits[K];
+    size_t c;
+    ASSERT_OK(hnsw_search(h, q, K, 64, NULL, hits, &c));
+    float qn[64], xn[64];
+    memcpy(qn, q, sizeof qn);
+    if (d == QV_DIST_COSINE) dist_normalize(qn, dim);
+    for (size_t j = 0; j < c; j++) {
+      memcpy(xn, x + hits[j].label * dim, sizeof xn);
+      if (d == QV_DIST_COSINE) dist_normalize(xn, dim);
+      float s = dist_score(d, qn, xn, dim);
+      ASSERT_NEAR(hits[j].score, s, 0.05 * fmax(1.0, fabs(s)));
+    }
+    /* save and load */
+    char path[] = "/tmp/qv-test-hnsw-q8-XXXXXX";
+    int fd = mkstemp(path);
+    ASSERT(fd >= 0);
+    close(fd);
+    ASSERT_OK(hnsw_save(h, path));
+    hnsw *g;
+    ASSERT_OK(hnsw_load(&g, path));
+    ASSERT_EQ(hnsw_quantized(g), 1);
+    hnsw_hit hg[K];
+    size_t cg;
+    ASSERT_OK(hnsw_search(g, q, K, 64, NULL, hg, &cg));
+    ASSERT_EQ(cg, c);
+    for (size_t j = 0; j < c; j++) {
+      ASSERT_U64_EQ(hg[j].label, hits[j].label);
+      ASSERT_EQ(hg[j].score, hits[j].score);
+    }
+    unlink(path);
+    hnsw_free(g);
+    hnsw_free(h);
+    hnsw_free(f);
+    free(want);
+  }
+  free(labels);
+  free(x);
+  free(q);
+}
+
+TEST_MAIN(T(int8_quantized_graph), T(recall_cosine), T(recall_dot), T(recall_euclid), T(recall_manhattan),
           T(rejects_bad_arguments), T(empty_index), T(one_node), T(dim_one_and_duplicates),
           T(dim_4096), T(deleted_never_returned), T(filtered_exact), T(save_load_round_trip),
           T(corrupt_and_truncated_files), T(crash_during_save), T(concurrent_adds_and_searches))
