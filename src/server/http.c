@@ -38,6 +38,8 @@ typedef struct http_server {
   long inflight;          /* atomic */
 } http_server;
 
+#define DRAIN_MAX ((size_t)256 << 20)
+
 /* One request's state, from its first callback to on_completed. */
 typedef struct conn_state {
   char *body;
@@ -84,12 +86,31 @@ void http_reply_text(http_resp *w, int status, const char *content_type, const c
   }
 }
 
+void http_utf8_sanitize(char *s) {
+  unsigned char *p = (unsigned char *)s;
+  while (*p) {
+    int n = *p < 0x80 ? 1 : (*p >> 5) == 6 ? 2 : (*p >> 4) == 14 ? 3 : (*p >> 3) == 30 ? 4 : 0;
+    int good = n > 0;
+    for (int i = 1; good && i < n; i++) good = (p[i] & 0xc0) == 0x80;
+    /* Overlong forms and surrogates are invalid too (jansson refuses them). */
+    if (good && n == 2 && *p < 0xc2) good = 0;
+    if (good && n == 3 && ((*p == 0xe0 && p[1] < 0xa0) || (*p == 0xed && p[1] >= 0xa0))) good = 0;
+    if (good && n == 4 && ((*p == 0xf0 && p[1] < 0x90) || *p > 0xf4 || (*p == 0xf4 && p[1] >= 0x90))) good = 0;
+    if (!good) {
+      *p++ = '?';
+      continue;
+    }
+    p += n;
+  }
+}
+
 void http_reply_error(http_resp *w, int status, const char *fmt, ...) {
   char msg[512];
   va_list ap;
   va_start(ap, fmt);
   vsnprintf(msg, sizeof msg, fmt, ap);
   va_end(ap);
+  http_utf8_sanitize(msg);
   http_reply_json(w, status, json_pack("{s:s}", "error", msg));
 }
 
@@ -159,21 +180,33 @@ int http_match(const char *pattern, const char *path, const char **params, char 
 static const http_route *const route_tables[] = {qdrant_routes, openai_routes, tei_routes,
                                                  native_routes, legacy_routes};
 
+/* The most specific pattern wins: a path matching both ".../points/query" and
+ * ".../points/{id}" belongs to the first, so a GET there is 405, not a bad point id. */
 const http_route *http_find_route(const char *method, const char *path, const char **params,
                                   char *buf, size_t cap, int *method_mismatch) {
+  const http_route *best = NULL;
+  int best_np = HTTP_MAX_PARAMS + 1, any_np = HTTP_MAX_PARAMS + 1;
   *method_mismatch = 0;
   for (size_t t = 0; t < sizeof route_tables / sizeof route_tables[0]; t++) {
     for (const http_route *r = route_tables[t]; r->pattern; r++) {
       const char *tmp[HTTP_MAX_PARAMS] = {0};
       if (!http_match(r->pattern, path, tmp, buf, cap)) continue;
-      if (strcmp(r->method, method)) {
-        *method_mismatch = 1;
-        continue;
+      int np = 0;
+      while (np < HTTP_MAX_PARAMS && tmp[np]) np++;
+      if (np < any_np) any_np = np;
+      if (!strcmp(r->method, method) && np < best_np) {
+        best = r;
+        best_np = np;
       }
-      memcpy(params, tmp, sizeof tmp);
-      return r;
     }
   }
+  if (best && best_np == any_np) {
+    const char *tmp[HTTP_MAX_PARAMS] = {0};
+    http_match(best->pattern, path, tmp, buf, cap);
+    memcpy(params, tmp, sizeof tmp);
+    return best;
+  }
+  *method_mismatch = any_np <= HTTP_MAX_PARAMS;
   return NULL;
 }
 
@@ -341,19 +374,19 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
     size_t n = *upload_size;
     *upload_size = 0;
     if (cs->too_big || cs->len + n > s->cfg.max_body_bytes) {
-      /* Drain the rest so the client reads the 413 instead of a reset connection; a body
-       * past 4x the limit is not worth draining. */
+      /* Drain the rest (reading costs no memory) so the client gets the 413 instead of a
+       * reset connection; past DRAIN_MAX the connection is closed (MHD cannot answer
+       * while a body is still arriving). */
       cs->too_big = 1;
       cs->discarded += n;
-      if (cs->discarded > 4 * s->cfg.max_body_bytes)
-        return send_error(c, cs, 413, 0, "the request body is larger than the limit");
+      if (cs->discarded > DRAIN_MAX && cs->discarded > 4 * s->cfg.max_body_bytes) return MHD_NO;
       return MHD_YES;
     }
     if (cs->len + n + 1 > cs->cap) {
       size_t cap = cs->cap ? cs->cap : 4096;
       while (cap < cs->len + n + 1) cap *= 2;
       char *g = realloc(cs->body, cap);
-      if (!g) return send_error(c, cs, 413, 0, "out of memory for the request body");
+      if (!g) return MHD_NO; /* out of memory: drop the connection */
       cs->body = g;
       cs->cap = cap;
     }
@@ -449,11 +482,11 @@ qv_status http_start(server *s, qv_error *err) {
   unsigned timeout = s->cfg.request_timeout_s < 1 ? 1 : (unsigned)s->cfg.request_timeout_s;
   h->d = MHD_start_daemon(MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_USE_ITC | MHD_USE_ERROR_LOG,
                           (uint16_t)s->cfg.port, NULL, NULL, on_request, h,
+                          MHD_OPTION_EXTERNAL_LOGGER, mhd_log, NULL,
                           MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&addr,
                           MHD_OPTION_THREAD_POOL_SIZE, (unsigned)s->cfg.threads,
                           MHD_OPTION_CONNECTION_TIMEOUT, timeout,
                           MHD_OPTION_NOTIFY_COMPLETED, on_completed, h,
-                          MHD_OPTION_EXTERNAL_LOGGER, mhd_log, NULL,
                           MHD_OPTION_LISTENING_ADDRESS_REUSE, 1U,
                           MHD_OPTION_END);
   if (!h->d) {

@@ -47,6 +47,10 @@ void http_reply_error(http_resp *w, int status, const char *fmt, ...)
  * problem (via reply_error when given, else http_reply_error) and returns NULL. */
 json_t *http_body_json(const http_req *r, http_resp *w, int allow_any);
 
+/* Replaces each byte of an invalid UTF-8 sequence in s with '?', so text quoted from a
+ * request (a path, a name) can always go into a JSON error. */
+void http_utf8_sanitize(char *s);
+
 typedef void (*http_handler)(http_req *r, http_resp *w);
 
 enum {

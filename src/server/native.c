@@ -20,7 +20,9 @@ static void livez(http_req *r, http_resp *w) {
 }
 
 static void readyz(http_req *r, http_resp *w) {
-  if (__atomic_load_n(&r->srv->ready, __ATOMIC_ACQUIRE))
+  if (__atomic_load_n(&r->srv->stopping, __ATOMIC_ACQUIRE))
+    http_reply_error(w, 503, "the server is shutting down");
+  else if (__atomic_load_n(&r->srv->ready, __ATOMIC_ACQUIRE))
     http_reply_text(w, 200, "text/plain", "all shards are ready", 20);
   else
     http_reply_error(w, 503, "the data directory or the models are still loading");

@@ -33,6 +33,7 @@ void qdrant_error(http_resp *w, int status, double t0, const char *fmt, ...) {
   va_start(ap, fmt);
   vsnprintf(msg, sizeof msg, fmt, ap);
   va_end(ap);
+  http_utf8_sanitize(msg);
   http_reply_json(w, status, json_pack("{s:{s:s},s:f}", "status", "error", msg, "time", server_now() - t0));
   if (status == 429) w->retry_after = 1;
 }

@@ -56,8 +56,10 @@ fail:
 }
 
 void server_stop(server *s) {
-  __atomic_store_n(&s->ready, 0, __ATOMIC_RELEASE);
+  /* In-flight requests still need ready set to finish; /readyz reports the drain. */
+  __atomic_store_n(&s->stopping, 1, __ATOMIC_RELEASE);
   http_stop(s);
+  __atomic_store_n(&s->ready, 0, __ATOMIC_RELEASE);
   if (s->embed_batcher) batcher_free(s->embed_batcher);
   if (s->rerank_batcher) batcher_free(s->rerank_batcher);
   s->embed_batcher = s->rerank_batcher = NULL;

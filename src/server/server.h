@@ -42,6 +42,7 @@ typedef struct server {
   struct metrics *metrics;
   double started;                 /* monotonic seconds */
   int ready;                      /* db and models loaded (read with __atomic_load_n) */
+  int stopping;                   /* shutdown began: /readyz says 503, requests still run */
   struct http_server *http;       /* private to http.c */
 } server;
 
