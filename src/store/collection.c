@@ -83,6 +83,7 @@ struct qv_collection {
   uint32_t *row2node;             /* (cap) a row's node; NODE_NONE when not in the graph */
   size_t unindexed;               /* rows with no node while graph != NULL: scanned exactly */
   qv_hnsw_config graph_cfg;       /* the parameters graph was built with */
+  qv_quant_config graph_quant;    /* and its quantization */
   int graph_dirty;                /* graph differs from its file; under write_mu */
   int graph_loaded;               /* the graph came from its file at open; read-only */
   pthread_t worker;               /* background builder (index_worker) */
@@ -119,17 +120,26 @@ qv_status collection_name_check(const char *name, qv_error *err) {
 
 /* ---- configuration -------------------------------------------------------------------- */
 
+/* The map is address space, not memory; but where address space is scarce (a
+ * ThreadSanitizer build, a ulimit -v) reserving 1 TiB fails with ENOMEM, so smaller maps
+ * are tried down to 1 GiB, which then also bounds the collection's size. */
 static qv_status env_open(MDB_env **out, const char *dir, qv_error *err) {
-  MDB_env *env;
-  int rc = mdb_env_create(&env);
-  if (rc) return lmdb_fail(err, rc, "mdb_env_create");
-  if ((rc = mdb_env_set_maxdbs(env, 4)) || (rc = mdb_env_set_mapsize(env, MAP_SIZE)) ||
-      (rc = mdb_env_open(env, dir, MDB_NOTLS, 0644))) {
-    mdb_env_close(env);
-    return lmdb_fail(err, rc, dir);
+  int rc = 0;
+  for (size_t map = MAP_SIZE; map >= ((size_t)1 << 30); map /= 4) {
+    MDB_env *env;
+    rc = mdb_env_create(&env);
+    if (rc) return lmdb_fail(err, rc, "mdb_env_create");
+    if ((rc = mdb_env_set_maxdbs(env, 4)) || (rc = mdb_env_set_mapsize(env, map)) ||
+        (rc = mdb_env_open(env, dir, MDB_NOTLS, 0644))) {
+      mdb_env_close(env);
+      if (rc == ENOMEM) continue;
+      break;
+    }
+    if (map != MAP_SIZE) LOG_WARN("%s: address space is short; the LMDB map is %zu MiB", dir, map >> 20);
+    *out = env;
+    return QV_OK;
   }
-  *out = env;
-  return QV_OK;
+  return lmdb_fail(err, rc, dir);
 }
 
 /* Fills the zero fields of a configuration with the defaults and checks the ranges. */
@@ -428,6 +438,9 @@ static int needs_build(const qv_collection *c) {
   if (vectors_kb(c, c->n) < c->cfg.hnsw.full_scan_threshold) return 0;
   if (!c->graph) return 1;
   if (c->graph_cfg.m != c->cfg.hnsw.m || c->graph_cfg.ef_construct != c->cfg.hnsw.ef_construct) return 1;
+  if (c->graph_quant.type != c->cfg.quant.type ||
+      (c->cfg.quant.type && c->graph_quant.quantile != c->cfg.quant.quantile))
+    return 1;
   size_t total = hnsw_count(c->graph), dead = hnsw_deleted_count(c->graph);
   return total && (double)dead > TOMBSTONE_SHARE * (double)total;
 }
@@ -515,6 +528,36 @@ static qv_status index_rows(qv_collection *c, const size_t *rows, size_t n) {
   return st;
 }
 
+static int cmp_float(const void *a, const void *b) {
+  float x = *(const float *)a, y = *(const float *)b;
+  return x < y ? -1 : x > y;
+}
+
+/* The int8 range, as Qdrant's scalar quantization picks it: the values between the
+ * (1 - quantile) / 2 and (1 + quantile) / 2 quantiles of every vector component (Cosine
+ * rows are stored normalized), estimated from up to QUANT_SAMPLE of them spread evenly
+ * over the rows. Outliers beyond the range are clipped to its ends. */
+#define QUANT_SAMPLE 200000
+static qv_status quant_range(const qv_collection *c, float quantile, float *lo, float *hi) {
+  size_t dim = c->cfg.size, total = c->n * dim, take = total < QUANT_SAMPLE ? total : QUANT_SAMPLE;
+  *lo = -1;
+  *hi = 1;
+  if (!take) return QV_OK;
+  float *v = malloc(take * sizeof *v);
+  if (!v) return QV_ENOMEM;
+  for (size_t i = 0; i < take; i++) {
+    size_t at = (size_t)((double)i * (double)total / (double)take);
+    v[i] = row_vec(c, at / dim)[at % dim];
+  }
+  qsort(v, take, sizeof *v, cmp_float);
+  double tail = (1.0 - quantile) / 2;
+  size_t a = (size_t)(tail * (double)(take - 1)), b = (size_t)((1.0 - tail) * (double)(take - 1) + 0.5);
+  *lo = v[a];
+  *hi = v[b];
+  free(v);
+  return QV_OK;
+}
+
 /* Builds a new graph over every row and swaps it in. Caller holds write_mu; searches go
  * on with the old graph (or exact scans) until the swap. Stops early, changing nothing,
  * when the collection is closing. */
@@ -527,6 +570,11 @@ static qv_status build_locked(qv_collection *c) {
   index_job j = {0};
   qv_status st = n2r && r2n && rows ? QV_OK : QV_ENOMEM;
   if (!st) st = hnsw_new(&g, c->cfg.size, c->cfg.distance, c->cfg.hnsw.m, c->cfg.hnsw.ef_construct, 42);
+  if (!st && c->cfg.quant.type == QV_QUANT_INT8) {
+    float lo, hi;
+    st = quant_range(c, c->cfg.quant.quantile, &lo, &hi);
+    if (!st) st = hnsw_quantize_int8(g, lo, hi);
+  }
   if (!st) st = job_init(&j, g, rows, n, c->cfg.size);
   if (st) goto out;
   for (size_t i = 0; i < cap; i++) n2r[i] = NODE_NONE;
@@ -562,6 +610,7 @@ static qv_status build_locked(qv_collection *c) {
   r2n = NULL;
   c->unindexed = unindexed;
   c->graph_cfg = c->cfg.hnsw;
+  c->graph_quant = c->cfg.quant;
   pthread_rwlock_unlock(&c->rw);
   c->graph_dirty = 1;
   LOG_INFO("collection %s: HNSW index built over %zu points (m %u, ef_construct %u)", c->name, n,
@@ -700,6 +749,8 @@ static void load_graph(qv_collection *c) {
   c->graph_cfg.m = (uint32_t)head[3];
   c->graph_cfg.ef_construct = (uint32_t)(head[3] >> 32);
   c->graph_cfg.full_scan_threshold = c->cfg.hnsw.full_scan_threshold;
+  /* the quantile is not in the file: a graph with codes is taken to match the config's */
+  c->graph_quant = hnsw_quantized(c->graph) ? c->cfg.quant : (qv_quant_config){0};
   c->graph_loaded = 1;
   goto out;
 unmap:
@@ -1314,7 +1365,8 @@ void qv_collection_stats_get(qv_collection *c, qv_collection_stats *out) {
   if (c->graph) {
     out->indexed = c->n - c->unindexed;
     out->tombstones = hnsw_deleted_count(c->graph);
-    out->graph_bytes = hnsw_memory_bytes(c->graph) + c->node_cap * sizeof(uint32_t);
+    out->quantized_bytes = hnsw_code_bytes(c->graph);
+    out->graph_bytes = hnsw_memory_bytes(c->graph) - out->quantized_bytes + c->node_cap * sizeof(uint32_t);
   }
   pthread_rwlock_unlock(&c->rw);
   pthread_mutex_lock(&c->idx_mu);
@@ -1483,8 +1535,11 @@ static qv_status graph_search(const qv_collection *c, const float *q, size_t k, 
                               const uint64_t *mask, size_t allowed, flat_hit *hits, size_t *count) {
   size_t dim = c->cfg.size;
   int higher = dist_higher_is_better(c->cfg.distance);
-  hnsw_hit *hh = malloc(k * sizeof *hh);
-  ranked *all = malloc(2 * k * sizeof *all);
+  /* On int8 codes the graph's order is approximate: take the whole beam and let the
+   * float32 rescoring below pick the k best. */
+  size_t kq = hnsw_quantized(c->graph) && ef > k ? ef : k;
+  hnsw_hit *hh = malloc(kq * sizeof *hh);
+  ranked *all = malloc((kq + k) * sizeof *all);
   flat_hit *extra = malloc(k * sizeof *extra);
   uint64_t *umask = NULL;
   size_t got = 0, m = 0, xn = 0;
@@ -1495,7 +1550,7 @@ static qv_status graph_search(const qv_collection *c, const float *q, size_t k, 
      * covering the rare shortfall. */
     allow_ctx a = {c, mask};
     hnsw_filter hf = {NULL, 0, allow_node, &a};
-    st = hnsw_search(c->graph, q, k, ef, mask ? &hf : NULL, hh, &got);
+    st = hnsw_search(c->graph, q, kq, ef, mask ? &hf : NULL, hh, &got);
   }
   for (size_t i = 0; !st && i < got; i++) {
     uint32_t row = c->node2row[hh[i].id];

@@ -150,3 +150,27 @@ def test_index_commands_refuse_bad_input(qv):
     assert "does not exist" in qv.fail("index", "build", "nope")
     err = qv.fail("index", "frob", "c")
     assert "unknown subcommand" in err
+
+
+def test_int8_quantization_reports_its_memory_and_keeps_recall(qv, tmp_path):
+    x = clustered(3000, 32, 6)
+    np.save(tmp_path / "x.npy", x)
+    qv.run("collection", "create", "q", "--size", 32, "--full-scan-threshold", 1, "--quantization", "int8")
+    qv.run("load", "q", tmp_path / "x.npy")
+    built = qv.json("index", "build", "q")
+    assert built["quantization"] == "int8"
+    assert built["quantized_bytes"] == 3000 * (32 + 4)
+    info = qv.json("collection", "info", "q")
+    assert info["memory"]["quantized_bytes"] * 3 < info["memory"]["vectors_bytes"]
+    assert info["indexed_vectors_count"] == 3000
+    qpath = write_queries(tmp_path, clustered(50, 32, 7))
+    approx = qv.lines("search", "q", "--queries", qpath, "--limit", 10, "--no-payload")
+    exact = qv.lines("search", "q", "--queries", qpath, "--limit", 10, "--no-payload", "--exact")
+    hits = sum(len(set(ids_of(a)) & set(ids_of(e))) for a, e in zip(approx, exact))
+    assert hits >= 475
+    # float32 rescoring: a point found on both paths has the same score
+    for a, e in zip(approx, exact):
+        es = {p["id"]: p["score"] for p in e}
+        for p in a:
+            if p["id"] in es:
+                assert p["score"] == pytest.approx(es[p["id"]], abs=1e-6)

@@ -417,8 +417,67 @@ TEST(a_saved_index_reloads_to_identical_results_and_a_damaged_one_is_rebuilt) {
   free(q);
 }
 
+TEST(int8_quantization_keeps_recall_saves_memory_and_follows_config_changes) {
+  size_t n = 8000, dim = 64, nq = 100;
+  float *x = clustered(n, dim), *q = clustered(nq, dim);
+  char *dir = fresh_dir();
+  qv_db *db;
+  qv_collection_config cfg = {.size = (uint32_t)dim, .distance = QV_DIST_COSINE,
+                              .hnsw = {.full_scan_threshold = 100},
+                              .quant = {.type = QV_QUANT_INT8, .always_ram = 1}};
+  qv_collection *c = make(&db, dir, &cfg);
+  ASSERT(c);
+  ASSERT_OK(upsert_range(c, x, dim, 0, n, NULL));
+  collection_index_wait(c);
+  qv_collection_stats s;
+  qv_collection_stats_get(c, &s);
+  ASSERT_EQ(s.indexed, n);
+  ASSERT_EQ(s.quantized_bytes, n * (dim + 4));
+  ASSERT(s.quantized_bytes * 3 < s.vector_bytes);
+  size_t found = 0;
+  for (int pass = 0; pass < 2; pass++) {
+    found = 0;
+    for (size_t i = 0; i < nq; i++) {
+      qv_records a, e;
+      qv_search_params pa = {.limit = 10}, pe = {.limit = 10, .exact = 1};
+      ASSERT_OK(qv_collection_search(c, q + i * dim, 1, &pa, &a, NULL));
+      ASSERT_OK(qv_collection_search(c, q + i * dim, 1, &pe, &e, NULL));
+      for (size_t j = 0; j < e.count; j++) found += has_id(&a, e.items[j].id.num);
+      /* scores are the float32 ones: the same point scores the same on both paths */
+      for (size_t j = 0; j < a.count; j++)
+        for (size_t g = 0; g < e.count; g++)
+          if (a.items[j].id.num == e.items[g].id.num) ASSERT_NEAR(a.items[j].score, e.items[g].score, 1e-6);
+      qv_records_free(&a);
+      qv_records_free(&e);
+    }
+    fprintf(stderr, "  int8 recall@10 with rescoring = %.4f\n", (double)found / (double)(nq * 10));
+    ASSERT(found >= nq * 10 * 95 / 100);
+    if (pass == 0) { /* the quantized graph reloads as it was */
+      qv_db_close(db);
+      ASSERT_OK(qv_db_open(&db, dir, NULL));
+      ASSERT_OK(qv_collection_open(db, "t", &c, NULL));
+      ASSERT_EQ(collection_index_loaded(c), 1);
+      qv_collection_stats_get(c, &s);
+      ASSERT_EQ(s.quantized_bytes, n * (dim + 4));
+    }
+  }
+  /* turning quantization off rebuilds the graph on floats */
+  qv_collection_config now;
+  qv_collection_config_get(c, &now);
+  now.quant = (qv_quant_config){0};
+  ASSERT_OK(qv_collection_update_config(c, &now, NULL));
+  collection_index_wait(c);
+  qv_collection_stats_get(c, &s);
+  ASSERT_EQ(s.quantized_bytes, 0);
+  ASSERT_EQ(s.indexed, n);
+  qv_db_close(db);
+  free(x);
+  free(q);
+}
+
 TEST_MAIN(T(recall_at_10_is_at_least_0_95_on_20k_points_at_default_params),
           T(deleted_and_replaced_points_never_come_back),
           T(filtered_search_returns_what_a_filtered_exact_scan_returns),
           T(small_collections_stay_exact_and_an_empty_graph_is_harmless),
-          T(a_saved_index_reloads_to_identical_results_and_a_damaged_one_is_rebuilt))
+          T(a_saved_index_reloads_to_identical_results_and_a_damaged_one_is_rebuilt),
+          T(int8_quantization_keeps_recall_saves_memory_and_follows_config_changes))
