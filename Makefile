@@ -36,8 +36,12 @@ build: deps
 	cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
 	cmake --build $(BUILD) -j $(JOBS)
 
-# Until the server lands, `run` is a CLI demo over a real collection.
-run: build
+# The server with the default model (fetched by `models`) on :6333 over $(DATA_DIR);
+# Ctrl-C stops it cleanly. `make demo` is the CLI walk-through.
+run: build models
+	$(BUILD)/quiver serve --data-dir $(DATA_DIR)
+
+demo: build
 	@bash scripts/demo.sh $(BUILD)/quiver $(DATA_DIR)
 
 # requirements-dev.txt names what the tests import; requirements-dev.lock pins every
