@@ -11,22 +11,28 @@ void dispatch_init(compute_dispatch *d, const qv_backend *gpu, int fallback_to_c
   d->fallback_to_cpu = fallback_to_cpu;
   d->timeout_s = timeout_s;
   breaker_init(&d->br, breaker_threshold, breaker_recovery_s, clock, clock_arg);
+  pthread_mutex_init(&d->gpu_mu, NULL);
   atomic_store(&d->gpu_runs, 0);
   atomic_store(&d->cpu_runs, 0);
   atomic_store(&d->fallbacks, 0);
   atomic_store(&d->gpu_failures, 0);
 }
 
-void dispatch_destroy(compute_dispatch *d) { breaker_destroy(&d->br); }
+void dispatch_destroy(compute_dispatch *d) {
+  breaker_destroy(&d->br);
+  pthread_mutex_destroy(&d->gpu_mu);
+}
 
 qv_status dispatch_run(compute_dispatch *d, dispatch_work work, void *arg, const qv_backend **used,
                        qv_error *err) {
   if (d->gpu) {
     if (breaker_allow(&d->br)) {
+      pthread_mutex_lock(&d->gpu_mu);
       double t0 = breaker_now(&d->br);
       qv_status st = work(d->gpu, arg);
       qv_status dev = d->gpu->status ? d->gpu->status(d->gpu->ctx) : QV_OK;
       double dt = breaker_now(&d->br) - t0;
+      pthread_mutex_unlock(&d->gpu_mu);
       int slow = d->timeout_s > 0 && dt > d->timeout_s;
       if (st && st != QV_EDEVICE && !dev) {
         breaker_success(&d->br); /* the input was refused; the device is fine */

@@ -13,6 +13,7 @@
 #ifndef QV_COMPUTE_DISPATCH_H
 #define QV_COMPUTE_DISPATCH_H
 
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdint.h>
 
@@ -24,6 +25,10 @@ typedef struct compute_dispatch {
   const qv_backend *gpu;   /* NULL: CPU only */
   const qv_backend *cpu;   /* never NULL */
   breaker br;
+  /* One unit on the GPU at a time: the backend's status hook reports errors per backend,
+   * not per caller, so two interleaved units could each see the other's failure. The
+   * device runs one stream anyway, so little parallelism is lost. */
+  pthread_mutex_t gpu_mu;
   int fallback_to_cpu;     /* 0: a GPU failure is returned as QV_EDEVICE */
   double timeout_s;        /* <= 0: no timeout */
   _Atomic uint64_t gpu_runs;     /* units that completed on the GPU */

@@ -58,6 +58,10 @@ typedef struct cu_ctx {
   qv_device_info info;
 } cu_ctx;
 
+/* Locks ctx and makes its device current on this thread (ops come from any thread,
+ * and the current device is per thread). */
+void cu_enter(cu_ctx *c);
+
 /* Records the first failure (invariant 2); returns 1 when call failed. */
 int cu_check(cu_ctx *c, cudaError_t e, const char *what);
 int cu_check_blas(cu_ctx *c, cublasStatus_t s, const char *what);

@@ -9,7 +9,7 @@
 
 #define LOCK(c)                   \
   cu_ctx *c = (cu_ctx *)ctx;      \
-  pthread_mutex_lock(&c->mu);     \
+  cu_enter(c);                    \
   if (c->err) goto done
 #define UNLOCK(c) pthread_mutex_unlock(&c->mu)
 

@@ -7,6 +7,11 @@
 
 #include "cuda/cuda_internal.h"
 
+void cu_enter(cu_ctx *c) {
+  pthread_mutex_lock(&c->mu);
+  cudaSetDevice(c->device);
+}
+
 int cu_check(cu_ctx *c, cudaError_t e, const char *what) {
   if (e == cudaSuccess) return 0;
   if (!c->err) {
@@ -80,7 +85,7 @@ void cu_written(cu_ctx *c, void *host, const void *dev, size_t bytes) {
 
 static qv_status cu_map(void *ctx, const void *host, size_t bytes, int kind) {
   cu_ctx *c = (cu_ctx *)ctx;
-  pthread_mutex_lock(&c->mu);
+  cu_enter(c);
   qv_status st = QV_OK;
   if (cu_find(c, host) || !bytes) goto done; /* already mapped (a shared weight) */
   if (c->used + bytes > c->budget) {
@@ -103,7 +108,11 @@ static qv_status cu_map(void *ctx, const void *host, size_t bytes, int kind) {
       st = QV_ENOMEM;
       goto done;
     }
-    if (kind == QV_MAP_WEIGHT && cudaMemcpy(r.dev, host, bytes, cudaMemcpyHostToDevice) != cudaSuccess) {
+    /* on the ops' stream and waited for: a pageable cudaMemcpy on the legacy stream may
+     * return before its DMA lands, and the non-blocking stream would not wait for it */
+    if (kind == QV_MAP_WEIGHT &&
+        (cudaMemcpyAsync(r.dev, host, bytes, cudaMemcpyHostToDevice, c->stream) != cudaSuccess ||
+         cudaStreamSynchronize(c->stream) != cudaSuccess)) {
       cudaFree(r.dev);
       st = QV_EDEVICE;
       goto done;
@@ -118,7 +127,7 @@ done:
 
 static void cu_unmap(void *ctx, const void *host) {
   cu_ctx *c = (cu_ctx *)ctx;
-  pthread_mutex_lock(&c->mu);
+  cu_enter(c);
   for (size_t i = 0; i < c->nr; i++) {
     if (c->r[i].host != (const char *)host) continue;
     cudaStreamSynchronize(c->stream);
@@ -133,7 +142,7 @@ static void cu_unmap(void *ctx, const void *host) {
 
 static qv_status cu_map_update(void *ctx, const void *host, size_t bytes) {
   cu_ctx *c = (cu_ctx *)ctx;
-  pthread_mutex_lock(&c->mu);
+  cu_enter(c);
   qv_status st = QV_OK;
   cu_range *r = cu_find(c, host);
   size_t off = r ? (size_t)((const char *)host - r->host) : 0;
@@ -162,7 +171,7 @@ static double now_s(void) {
  * range's written part back. */
 static void cu_sync(void *ctx) {
   cu_ctx *c = (cu_ctx *)ctx;
-  pthread_mutex_lock(&c->mu);
+  cu_enter(c);
   if (!c->err) {
     cudaEvent_t ev;
     if (!cu_check(c, cudaEventCreateWithFlags(&ev, cudaEventDisableTiming), "event")) {
@@ -185,15 +194,17 @@ static void cu_sync(void *ctx) {
   for (size_t i = 0; i < c->nr; i++) {
     cu_range *r = &c->r[i];
     if (r->kind != QV_MAP_OUTPUT || !r->dirty) continue;
-    if (!c->err) cu_check(c, cudaMemcpy((void *)r->host, r->dev, r->dirty, cudaMemcpyDeviceToHost), "copy back");
+    if (!c->err)
+      cu_check(c, cudaMemcpyAsync((void *)r->host, r->dev, r->dirty, cudaMemcpyDeviceToHost, c->stream), "copy back");
     r->dirty = 0;
   }
+  if (!c->err) cu_check(c, cudaStreamSynchronize(c->stream), "copy back");
   pthread_mutex_unlock(&c->mu);
 }
 
 static qv_status cu_status(void *ctx) {
   cu_ctx *c = (cu_ctx *)ctx;
-  pthread_mutex_lock(&c->mu);
+  cu_enter(c);
   qv_status st = c->err;
   c->err = QV_OK;
   /* a sticky CUDA error (an illegal address) poisons the context; cudaGetLastError
@@ -205,7 +216,7 @@ static qv_status cu_status(void *ctx) {
 
 static void cu_info(void *ctx, qv_device_info *out) {
   cu_ctx *c = (cu_ctx *)ctx;
-  pthread_mutex_lock(&c->mu);
+  cu_enter(c);
   size_t free_b = 0, total_b = 0;
   cudaSetDevice(c->device);
   if (cudaMemGetInfo(&free_b, &total_b) == cudaSuccess) {
@@ -227,7 +238,8 @@ static size_t cu_budget_left(void *ctx) {
 static void cu_close(void *ctx) {
   cu_ctx *c = (cu_ctx *)ctx;
   if (!c) return;
-  cudaStreamSynchronize(c->stream);
+  cudaSetDevice(c->device);
+  if (c->stream) cudaStreamSynchronize(c->stream);
   for (size_t i = 0; i < c->nr; i++) {
     cudaFree(c->r[i].dev);
     if (c->r[i].low) cudaFree(c->r[i].low);

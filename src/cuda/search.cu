@@ -133,8 +133,10 @@ extern "C" qv_status cu_search_exact(void *ctx, float *scores, uint32_t *rows, s
     return QV_OK;
   }
   cu_ctx *c = (cu_ctx *)ctx;
-  pthread_mutex_lock(&c->mu);
+  cu_enter(c);
   qv_status st = QV_OK;
+  /* IEEE FP32 whatever the encoder's GEMM mode: results must match the CPU's */
+  cublasSetMathMode(c->blas, CUBLAS_DEFAULT_MATH);
   float *keys_h = NULL;
   unsigned *rows_h = NULL, *n_h = NULL;
   if (c->err) {
@@ -209,6 +211,7 @@ extern "C" qv_status cu_search_exact(void *ctx, float *scores, uint32_t *rows, s
 fail:
   st = QV_EDEVICE; /* recorded in c->err too; status() reports and clears it */
 done:
+  if (c->gemm == CU_GEMM_TF32) cublasSetMathMode(c->blas, CUBLAS_TF32_TENSOR_OP_MATH);
   free(keys_h);
   free(rows_h);
   free(n_h);
