@@ -68,13 +68,12 @@ integration: build venv models
 
 test: unit integration
 
-# Concurrent inserts and searches on one collection (and the HNSW module alone) under
-# ThreadSanitizer: any data race fails the run.
+# Concurrent inserts, deletes, background rebuilds and searches on one indexed collection
+# under ThreadSanitizer: any data race fails the run.
 tsan-test: deps
 	CC=clang cmake -S . -B $(TSAN_BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo -DQUIVER_TSAN=ON >/dev/null
-	cmake --build $(TSAN_BUILD) -j $(JOBS) --target test_collection_threads test_hnsw
+	cmake --build $(TSAN_BUILD) -j $(JOBS) --target test_collection_threads
 	TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1" $(TSAN_BUILD)/test_collection_threads
-	TSAN_OPTIONS="halt_on_error=1" $(TSAN_BUILD)/test_hnsw
 
 asan-test: deps venv models
 	CC=clang cmake -S . -B $(ASAN_BUILD) -DCMAKE_BUILD_TYPE=Debug -DQUIVER_SANITIZE=ON >/dev/null
