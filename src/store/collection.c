@@ -15,11 +15,11 @@
  *  5. After a failed commit the handle is sticky: every later write gets QV_ESTICKY until
  *     the collection is reopened, because after an fsync error the page cache may no
  *     longer say what is on disk.
- *  6. The HNSW graph is derived data (see "index" below). Every live row is either mapped
- *     to exactly one live graph node (row2node / node2row agree) or counted in
- *     `unindexed` and found by an exact scan that every graph search adds; a tombstoned
- *     node maps to no row. So a search never misses a stored point because of the graph
- *     and never returns a deleted one (unlink_row, remove_row, index_rows, build_locked).
+ *  6. The HNSW graph is derived data (see "index" below). While it exists, every live row
+ *     is either mapped to exactly one live graph node (row2node / node2row agree) or
+ *     counted in `unindexed` and scored by the exact scan every graph search adds; a
+ *     tombstoned node maps to no row. So a point not yet in the graph is still found, and
+ *     a deleted one is never returned (unlink_row, remove_row, index_rows, build_locked).
  *  7. The graph file is trusted only when it names the version stored in LMDB, which
  *     moves in the same transaction as every write (write_txn); anything else is
  *     rebuilt (load_graph). A crash during a build or a save costs a rebuild, never data.
