@@ -1212,6 +1212,7 @@ static qv_status run_query(server *s, qv_collection *c, const qv_collection_conf
     qv_records got = {0};
     if ((st = qv_collection_get(c, &q->id, 1, 0, 1, &got, err))) goto done;
     if (!got.count) {
+      qv_records_free(&got);
       char idt[40];
       qv_point_id_format(&q->id, idt);
       st = qv_fail(err, QV_NOTFOUND, "Not found: No point with id %s found", idt);

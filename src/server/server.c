@@ -6,6 +6,7 @@
 
 #include "base/error.h"
 #include "base/log.h"
+#include "compute/device.h"
 #include "server/batcher.h"
 #include "server/http.h"
 #include "server/metrics.h"
@@ -40,14 +41,20 @@ qv_status server_start(server *s, qv_error *err) {
     qv_error_prefix(err, "data directory %s", s->cfg.data_dir);
     goto fail;
   }
+  /* The device is set up before any model loads, so weights go where they will run. */
+  qv_gpu_config gpu;
+  qv_gpu_config_default(&gpu);
+  if ((st = qv_gpu_config_env(&gpu, err)) || (st = qv_gpu_mode_parse(&gpu.enabled, s->cfg.gpu)) ||
+      (st = qv_gpu_config_apply(&gpu, err))) {
+    if (!err || !err->msg[0]) qv_fail(err, st, "gpu.enabled \"%s\"", s->cfg.gpu);
+    goto fail;
+  }
   if (s->cfg.model[0] &&
       (st = load_model(s, s->cfg.model, &s->model, &s->embed_batcher, QV_MODEL_EMBEDDING, err)))
     goto fail;
   if (s->cfg.reranker[0] &&
       (st = load_model(s, s->cfg.reranker, &s->reranker, &s->rerank_batcher, QV_MODEL_RERANKER, err)))
     goto fail;
-  /* The GPU policy is recorded for the accelerator backend; this build computes on the CPU. */
-  if (!strcmp(s->cfg.gpu, "on")) LOG_WARN("gpu.enabled is on, but this server computes on the CPU");
   __atomic_store_n(&s->ready, 1, __ATOMIC_RELEASE);
   return QV_OK;
 fail:

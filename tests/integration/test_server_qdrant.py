@@ -9,6 +9,7 @@ import pytest
 from qdrant_client import QdrantClient, models
 
 DIM = 16
+SLOW = 300  # seconds: model calls under the sanitizer build are slow
 
 
 @pytest.fixture
@@ -313,14 +314,14 @@ def test_text_queries_and_documents_use_the_server_model(client, quiver_server):
     client.create_collection("t", vectors_config=models.VectorParams(size=384, distance=models.Distance.COSINE))
     texts = ["The cat sat on the mat.", "Stock markets fell sharply today.", "A recipe for banana bread."]
     # Points given as Documents are embedded by the server.
-    r = httpx.put(f"{quiver_server}/collections/t/points",
+    r = httpx.put(f"{quiver_server}/collections/t/points", timeout=SLOW,
                   json={"points": [{"id": i, "vector": {"text": t}, "payload": {"text": t}} for i, t in enumerate(texts)]})
     assert r.status_code == 200, r.text
-    r = httpx.post(f"{quiver_server}/collections/t/points/query", json={"query": {"text": "a kitten on a rug"}, "limit": 3})
+    r = httpx.post(f"{quiver_server}/collections/t/points/query", timeout=SLOW, json={"query": {"text": "a kitten on a rug"}, "limit": 3})
     assert r.status_code == 200, r.text
     ids = [p["id"] for p in r.json()["result"]["points"]]
     assert ids[0] == 0
-    r = httpx.post(f"{quiver_server}/collections/t/points/query",
+    r = httpx.post(f"{quiver_server}/collections/t/points/query", timeout=SLOW,
                    json={"query": {"nearest": {"text": "how to bake bread"}}, "limit": 1, "with_payload": True})
     assert r.json()["result"]["points"][0]["payload"]["text"] == texts[2]
     # The embedding equals quiver embed's, so a text query equals the vector query.
@@ -359,3 +360,19 @@ def test_native_routes(quiver_server):
     for path in ["/collections/{name}/points/query", "/collections/{name}", "/healthz", "/openapi.json"]:
         assert path in doc["paths"], path
     assert set(doc["paths"]["/collections/{name}"]) == {"get", "put", "delete", "patch"}
+
+
+def test_serve_refuses_bad_settings(tmp_path):
+    import subprocess
+    from conftest import QUIVER
+
+    bad = tmp_path / "quiver.yaml"
+    bad.write_text("port: 6333\nlimits:\n  max_body_bytes: lots\n")
+    for args in (["--gpu", "sometimes"], ["--port", "99999"], ["--config", bad], ["--config", tmp_path / "none.yaml"],
+                 ["--threads", "0"], ["--bogus"]):
+        p = subprocess.run([QUIVER, "serve", "--no-model", "--data-dir", tmp_path / "d", *map(str, args)],
+                           capture_output=True, text=True, timeout=60)
+        assert p.returncode != 0, args
+        err = p.stderr.strip()
+        assert err.startswith("quiver: ") and len(err.splitlines()) == 1, (args, err)
+    assert "line 3" in subprocess.run([QUIVER, "serve", "--config", bad], capture_output=True, text=True).stderr
