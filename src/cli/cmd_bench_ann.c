@@ -1,18 +1,24 @@
 /* quiver bench ann: builds the HNSW index (src/index/hnsw.h) straight from a .npy file and
  * sweeps the search beam width, so bench/ann.py can set it beside hnswlib, FAISS and
- * usearch on the same data with the same M and ef_construction. The index is used
- * directly, not through a collection: the point is the graph, not the storage around it.
+ * usearch on the same data with the same M and ef_construction. By default the index is
+ * used directly: the point is the graph, not the storage around it. With --collection
+ * the same data goes through a collection in a temporary data directory (LMDB, id map,
+ * float32 rescoring, optionally int8 codes), which is what a user's search pays.
  *
  * Build runs over a pool of --threads; searches run one query at a time on the calling
  * thread, the latency-bound case, and the whole query set is timed per ef. */
 #define _GNU_SOURCE
 #include <stdio.h>
 #include <stdlib.h>
+#include <ftw.h>
 #include <string.h>
+
+#include <unistd.h>
 
 #include "base/pool.h"
 #include "cli/cli.h"
 #include "index/hnsw.h"
+#include "store/collection.h"
 #include "store/vecfile.h"
 
 static const char ann_usage[] =
@@ -26,7 +32,9 @@ static const char ann_usage[] =
     "  --ef-construct E   beam width while building (default 200)\n"
     "  --ef LIST          beam widths to search with, comma-separated (default 16,32,64,128,256)\n"
     "  --k K              neighbours per query (default 10)\n"
-    "  --threads N        build threads (default: all CPUs)\n";
+    "  --threads N        build threads (default: all CPUs; with --collection, QUIVER_THREADS)\n"
+    "  --collection       through a collection in a temporary data directory\n"
+    "  --quantization int8  int8 codes for the graph (with --collection)\n";
 
 /* The ground truth as uint64 ids (rows, cols). vecfile reads only float .npy, so '<i8'
  * (numpy's default for argsort output) is parsed here; anything else goes to vecfile,
@@ -87,12 +95,87 @@ static size_t parse_list(size_t *out, size_t max, const char *s, const char *wha
   return n;
 }
 
+static int rm_cb(const char *path, const struct stat *sb, int flag, struct FTW *ftw) {
+  (void)sb;
+  (void)flag;
+  (void)ftw;
+  return remove(path);
+}
+
+/* The --collection run: load, build, then the same ef sweep through qv_collection_search. */
+static void bench_collection(const vecfile_matrix *x, const vecfile_matrix *q, const uint64_t *gt,
+                             size_t tcols, qv_distance dist, size_t M, size_t efc, size_t k,
+                             const size_t *efs, size_t nef, int int8) {
+  char dir[] = "/tmp/quiver-bench-ann-XXXXXX";
+  if (!mkdtemp(dir)) cli_die("bench ann: cannot make a temporary directory");
+  qv_error err = {0};
+  qv_db *db;
+  qv_collection *c;
+  /* no automatic build while loading: the build is timed on its own below */
+  qv_collection_config cfg = {.size = (uint32_t)x->cols, .distance = dist,
+                              .hnsw = {(uint32_t)M, (uint32_t)efc, UINT32_MAX}};
+  if (int8) cfg.quant = (qv_quant_config){QV_QUANT_INT8, 0, 1};
+  cli_check(qv_db_open(&db, dir, &err), &err, dir);
+  cli_check(qv_collection_create(db, "bench", &cfg, &err), &err, "bench ann");
+  cli_check(qv_collection_open(db, "bench", &c, &err), &err, "bench ann");
+  const size_t batch = 10000;
+  qv_point *pts = malloc(batch * sizeof *pts);
+  if (!pts) cli_die("out of memory");
+  double t0 = cli_now();
+  for (size_t from = 0; from < x->rows; from += batch) {
+    size_t n = x->rows - from < batch ? x->rows - from : batch;
+    for (size_t i = 0; i < n; i++)
+      pts[i] = (qv_point){{.kind = QV_ID_NUM, .num = from + i}, x->data + (from + i) * x->cols, NULL};
+    cli_check(qv_collection_upsert(c, pts, n, &err), &err, "bench ann: upsert");
+  }
+  double load_s = cli_now() - t0;
+  free(pts);
+  t0 = cli_now();
+  cli_check(collection_index_build(c, &err), &err, "bench ann: build");
+  double build_s = cli_now() - t0;
+  cfg.hnsw.full_scan_threshold = 1; /* from now on every search goes through the graph */
+  cli_check(qv_collection_update_config(c, &cfg, &err), &err, "bench ann");
+  qv_collection_stats s;
+  qv_collection_stats_get(c, &s);
+  printf("{\"n\":%zu,\"dim\":%zu,\"queries\":%zu,\"k\":%zu,\"m\":%zu,\"ef_construct\":%zu,"
+         "\"collection\":true,\"quantization\":%s,\"threads\":%d,\"load_s\":%.3f,\"build_s\":%.3f,"
+         "\"vector_bytes\":%zu,\"graph_bytes\":%zu,\"quantized_bytes\":%zu,\"runs\":[",
+         x->rows, x->cols, q->rows, k, M, efc, int8 ? "\"int8\"" : "null", pool_size(pool_default()), load_s,
+         build_s, s.vector_bytes, s.graph_bytes, s.quantized_bytes);
+  for (size_t e = 0; e < nef; e++) {
+    size_t found = 0;
+    double search_s = 0;
+    qv_search_params p = {.limit = k, .hnsw_ef = (uint32_t)efs[e]};
+    for (size_t i = 0; i < q->rows; i++) {
+      qv_records r;
+      t0 = cli_now();
+      cli_check(qv_collection_search(c, q->data + i * q->cols, 1, &p, &r, &err), &err, "bench ann: search");
+      search_s += cli_now() - t0;
+      const uint64_t *want = gt + i * tcols;
+      for (size_t a = 0; a < r.count; a++)
+        for (size_t b = 0; b < k; b++)
+          if (r.items[a].id.num == want[b]) {
+            found++;
+            break;
+          }
+      qv_records_free(&r);
+    }
+    printf("%s{\"ef\":%zu,\"qps\":%.1f,\"recall\":%.4f}", e ? "," : "", efs[e],
+           search_s > 0 ? (double)q->rows / search_s : 0.0, q->rows ? (double)found / (double)(q->rows * k) : 0.0);
+  }
+  printf("]}\n");
+  qv_db_close(db);
+  nftw(dir, rm_cb, 16, FTW_DEPTH | FTW_PHYS);
+}
+
 int cmd_bench_ann(int argc, char **argv) {
   const char *data = NULL, *queries = NULL, *truth = NULL, *dist_s = "Dot", *m_s = "16", *efc_s = "200",
-             *ef_s = "16,32,64,128,256", *k_s = "10", *threads_s = "0";
+             *ef_s = "16,32,64,128,256", *k_s = "10", *threads_s = "0", *quant_s = NULL;
+  int through_collection = 0;
   cli_opt opts[] = {{"data", &data, NULL},         {"queries", &queries, NULL}, {"truth", &truth, NULL},
                     {"distance", &dist_s, NULL},   {"m", &m_s, NULL},           {"ef-construct", &efc_s, NULL},
                     {"ef", &ef_s, NULL},           {"k", &k_s, NULL},           {"threads", &threads_s, NULL},
+                    {"collection", NULL, &through_collection}, {"quantization", &quant_s, NULL},
                     {0}};
   cli_parse(argc, argv, opts, NULL, 0, ann_usage);
   if (!data || !queries || !truth) cli_die("bench ann: --data, --queries and --truth are required");
@@ -111,6 +194,16 @@ int cmd_bench_ann(int argc, char **argv) {
   uint64_t *gt = read_truth(truth, &trows, &tcols); /* (trows, tcols) */
   if (trows != q.rows || tcols < k)
     cli_die("%s: shape (%zu, %zu), want (%zu, >= %zu)", truth, trows, tcols, q.rows, k);
+  if (quant_s && strcmp(quant_s, "int8") != 0) cli_die("--quantization must be int8, got \"%s\"", quant_s);
+  if (quant_s && !through_collection) cli_die("--quantization needs --collection");
+  if (through_collection) {
+    if (efc < 4) cli_die("--ef-construct must be at least 4 with --collection");
+    bench_collection(&x, &q, gt, tcols, dist, M, efc, k, efs, nef, quant_s != NULL);
+    free(gt);
+    vecfile_matrix_free(&x);
+    vecfile_matrix_free(&q);
+    return 0;
+  }
 
   hnsw *h;
   qv_pool *pool;

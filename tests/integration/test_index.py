@@ -2,9 +2,11 @@
 damaged graph file, checked against exact search (numpy and --exact)."""
 import json
 import os
+import subprocess
 
 import numpy as np
 import pytest
+from conftest import QUIVER
 
 
 def clustered(n, dim, seed):
@@ -174,3 +176,28 @@ def test_int8_quantization_reports_its_memory_and_keeps_recall(qv, tmp_path):
         for p in a:
             if p["id"] in es:
                 assert p["score"] == pytest.approx(es[p["id"]], abs=1e-6)
+
+
+def test_bench_ann_through_a_collection(qv, tmp_path):
+    x = clustered(2000, 16, 8)
+    q = clustered(30, 16, 9)
+    d = ((q[:, None, :] - x[None, :, :]) ** 2).sum(-1)
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "q.npy", q)
+    np.save(tmp_path / "t.npy", np.argsort(d, axis=1, kind="stable")[:, :10].astype(np.int64))
+    def bench(*args):  # bench ann takes no --data-dir: its collection lives in a temporary one
+        return subprocess.run([QUIVER, *map(str, args)], capture_output=True, text=True, timeout=300)
+
+    args = ["bench", "ann", "--data", tmp_path / "x.npy", "--queries", tmp_path / "q.npy",
+            "--truth", tmp_path / "t.npy", "--distance", "Euclid", "--ef", "32,128", "--m", 8,
+            "--ef-construct", 64, "--collection"]
+    for extra in ([], ["--quantization", "int8"]):
+        p = bench(*args, *extra)
+        assert p.returncode == 0, p.stderr
+        r = json.loads(p.stdout)
+        assert r["collection"] is True and r["n"] == 2000
+        assert (r["quantized_bytes"] > 0) == bool(extra)
+        assert [run["ef"] for run in r["runs"]] == [32, 128]
+        assert r["runs"][-1]["recall"] >= 0.95
+    p = bench(*args[:-1], "--quantization", "int8")
+    assert p.returncode == 1 and "needs --collection" in p.stderr
