@@ -1,6 +1,8 @@
 """Approximate search, side by side: Quiver's HNSW (`quiver bench ann`, the index used
-directly, not through a collection), hnswlib, FAISS IndexHNSWFlat and usearch, on the same
-data with the same M and ef_construction, in one run.
+directly), the same through a collection (`--collection`: what a user's search pays, with
+LMDB storage, the id map and float32 rescoring) and with int8 codes (`--collection
+--quantization int8`), hnswlib, FAISS IndexHNSWFlat and usearch, on the same data with the
+same M and ef_construction, in one run.
 
 Datasets (generated here, seeded):
   random-128d-l2     100k x 128 standard normal, 1,000 queries from the same law, squared L2
@@ -21,7 +23,10 @@ Method:
     blocks at allocated capacity, upper levels, search scratch); usearch memory_usage;
     hnswlib and FAISS the size of their serialized index (vectors + graph, as held in
     memory, without allocator slack).
-  - usearch is given dtype f32 so that no library quantizes.
+    A Quiver collection counts everything its search holds: the float32 rows, the graph
+    (which keeps its own copy of the vectors, or int8 codes) and the node map.
+  - usearch is given dtype f32 so that no other library quantizes; Quiver's int8 rows
+    are labelled as such.
 
 Prints a markdown table, then for each dataset the smallest ef at which each library
 reaches recall >= 0.95 and Quiver's ratios against each library there. Draws
@@ -101,12 +106,25 @@ def sweep(search, q, truth, efs):
     return runs
 
 
-def run_quiver(paths, metric, threads, efs):
+def run_quiver(paths, metric, threads, efs, collection=None):
+    """Quiver's HNSW module alone, or (collection = "float" / "int8") the same data through
+    a collection: LMDB storage, id map, float32 rescoring, optionally int8 codes. For a
+    collection, bytes/point counts what its search holds in memory: the float32 rows, the
+    graph and the codes."""
     cmd = [QUIVER, "bench", "ann", "--data", paths["x"], "--queries", paths["q"], "--truth", paths["t"],
            "--distance", "Euclid" if metric == "l2" else "Dot", "--m", str(M),
            "--ef-construct", str(EF_CONSTRUCTION), "--ef", ",".join(map(str, efs)), "--k", str(K),
            "--threads", str(threads)]
-    r = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
+    env = None
+    if collection:
+        cmd.append("--collection")
+        if collection == "int8":
+            cmd += ["--quantization", "int8"]
+        env = dict(os.environ, QUIVER_THREADS=str(threads))
+    r = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True, env=env).stdout)
+    if collection:
+        mem = r["vector_bytes"] + r["graph_bytes"] + r["quantized_bytes"]
+        return {"build_s": r["build_s"], "bytes_per_point": mem / r["n"], "runs": r["runs"]}
     return {"build_s": r["build_s"], "bytes_per_point": r["bytes_per_point"], "runs": r["runs"]}
 
 
@@ -160,7 +178,7 @@ def run_usearch(x, q, truth, metric, threads, efs):
     return {"build_s": build_s, "bytes_per_point": mem / len(x), "runs": sweep(search, q, truth, efs)}
 
 
-LIBS = ["quiver", "hnswlib", "faiss", "usearch"]
+LIBS = ["quiver", "quiver-collection", "quiver-collection-int8", "hnswlib", "faiss", "usearch"]
 
 
 def first_at_target(runs):
@@ -260,6 +278,10 @@ def main():
                 print(f"{slug}: {lib} ...", file=sys.stderr, flush=True)
                 if lib == "quiver":
                     libs[lib] = run_quiver(paths, metric, a.threads, efs)
+                elif lib == "quiver-collection":
+                    libs[lib] = run_quiver(paths, metric, a.threads, efs, collection="float")
+                elif lib == "quiver-collection-int8":
+                    libs[lib] = run_quiver(paths, metric, a.threads, efs, collection="int8")
                 elif lib == "hnswlib":
                     libs[lib] = run_hnswlib(x, q, truth, metric, a.threads, efs, tmp)
                 elif lib == "faiss":
