@@ -76,12 +76,13 @@ static void *reader(void *arg) {
   return NULL;
 }
 
-TEST(inserts_deletes_and_searches_run_together) {
+static void run_together(qv_quant_type quant) {
   char dir[] = "/tmp/qv-test-cthreads-XXXXXX";
   ASSERT(mkdtemp(dir));
   qv_db *db;
   qv_collection *c;
-  qv_collection_config cfg = {.size = DIM, .distance = QV_DIST_COSINE, .hnsw = {.full_scan_threshold = 4}};
+  qv_collection_config cfg = {.size = DIM, .distance = QV_DIST_COSINE, .hnsw = {.full_scan_threshold = 4},
+                              .quant = {.type = quant}};
   ASSERT_OK(qv_db_open(&db, dir, NULL));
   ASSERT_OK(qv_collection_create(db, "t", &cfg, NULL));
   ASSERT_OK(qv_collection_open(db, "t", &c, NULL));
@@ -118,7 +119,11 @@ TEST(inserts_deletes_and_searches_run_together) {
   qv_collection_stats_get(c, &s);
   ASSERT_EQ(s.points, live);
   ASSERT_EQ(s.indexed, live);
+  if (quant) ASSERT(s.quantized_bytes > 0);
   qv_db_close(db);
 }
 
-TEST_MAIN(T(inserts_deletes_and_searches_run_together))
+TEST(inserts_deletes_and_searches_run_together) { run_together(QV_QUANT_NONE); }
+TEST(the_same_on_int8_codes) { run_together(QV_QUANT_INT8); }
+
+TEST_MAIN(T(inserts_deletes_and_searches_run_together), T(the_same_on_int8_codes))
