@@ -1283,6 +1283,8 @@ static qv_status payload_change(qv_collection *c, const qv_point_id *ids, size_t
     }
     bump_version(c);
     pthread_rwlock_unlock(&c->rw);
+    /* the graph is unchanged, but its file must name the new version to be trusted */
+    if (c->graph) c->graph_dirty = 1;
   }
   if (updated) *updated = changed;
   goto out;
