@@ -36,9 +36,18 @@ if(NOT QUIVER_CUDA STREQUAL "OFF")
     endif()
     message(STATUS "nvcc not found: the CUDA plugin is not built (Quiver runs on the CPU)")
   else()
-    get_filename_component(QUIVER_CUDA_BIN ${QUIVER_NVCC} DIRECTORY)
-    get_filename_component(QUIVER_CUDA_ROOT ${QUIVER_CUDA_BIN} DIRECTORY)
-    message(STATUS "CUDA plugin: ${QUIVER_NVCC}")
+    # nvcc may be a wrapper script elsewhere (/usr/local/bin/nvcc): find cuBLAS itself for
+    # the link path and the plugin's runpath.
+    get_filename_component(QUIVER_NVCC_REAL ${QUIVER_NVCC} REALPATH)
+    get_filename_component(QUIVER_CUDA_BIN ${QUIVER_NVCC_REAL} DIRECTORY)
+    find_library(QUIVER_CUBLAS cublas HINTS ${QUIVER_CUDA_BIN}/../lib64 ENV CUDA_HOME ENV CUDA_PATH
+                 PATH_SUFFIXES lib64 lib PATHS /usr/local/cuda/lib64 /usr/local/cuda)
+    if(QUIVER_CUBLAS)
+      get_filename_component(QUIVER_CUDA_LIBDIR ${QUIVER_CUBLAS} DIRECTORY)
+    else()
+      set(QUIVER_CUDA_LIBDIR ${QUIVER_CUDA_BIN}/../lib64)
+    endif()
+    message(STATUS "CUDA plugin: ${QUIVER_NVCC} (cuBLAS in ${QUIVER_CUDA_LIBDIR})")
     file(GLOB QUIVER_CUDA_SOURCES CONFIGURE_DEPENDS src/cuda/*.cu)
     file(GLOB QUIVER_CUDA_HEADERS CONFIGURE_DEPENDS src/cuda/*.h)
     set(QUIVER_CUDA_FLAGS -std=c++17 -O3 -Xcompiler=-fPIC,-Wall -Werror=all-warnings
@@ -57,7 +66,7 @@ if(NOT QUIVER_CUDA STREQUAL "OFF")
     set(QUIVER_CUDA_PLUGIN_FILE ${CMAKE_BINARY_DIR}/libquiver-cuda.so)
     add_custom_command(OUTPUT ${QUIVER_CUDA_PLUGIN_FILE}
       COMMAND ${QUIVER_NVCC} -shared -o ${QUIVER_CUDA_PLUGIN_FILE} ${QUIVER_CUDA_OBJECTS}
-              -lcublas -lcublasLt -cudart static -Xlinker=-rpath,${QUIVER_CUDA_ROOT}/lib64
+              -L${QUIVER_CUDA_LIBDIR} -lcublas -lcublasLt -cudart static -Xlinker=-rpath,${QUIVER_CUDA_LIBDIR}
       DEPENDS ${QUIVER_CUDA_OBJECTS}
       COMMENT "nvcc: linking libquiver-cuda.so" VERBATIM)
     add_custom_target(quiver_cuda ALL DEPENDS ${QUIVER_CUDA_PLUGIN_FILE})
