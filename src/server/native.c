@@ -108,6 +108,59 @@ static const struct { const char *route, *schema; } body_schemas[] = {
      "{\"type\":\"object\",\"required\":[\"ids\"],\"properties\":{\"ids\":{\"type\":\"array\"},\"with_payload\":{},\"with_vector\":{}}}"},
     {"qdrant_delete_points",
      "{\"type\":\"object\",\"properties\":{\"points\":{\"type\":\"array\"},\"filter\":{\"type\":\"object\"}}}"},
+    {"qdrant_update_collection",
+     "{\"type\":\"object\",\"properties\":{\"hnsw_config\":{\"type\":\"object\",\"properties\":{\"m\":{\"type\":\"integer\"},\"ef_construct\":{\"type\":\"integer\"},\"full_scan_threshold\":{\"type\":\"integer\"}}},\"quantization_config\":{},\"vectors\":{\"type\":\"object\"},\"optimizers_config\":{\"type\":\"object\"}}}"},
+    {"qdrant_create_index",
+     "{\"type\":\"object\",\"required\":[\"field_name\"],\"properties\":{\"field_name\":{\"type\":\"string\"},\"field_schema\":{}}}"},
+    {"qdrant_set_payload",
+     "{\"type\":\"object\",\"required\":[\"payload\"],\"properties\":{\"payload\":{\"type\":\"object\"},\"points\":{\"type\":\"array\",\"items\":{\"type\":[\"integer\",\"string\"]}},\"filter\":{\"type\":\"object\"}}}"},
+    {"qdrant_overwrite_payload",
+     "{\"type\":\"object\",\"required\":[\"payload\"],\"properties\":{\"payload\":{\"type\":\"object\"},\"points\":{\"type\":\"array\",\"items\":{\"type\":[\"integer\",\"string\"]}},\"filter\":{\"type\":\"object\"}}}"},
+    {"qdrant_delete_payload",
+     "{\"type\":\"object\",\"required\":[\"keys\"],\"properties\":{\"keys\":{\"type\":\"array\",\"items\":{\"type\":\"string\"}},\"points\":{\"type\":\"array\",\"items\":{\"type\":[\"integer\",\"string\"]}},\"filter\":{\"type\":\"object\"}}}"},
+    {"qdrant_clear_payload",
+     "{\"type\":\"object\",\"properties\":{\"points\":{\"type\":\"array\",\"items\":{\"type\":[\"integer\",\"string\"]}},\"filter\":{\"type\":\"object\"}}}"},
+    {"qdrant_query_batch",
+     "{\"type\":\"object\",\"required\":[\"searches\"],\"properties\":{\"searches\":{\"type\":\"array\",\"items\":{\"type\":\"object\"}}}}"},
+    {"qdrant_search_batch",
+     "{\"type\":\"object\",\"required\":[\"searches\"],\"properties\":{\"searches\":{\"type\":\"array\",\"items\":{\"type\":\"object\",\"required\":[\"vector\"]}}}}"},
+    /* S2's surfaces, from the shapes in the comments at the end of openai.c, tei.c, legacy.c. */
+    {"openai_embeddings",
+     "{\"type\":\"object\",\"required\":[\"input\"],\"properties\":{\"input\":{\"oneOf\":[{\"type\":\"string\"},"
+     "{\"type\":\"array\",\"items\":{\"type\":\"string\"}},{\"type\":\"array\",\"items\":{\"type\":\"integer\"}},"
+     "{\"type\":\"array\",\"items\":{\"type\":\"array\",\"items\":{\"type\":\"integer\"}}}]},"
+     "\"model\":{\"type\":\"string\"},\"encoding_format\":{\"enum\":[\"float\",\"base64\"]},"
+     "\"dimensions\":{\"type\":\"integer\"},\"user\":{\"type\":\"string\"},\"truncate\":{\"type\":\"boolean\"}}}"},
+    {"openai_rerank",
+     "{\"type\":\"object\",\"required\":[\"query\",\"documents\"],\"properties\":{\"query\":{\"type\":\"string\"},"
+     "\"documents\":{\"type\":\"array\",\"items\":{\"oneOf\":[{\"type\":\"string\"},{\"type\":\"object\","
+     "\"properties\":{\"text\":{\"type\":\"string\"}}}]}},\"top_n\":{\"type\":\"integer\"},"
+     "\"return_documents\":{\"type\":\"boolean\"},\"model\":{\"type\":\"string\"},\"truncate\":{\"type\":\"boolean\"}}}"},
+    {"tei_embed",
+     "{\"type\":\"object\",\"required\":[\"inputs\"],\"properties\":{\"inputs\":{\"oneOf\":[{\"type\":\"string\"},"
+     "{\"type\":\"array\",\"items\":{\"type\":\"string\"}}]},\"normalize\":{\"type\":\"boolean\"},"
+     "\"truncate\":{\"type\":\"boolean\"}}}"},
+    {"tei_rerank",
+     "{\"type\":\"object\",\"required\":[\"query\",\"texts\"],\"properties\":{\"query\":{\"type\":\"string\"},"
+     "\"texts\":{\"type\":\"array\",\"items\":{\"type\":\"string\"}},\"raw_scores\":{\"type\":\"boolean\"},"
+     "\"return_text\":{\"type\":\"boolean\"},\"truncate\":{\"type\":\"boolean\"}}}"},
+    {"tei_tokenize",
+     "{\"type\":\"object\",\"required\":[\"inputs\"],\"properties\":{\"inputs\":{\"oneOf\":[{\"type\":\"string\"},"
+     "{\"type\":\"array\",\"items\":{\"type\":\"string\"}}]},\"add_special_tokens\":{\"type\":\"boolean\"}}}"},
+    {"legacy_generate",
+     "{\"type\":\"object\",\"properties\":{\"text\":{\"type\":\"string\"},\"texts\":{\"type\":\"array\","
+     "\"items\":{\"type\":\"string\"}},\"truncate\":{\"type\":\"boolean\"}}}"},
+    {"legacy_batch",
+     "{\"type\":\"object\",\"required\":[\"texts\"],\"properties\":{\"texts\":{\"type\":\"array\","
+     "\"items\":{\"type\":\"string\"}},\"truncate\":{\"type\":\"boolean\"}}}"},
+    {"legacy_search",
+     "{\"type\":\"object\",\"required\":[\"query\",\"collection\"],\"properties\":{\"query\":{\"type\":\"string\"},"
+     "\"collection\":{\"type\":\"string\"},\"top_k\":{\"type\":\"integer\"},\"filter\":{\"type\":\"object\"}}}"},
+    {"legacy_index_add",
+     "{\"type\":\"object\",\"required\":[\"collection\",\"documents\"],\"properties\":{\"collection\":{\"type\":\"string\"},"
+     "\"documents\":{\"type\":\"array\",\"items\":{\"type\":\"object\",\"required\":[\"text\"],\"properties\":{"
+     "\"id\":{\"type\":[\"integer\",\"string\"]},\"text\":{\"type\":\"string\"},\"metadata\":{\"type\":\"object\"}}}},"
+     "\"truncate\":{\"type\":\"boolean\"}}}"},
 };
 
 static json_t *operation(const http_route *r) {

@@ -360,6 +360,14 @@ def test_native_routes(quiver_server):
     for path in ["/collections/{name}/points/query", "/collections/{name}", "/healthz", "/openapi.json"]:
         assert path in doc["paths"], path
     assert set(doc["paths"]["/collections/{name}"]) == {"get", "put", "delete", "patch"}
+    # Every body-taking route has its own schema (a schema that failed to parse would fall
+    # back to a bare object).
+    for path, item in doc["paths"].items():
+        for method, op in item.items():
+            if "requestBody" in op:
+                assert "properties" in op["requestBody"]["content"]["application/json"]["schema"], (method, path)
+    for path in ["/v1/embeddings", "/embed", "/rerank", "/tokenize", "/v1/models", "/info", "/metrics"]:
+        assert path in doc["paths"], path
 
 
 def test_serve_refuses_bad_settings(tmp_path):
