@@ -4,19 +4,15 @@ client and LangChain, TEI's /embed /rerank /tokenize /info /health, the earlier 
 under 32 concurrent clients. Values are checked against `quiver embed` / the numpy
 reference (bert_reference.py) and ids against Hugging Face `tokenizers`."""
 import base64
-import json
 import os
-import socket
-import subprocess
 import threading
-import time
 
 import httpx
 import numpy as np
 import pytest
 from tokenizers import Tokenizer
 
-from conftest import QUIVER
+from conftest import QuiverServer
 from test_embed import MODEL, cross_encoder, model_files, quiver_embed  # noqa: F401 (fixtures)
 
 NAME = "all-MiniLM-L6-v2"
@@ -24,61 +20,30 @@ LIMIT = 256
 LONG = "word " * 600  # 602 tokens with [CLS] and [SEP]
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class Server:
-    """`quiver serve` on a free port in its own data directory."""
+    """conftest's QuiverServer (a `quiver serve` subprocess), kept for the whole module so
+    the models load once, with an httpx client on it."""
 
-    def __init__(self, data_dir, *extra):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = open(os.path.join(str(data_dir) + ".log"), "w+")
-        self.proc = subprocess.Popen(
-            [QUIVER, "serve", "--data-dir", str(data_dir), "--host", "127.0.0.1", "--port", str(self.port),
-             "--model", MODEL, *map(str, extra)],
-            stdout=self.log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 120
-        while True:
-            assert self.proc.poll() is None, self.output()
-            try:
-                if httpx.get(self.url + "/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, "server did not become ready: " + self.output()
-            time.sleep(0.1)
+    def __init__(self, base, *args):
+        self.proc = QuiverServer(base / "data", base / "server.log", ["--model", MODEL, *args])
+        self.url = self.proc.url
         self.http = httpx.Client(base_url=self.url, timeout=120)
-
-    def output(self):
-        self.log.flush()
-        self.log.seek(0)
-        return self.log.read()
 
     def post(self, path, body):
         return self.http.post(path, json=body)
 
     def stop(self):
         self.http.close()
-        self.proc.terminate()
-        try:
-            rc = self.proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            raise
-        out = self.output()
-        self.log.close()
-        assert rc == 0, out
-        assert "AddressSanitizer" not in out and "runtime error" not in out, out
+        rc = self.proc.stop()
+        out = self.proc.output
+        assert rc == 0, out[-4000:]
+        assert "AddressSanitizer" not in out and "runtime error" not in out, out[-4000:]
 
 
 @pytest.fixture(scope="module")
 def srv(tmp_path_factory, cross_encoder):  # noqa: F811
     d, _ = cross_encoder
-    s = Server(tmp_path_factory.mktemp("srv") / "data", "--reranker", d, "--batch-wait-ms", "20")
+    s = Server(tmp_path_factory.mktemp("srv"), "--reranker", d, "--batch-wait-ms", "20")
     yield s
     s.stop()
 
