@@ -384,3 +384,35 @@ def test_serve_refuses_bad_settings(tmp_path):
         err = p.stderr.strip()
         assert err.startswith("quiver: ") and len(err.splitlines()) == 1, (args, err)
     assert "line 3" in subprocess.run([QUIVER, "serve", "--config", bad], capture_output=True, text=True).stderr
+
+
+def test_concurrent_clients_on_keep_alive_connections(client, quiver_server):
+    """Eight clients at once, each on one keep-alive connection, writing their own points
+    and querying: every answer is right and nothing is lost."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    client.create_collection("cc", vectors_config=models.VectorParams(size=DIM, distance=models.Distance.DOT))
+    rng = np.random.default_rng(11)
+    vecs = rng.standard_normal((8 * 40, DIM)).astype(np.float32)
+
+    def worker(w):
+        with httpx.Client(base_url=quiver_server, timeout=SLOW) as h:
+            for j in range(40):
+                pid = w * 40 + j
+                r = h.put("/collections/cc/points", json={"points": [{"id": pid, "vector": vecs[pid].tolist(), "payload": {"w": w}}]})
+                assert r.status_code == 200, r.text
+                r = h.post("/collections/cc/points/query",
+                           json={"query": vecs[pid].tolist(), "limit": 1000,
+                                 "filter": {"must": [{"key": "w", "match": {"value": w}}]}})
+                assert r.status_code == 200, r.text
+                ids = [p["id"] for p in r.json()["result"]["points"]]
+                # This worker's points so far, in exact dot-product order.
+                mine = np.arange(w * 40, pid + 1)
+                want = mine[np.argsort(-(vecs[mine] @ vecs[pid]), kind="stable")].tolist()
+                assert sorted(ids) == sorted(want)
+                assert ids[0] == want[0]
+        return w
+
+    with ThreadPoolExecutor(8) as ex:
+        assert sorted(ex.map(worker, range(8))) == list(range(8))
+    assert client.count("cc").count == 8 * 40
