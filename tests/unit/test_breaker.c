@@ -5,8 +5,11 @@
  * check that the results still equal the CPU's while the breaker opens, half-opens and
  * closes. Time is a counter the tests advance; nothing sleeps. */
 #include <math.h>
+#include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 
+#include "base/log.h"
 #include "compute/backend.h"
 #include "compute/breaker.h"
 #include "compute/device.h"
@@ -243,6 +246,60 @@ TEST(dispatch_cpu_only) {
   dispatch_destroy(&d);
 }
 
+/* ---- two callers at once: one's failure must never be charged to the other ----------- */
+
+static _Atomic int shared_error; /* a device's error state is per backend, not per caller */
+static __thread int i_fail;
+
+static void cc_linear(void *ctx, float *out, const float *inp, const float *w, const float *bias, int M, int N,
+                      int K) {
+  cpu()->linear(cpu()->ctx, out, inp, w, bias, M, N, K);
+  if (i_fail) atomic_store(&shared_error, 1);
+  sched_yield(); /* let the other caller reach its status check in between */
+}
+static qv_status cc_status(void *ctx) { return atomic_exchange(&shared_error, 0) ? QV_EDEVICE : QV_OK; }
+static qv_backend cc_be = {.api_version = QV_BACKEND_API_VERSION, .name = "cuda", .linear = cc_linear,
+                           .status = cc_status};
+
+typedef struct caller {
+  compute_dispatch *d;
+  int fail, wrong_backend, wrong_result;
+} caller;
+
+static void *caller_main(void *arg) {
+  caller *c = arg;
+  i_fail = c->fail;
+  for (int i = 0; i < 2000; i++) {
+    lin_work w = {0};
+    const qv_backend *used;
+    if (dispatch_run(c->d, lin_run, &w, &used, NULL)) c->wrong_result++;
+    if (used != (c->fail ? c->d->cpu : &cc_be)) c->wrong_backend++;
+    if (w.out[0] != 1.5f || w.out[11] != 14.0f) c->wrong_result++;
+  }
+  return NULL;
+}
+
+TEST(dispatch_concurrent_callers_see_only_their_own_failures) {
+  compute_dispatch d;
+  /* a threshold no run reaches: the point is who is charged, not the opening */
+  dispatch_init(&d, &cc_be, 1, 0, 1000000, 300, fake_clock, NULL);
+  caller good = {&d, 0, 0, 0}, bad = {&d, 1, 0, 0};
+  qv_log_set_level(QV_LOG_ERROR); /* 2000 fallbacks would each warn */
+  pthread_t a, b;
+  ASSERT_EQ(pthread_create(&a, NULL, caller_main, &good), 0);
+  ASSERT_EQ(pthread_create(&b, NULL, caller_main, &bad), 0);
+  pthread_join(a, NULL);
+  pthread_join(b, NULL);
+  ASSERT_EQ(good.wrong_backend, 0);
+  ASSERT_EQ(good.wrong_result, 0);
+  ASSERT_EQ(bad.wrong_backend, 0);
+  ASSERT_EQ(bad.wrong_result, 0);
+  ASSERT_EQ(atomic_load(&d.gpu_failures), 2000);
+  ASSERT_EQ(atomic_load(&d.gpu_runs), 2000);
+  qv_log_set_level(QV_LOG_WARN);
+  dispatch_destroy(&d);
+}
+
 /* ---- the model through the process's dispatch ------------------------------------------ */
 
 #define NTEXT 40 /* two batches of at most 32 */
@@ -375,5 +432,5 @@ TEST_MAIN(T(breaker_opens_after_threshold_and_half_opens_after_recovery),
           T(breaker_success_resets_the_count_and_late_failures_do_not_extend_open), T(breaker_defaults),
           T(dispatch_reruns_failed_units_on_the_cpu_and_counts_them), T(dispatch_input_errors_are_not_device_failures),
           T(dispatch_timeout_counts_as_failure_but_keeps_results), T(dispatch_without_fallback_reports_edevice),
-          T(dispatch_cpu_only), T(model_results_equal_cpu_while_the_gpu_fails),
+          T(dispatch_cpu_only), T(dispatch_concurrent_callers_see_only_their_own_failures), T(model_results_equal_cpu_while_the_gpu_fails),
           T(model_trial_failure_reopens_for_a_full_period), T(model_without_fallback_returns_edevice))
