@@ -9,7 +9,7 @@ Both sides are timed from start (model load included) to the last vector written
 two splitters cut differently, so chunks/s is reported with tokens/s (tokens embedded)
 next to it; the ratio that matters is on tokens.
 
-    .venv-ingest/bin/python bench/ingest.py [--threads 2] [--size 200]   (see bench/ingest.sh)
+    .venv-ingest/bin/python bench/ingest.py [--threads 2] [--size 200] [--files N]   (see bench/ingest.sh)
 """
 import argparse
 import glob
@@ -29,11 +29,11 @@ MODEL = os.path.join(MODELS, "all-MiniLM-L6-v2")
 API = "/usr/share/doc/nodejs/api"
 
 
-def make_corpus(dst):
-    files = glob.glob(os.path.join(API, "*.md")) + glob.glob(os.path.join(API, "*.md.gz"))
+def make_corpus(dst, limit):
+    files = sorted(glob.glob(os.path.join(API, "*.md")) + glob.glob(os.path.join(API, "*.md.gz")))
     if len(files) < 50:
         sys.exit(f"{API}: install nodejs-doc (make deps)")
-    for f in files:
+    for f in files[:limit] if limit else files:
         name = os.path.basename(f)
         if name.endswith(".gz"):
             with gzip.open(f, "rb") as s, open(os.path.join(dst, name[:-3]), "wb") as d:
@@ -97,10 +97,11 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--size", type=int, default=200)
+    ap.add_argument("--files", type=int, default=0, help="only the first N files by name (0 = all 64)")
     ap.add_argument("--json", help="write the figures here")
     a = ap.parse_args()
     with tempfile.TemporaryDirectory() as corpus:
-        files = make_corpus(corpus)
+        files = make_corpus(corpus, a.files)
         mb = sum(os.path.getsize(f) for f in files) / 1e6
         q = run_quiver(corpus, a.size, a.threads)
         py = run_python(files, a.size, a.threads)

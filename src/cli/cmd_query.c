@@ -20,6 +20,7 @@ static const char usage[] =
     "  --hybrid           fuse dense and BM25 keyword results (reciprocal rank fusion)\n"
     "  --rerank MODEL     rerank the candidates with this cross-encoder\n"
     "  --candidates N     candidates per retriever before fusion/reranking (default 50)\n"
+    "  --rerank-top N     rerank only the best N candidates (default: all)\n"
     "  --queries FILE     one query per line ('-' for stdin); one JSON line per query\n"
     "  --json             print JSON: {query, mode, results: [...], cache: {...}}\n"
     "  --data-dir DIR     data directory\n";
@@ -69,11 +70,11 @@ static void print_human(const text_hits *h) {
 }
 
 int cmd_query(int argc, char **argv) {
-  const char *coll = NULL, *k_s = NULL, *rerank = NULL, *cand_s = NULL, *queries = NULL, *data_dir = NULL;
+  const char *coll = NULL, *k_s = NULL, *rerank = NULL, *cand_s = NULL, *top_s = NULL, *queries = NULL, *data_dir = NULL;
   int hybrid = 0, json = 0;
   const char *pos[1];
   cli_opt opts[] = {{"collection", &coll, NULL}, {"k", &k_s, NULL}, {"hybrid", NULL, &hybrid},
-                    {"rerank", &rerank, NULL}, {"candidates", &cand_s, NULL}, {"queries", &queries, NULL},
+                    {"rerank", &rerank, NULL}, {"candidates", &cand_s, NULL}, {"rerank-top", &top_s, NULL}, {"queries", &queries, NULL},
                     {"json", NULL, &json}, {"data-dir", &data_dir, NULL}, {0}};
   int npos = cli_parse(argc, argv, opts, pos, 1, usage);
   if (!coll) cli_die("query: --collection is required");
@@ -82,6 +83,7 @@ int cmd_query(int argc, char **argv) {
   text_query q = {0};
   q.k = k_s ? (size_t)cli_int(k_s, "--k", 1, 1000) : 5;
   q.candidates = cand_s ? (size_t)cli_int(cand_s, "--candidates", 1, 10000) : 0;
+  q.rerank_top = top_s ? (size_t)cli_int(top_s, "--rerank-top", 1, 10000) : 0;
   q.hybrid = hybrid;
   qv_db *db = cli_open_db(data_dir);
   qv_collection *c = cli_open_collection(db, coll);

@@ -284,6 +284,10 @@ static qv_status run_query(text_retriever *r, const text_query *q, size_t k, siz
       n = cand;
     }
   }
+  if (q->reranker && q->rerank_top && n > q->rerank_top) {
+    for (size_t i = q->rerank_top; i < n; i++) free(items[i].payload);
+    n = q->rerank_top;
+  }
   if (q->reranker && n) {
     if (!(docs = calloc(n, sizeof *docs)) || !(logits = malloc(n * sizeof *logits))) goto oom;
     ndocs = n;
@@ -336,8 +340,8 @@ qv_status text_retrieve(text_retriever *r, const text_query *q, text_hits *out, 
     char params[256];
     qv_model_info ri = {0};
     if (q->reranker) qv_model_info_get(q->reranker, &ri);
-    snprintf(params, sizeof params, "k=%zu;c=%zu;hybrid=%d;rerank=%s", k, cand, q->hybrid,
-             q->reranker ? ri.name : "");
+    snprintf(params, sizeof params, "k=%zu;c=%zu;hybrid=%d;rerank=%s;top=%zu", k, cand, q->hybrid,
+             q->reranker ? ri.name : "", q->rerank_top);
     key = qcache_key(q->text, params);
     void *v;
     size_t len;
