@@ -416,3 +416,42 @@ def test_concurrent_clients_on_keep_alive_connections(client, quiver_server):
     with ThreadPoolExecutor(8) as ex:
         assert sorted(ex.map(worker, range(8))) == list(range(8))
     assert client.count("cc").count == 8 * 40
+
+
+def test_serve_without_arguments_uses_cwd_data_and_quiver_yaml(tmp_path):
+    """`quiver serve` alone: the default model, ./quiver-data, and ./quiver.yaml when present
+    (the port comes from QUIVER_PORT here so tests never collide on 6333)."""
+    import os
+    import re
+    import signal
+    import subprocess
+    import time
+    from conftest import QUIVER
+
+    (tmp_path / "quiver.yaml").write_text("auth:\n  api_keys: [yaml-key]\nhost: 127.0.0.1\n")
+    log = open(tmp_path / "log", "wb")
+    env = dict(os.environ, QUIVER_PORT="0")
+    env.pop("QUIVER_DATA_DIR", None)
+    p = subprocess.Popen([QUIVER, "serve"], cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT, env=env)
+    try:
+        url = None
+        for _ in range(1200):
+            m = re.search(r"serving on http://[^:]+:(\d+)", (tmp_path / "log").read_text())
+            if m:
+                url = f"http://127.0.0.1:{m.group(1)}"
+                break
+            assert p.poll() is None, (tmp_path / "log").read_text()
+            time.sleep(0.1)
+        assert url
+        assert "model all-MiniLM-L6-v2" in (tmp_path / "log").read_text()
+        assert httpx.get(url + "/collections").status_code == 401  # the key from ./quiver.yaml
+        r = httpx.put(url + "/collections/here", json={"vectors": {"size": 2, "distance": "Dot"}}, headers={"api-key": "yaml-key"})
+        assert r.status_code == 200
+    finally:
+        p.send_signal(signal.SIGTERM)
+        assert p.wait(timeout=60) == 0
+        log.close()
+    # The collection is in ./quiver-data, as the CLI sees it.
+    out = subprocess.run([QUIVER, "collection", "list", "--data-dir", tmp_path / "quiver-data"],
+                         capture_output=True, text=True, check=True).stdout
+    assert "here" in out
