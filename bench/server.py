@@ -151,10 +151,11 @@ def bench_milvus(x, q, tmp, seconds):
     t = time.perf_counter()
     for i in range(0, len(x), 5000):
         c.insert("bench", [{"id": int(j), "vector": x[j].tolist()} for j in range(i, min(i + 5000, len(x)))])
+    c.flush("bench")  # seals the segments and builds the AUTOINDEX; unsealed ones are scanned
     load_s = time.perf_counter() - t
 
     def search(v):
-        c.search("bench", data=[v.tolist()], limit=10)
+        c.search("bench", data=[v.tolist()], limit=10, consistency_level="Bounded")
 
     search(q[0])
     return {"load_s": load_s, "qps_1": peer_qps(search, q, 1, seconds), "qps_8": peer_qps(search, q, 8, seconds)}
