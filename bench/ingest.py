@@ -100,6 +100,7 @@ def main():
     ap.add_argument("--files", type=int, default=0, help="only the first N files by name (0 = all 64)")
     ap.add_argument("--json", help="write the figures here")
     a = ap.parse_args()
+    load_start = os.getloadavg()
     with tempfile.TemporaryDirectory() as corpus:
         files = make_corpus(corpus, a.files)
         mb = sum(os.path.getsize(f) for f in files) / 1e6
@@ -109,7 +110,7 @@ def main():
         r["chunks_per_s"] = r["chunks"] / r["seconds"]
         r["tokens_per_s"] = r["tokens"] / r["seconds"]
     res = {"files": len(files), "megabytes": round(mb, 2), "threads": a.threads, "size": a.size,
-           "load_before": os.getloadavg(), "quiver": q, "python": py,
+           "load_start": load_start, "load_end": os.getloadavg(), "quiver": q, "python": py,
            "ratio_chunks_per_s": q["chunks_per_s"] / py["chunks_per_s"],
            "ratio_tokens_per_s": q["tokens_per_s"] / py["tokens_per_s"]}
     print(json.dumps(res, indent=1))
