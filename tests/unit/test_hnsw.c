@@ -614,7 +614,7 @@ static double q8_recall(hnsw *h, const float *q, size_t nq, size_t dim, const ui
 }
 
 TEST(int8_quantized_graph) {
-  size_t n = 10000, dim = 64, nq = 100;
+  size_t n = 4000, dim = 32, nq = 100; /* small: the sanitizer build runs it at -O0 too */
   qv_distance ds[4] = {QV_DIST_COSINE, QV_DIST_DOT, QV_DIST_EUCLID, QV_DIST_MANHATTAN};
   float *x = clustered(n, dim, 5), *q = queries(nq, dim, 5);
   uint64_t *labels = iota_labels(n);
@@ -641,7 +641,7 @@ TEST(int8_quantized_graph) {
     hnsw_hit hits[K];
     size_t c;
     ASSERT_OK(hnsw_search(h, q, K, 64, NULL, hits, &c));
-    float qn[64], xn[64];
+    float qn[32], xn[32];
     memcpy(qn, q, sizeof qn);
     if (d == QV_DIST_COSINE) dist_normalize(qn, dim);
     for (size_t j = 0; j < c; j++) {
