@@ -28,6 +28,7 @@
 
 #include "base/error.h"
 #include "base/log.h"
+#include "server/docs.h"
 #include "server/http.h"
 #include "server/metrics.h"
 #include "server/server.h"
@@ -178,7 +179,7 @@ int http_match(const char *pattern, const char *path, const char **params, char 
 }
 
 static const http_route *const route_tables[] = {qdrant_routes, openai_routes, tei_routes,
-                                                 native_routes, legacy_routes};
+                                                 native_routes, legacy_routes, docs_routes};
 
 /* The most specific pattern wins: a path matching both ".../points/query" and
  * ".../points/{id}" belongs to the first, so a GET there is 405, not a bad point id. */
@@ -509,6 +510,7 @@ void http_stop(server *s) {
   while (__atomic_load_n(&h->inflight, __ATOMIC_SEQ_CST) > 0 && server_now() < deadline)
     usleep(10000);
   MHD_stop_daemon(h->d);
+  docs_release(s);
   free(h);
   s->http = NULL;
 }

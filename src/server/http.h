@@ -72,6 +72,7 @@ extern const http_route openai_routes[];
 extern const http_route tei_routes[];
 extern const http_route native_routes[];   /* health, metrics, telemetry, openapi */
 extern const http_route legacy_routes[];   /* the earlier embedding service's /api/v1/... */
+extern const http_route docs_routes[];     /* documents in, cited chunks out (docs.c) */
 
 /* ---- http.c's own entry points (server.c and the fuzz target use them) ---- */
 

@@ -14,6 +14,7 @@
 
 #include "base/error.h"
 #include "server/batcher.h"
+#include "server/docs.h"
 #include "server/server.h"
 
 /* The version GET / reports: qdrant-client warns unless major.minor is within one minor
@@ -468,7 +469,13 @@ qv_status qdrant_decode_query(json_t *body, const qv_collection_config *cfg, int
     if ((st = decode_query_value(v, cfg, q, err))) return st;
   } else {
     if ((st = decode_query_value(json_object_get(body, "query"), cfg, q, err))) return st;
-    if ((st = decode_using(body, "using", cfg, err))) return st;
+    json_t *u = json_object_get(body, "using");
+    /* "bm25" names the keyword index, unless the collection's vector has that name. */
+    if (q->kind == QQ_TEXT && json_is_string(u) && !strcmp(json_string_value(u), "bm25") &&
+        strcmp(cfg->vector_name, "bm25"))
+      q->kind = QQ_KEYWORD;
+    else if ((st = decode_using(body, "using", cfg, err)))
+      return st;
   }
   if ((st = get_count(body, "limit", QDRANT_MAX_LIMIT, &q->limit, err)) ||
       (st = get_count(body, "offset", QDRANT_MAX_LIMIT, &q->offset, err)))
@@ -698,6 +705,8 @@ static void create_collection(http_req *r, http_resp *w) {
 static void delete_collection(http_req *r, http_resp *w) {
   double t0 = server_now();
   qv_error err = {0};
+  qv_collection *c;
+  if (qv_collection_open(r->srv->db, r->params[0], &c, NULL) == QV_OK) docs_forget(r->srv, c);
   qv_status st = qv_collection_delete(r->srv->db, r->params[0], &err);
   if (st == QV_NOTFOUND) return ok(w, json_false(), t0);
   if (st) return fail(w, st, &err, t0);
@@ -1195,6 +1204,19 @@ static qv_status run_query(server *s, qv_collection *c, const qv_collection_conf
     st = qv_collection_scroll(c, NULL, q->offset + q->limit, q->filter, top && wants_payload(q), top && q->with_vector,
                               out, &next, &has_next, err);
     if (!st) window(out, q->offset, q->limit);
+    goto done;
+  }
+  if (q->kind == QQ_KEYWORD) {
+    if (q->filter || q->n_prefetch) {
+      st = qv_fail(err, QV_EUNSUPPORTED, "a bm25 query takes no filter and no prefetch yet");
+      goto done;
+    }
+    if ((st = docs_keyword_search(s, c, q->text, q->text_len, q->offset + q->limit, out, err))) goto done;
+    size_t m = 0;
+    while (q->has_threshold && m < out->count && out->items[m].score >= q->threshold) m++;
+    if (q->has_threshold) out->count = m;
+    window(out, q->offset, q->limit);
+    if (top) st = fill_records(c, q, out, err);
     goto done;
   }
   /* A vector to search with. */

@@ -44,7 +44,8 @@ qv_status qdrant_decode_points(json_t *body, const qv_collection_config *cfg, si
                                qdrant_points *out, qv_error *err);
 void qdrant_points_free(qdrant_points *p);
 
-typedef enum { QQ_NONE = 0, QQ_VECTOR, QQ_ID, QQ_TEXT, QQ_RRF } qdrant_query_kind;
+/* QQ_KEYWORD: a Document ({"text"}) with "using": "bm25", ranked by BM25 (docs.c). */
+typedef enum { QQ_NONE = 0, QQ_VECTOR, QQ_ID, QQ_TEXT, QQ_RRF, QQ_KEYWORD } qdrant_query_kind;
 
 /* One query request (query, prefetch, filter, params...). */
 typedef struct qdrant_query {

@@ -364,3 +364,33 @@ qv_status text_retrieve(text_retriever *r, const text_query *q, text_hits *out, 
   free(key);
   return st;
 }
+
+qv_status text_retrieve_keyword(text_retriever *r, const char *text, size_t len, size_t k, qv_records *out,
+                                qv_error *err) {
+  memset(out, 0, sizeof *out);
+  if (k > 10000) return qv_fail(err, QV_ERANGE, "k must be at most 10000");
+  bm25_hit *kw = malloc((k ? k : 1) * sizeof *kw);
+  qv_record *items = calloc(k ? k : 1, sizeof *items);
+  if (!kw || !items) {
+    free(kw);
+    free(items);
+    return qv_fail(err, QV_ENOMEM, "out of memory");
+  }
+  size_t n = 0;
+  pthread_mutex_lock(&r->mu);
+  qv_status st = ensure_keyword_index(r, err);
+  if (!st && k) st = bm25_search(r->bm, text, len, k, kw, &n);
+  for (size_t i = 0; !st && i < n; i++) {
+    items[i].id = r->keys[kw[i].key];
+    items[i].score = kw[i].score;
+  }
+  pthread_mutex_unlock(&r->mu);
+  free(kw);
+  if (st) {
+    free(items);
+    return st == QV_ENOMEM ? qv_fail(err, st, "out of memory") : st;
+  }
+  out->items = items;
+  out->count = n;
+  return QV_OK;
+}
