@@ -291,7 +291,7 @@ done:
 
 /* ---- query ----------------------------------------------------------------------------- */
 
-static json_t *hit_json(const text_hit *h) {
+static json_t *hit_json(const text_hit *h, int reranked) {
   char idt[40];
   qv_point_id_format(&h->id, idt);
   json_t *p = h->payload ? json_loads(h->payload, 0, NULL) : NULL;
@@ -304,6 +304,7 @@ static json_t *hit_json(const text_hit *h) {
   }
   if (h->dense_rank) json_object_set_new(o, "dense", json_real(h->dense));
   if (h->keyword_rank) json_object_set_new(o, "keyword", json_real(h->keyword));
+  if (reranked) json_object_set_new(o, "logit", json_real(h->rerank_logit));
   json_decref(p);
   return o;
 }
@@ -369,7 +370,7 @@ static void query(http_req *r, http_resp *w) {
   if ((st = text_retrieve(ret, &q, &hits, &err))) goto done;
   if (!q.filter) metrics_count(s->metrics, hits.cached ? "query_cache_hits" : "query_cache_misses", 1);
   json_t *a = json_array();
-  for (size_t i = 0; i < hits.n; i++) json_array_append_new(a, hit_json(&hits.items[i]));
+  for (size_t i = 0; i < hits.n; i++) json_array_append_new(a, hit_json(&hits.items[i], q.reranker != NULL));
   ok(w, json_pack("{s:o,s:b}", "hits", a, "cached", hits.cached), t0);
 done:
   text_hits_free(&hits);

@@ -223,3 +223,22 @@ def test_delete_and_recreate_forgets_the_old_index(quiver_server):
     ingest(url, "kb", {"b.md": b"# B\n\nzebra crossing\n"})
     out = query(url, "kb", query="zebra", k=5, hybrid=True)
     assert [h["source"] for h in out["hits"]] == ["b.md"]
+
+
+def test_rerank_with_a_cross_encoder(start_quiver_server, corpus, tmp_path):
+    import math
+
+    import synthetic_reranker
+    xenc = synthetic_reranker.build(tmp_path / "xenc")
+    url = start_quiver_server(args=["--reranker", xenc]).url
+    ingest(url, "kb", corpus)
+    dense = query(url, "kb", query="percent-encoding of query strings", k=50)
+    rr = query(url, "kb", query="percent-encoding of query strings", k=4, rerank=True)
+    assert len(rr["hits"]) == 4
+    logits = [h["logit"] for h in rr["hits"]]
+    assert logits == sorted(logits, reverse=True)
+    for h in rr["hits"]:
+        assert abs(h["score"] - 1 / (1 + math.exp(-h["logit"]))) < 1e-5
+        check_citation(h, corpus)
+    # the reranker reorders the dense candidates; it adds none
+    assert {h["id"] for h in rr["hits"]} <= {h["id"] for h in dense["hits"]}
