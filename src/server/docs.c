@@ -211,6 +211,7 @@ static qv_status decode_chunking(json_t *b, int model_max, text_chunk_config *cc
 }
 
 static qv_status decode_documents(json_t *b, size_t max, qv_error *err) {
+  if (!max) max = 1;
   json_t *docs = json_object_get(b, "documents");
   if (!json_is_array(docs)) return qv_fail(err, QV_EINVAL, "\"documents\" must be a list of {\"source\", \"text\"}");
   if (!json_array_size(docs)) return qv_fail(err, QV_EINVAL, "\"documents\" is empty");
@@ -233,6 +234,11 @@ static qv_status decode_documents(json_t *b, size_t max, qv_error *err) {
   return QV_OK;
 }
 
+qv_status docs_decode_ingest(json_t *b, int model_max, size_t max, text_chunk_config *cc, qv_error *err) {
+  qv_status st = decode_chunking(b, model_max, cc, err);
+  return st ? st : decode_documents(b, max, err);
+}
+
 static void ingest(http_req *r, http_resp *w) {
   double t0 = server_now();
   server *s = r->srv;
@@ -247,8 +253,7 @@ static void ingest(http_req *r, http_resp *w) {
   int locked = 0;
   if ((st = check_model(s, NULL, &err))) goto done;
   qv_model_info_get(s->model, &mi);
-  if ((st = decode_chunking(b, mi.max_tokens, &cc, &err)) || (st = decode_documents(b, s->cfg.max_batch, &err)))
-    goto done;
+  if ((st = docs_decode_ingest(b, mi.max_tokens, s->cfg.max_batch, &cc, &err))) goto done;
   pthread_mutex_lock(&ingest_mu);
   locked = 1;
   st = qv_collection_open(s->db, r->params[0], &c, &err);
@@ -309,6 +314,38 @@ static json_t *hit_json(const text_hit *h, int reranked) {
   return o;
 }
 
+qv_status docs_decode_query(json_t *b, text_query *q, int *rerank, qv_filter **filter, qv_error *err) {
+  memset(q, 0, sizeof *q);
+  *rerank = 0;
+  *filter = NULL;
+  json_t *v = json_object_get(b, "query");
+  if (!json_is_string(v) || !json_string_length(v) || strlen(json_string_value(v)) != json_string_length(v))
+    return qv_fail(err, QV_EINVAL, "\"query\" must be a non-empty string");
+  q->text = json_string_value(v);
+  q->k = 5;
+  if ((v = json_object_get(b, "k")) && !json_is_null(v)) {
+    if (!json_is_integer(v) || json_integer_value(v) < 1 || json_integer_value(v) > DOCS_MAX_K)
+      return qv_fail(err, QV_EINVAL, "\"k\" must be an integer in 1..%d", DOCS_MAX_K);
+    q->k = (size_t)json_integer_value(v);
+  }
+  const char *flags[] = {"hybrid", "rerank"};
+  int *dst[] = {&q->hybrid, rerank};
+  for (int i = 0; i < 2; i++)
+    if ((v = json_object_get(b, flags[i])) && !json_is_null(v)) {
+      if (!json_is_boolean(v)) return qv_fail(err, QV_EINVAL, "\"%s\" must be true or false", flags[i]);
+      *dst[i] = json_is_true(v);
+    }
+  if ((v = json_object_get(b, "filter")) && !json_is_null(v)) {
+    if (!json_is_object(v)) return qv_fail(err, QV_EINVAL, "\"filter\" must be an object");
+    char *ft = json_dumps(v, JSON_COMPACT);
+    qv_status st = ft ? qv_filter_parse(filter, ft, strlen(ft), err) : qv_fail(err, QV_ENOMEM, "out of memory");
+    free(ft);
+    if (st) return st;
+    q->filter = *filter;
+  }
+  return QV_OK;
+}
+
 static void query(http_req *r, http_resp *w) {
   double t0 = server_now();
   server *s = r->srv;
@@ -321,49 +358,15 @@ static void query(http_req *r, http_resp *w) {
   if (!b) return;
   text_hits hits = {0};
   qv_filter *filter = NULL;
-  text_query q = {0};
-  json_t *v = json_object_get(b, "query");
-  if (!json_is_string(v) || !json_string_length(v) || strlen(json_string_value(v)) != json_string_length(v)) {
-    st = qv_fail(&err, QV_EINVAL, "\"query\" must be a non-empty string");
-    goto done;
-  }
-  q.text = json_string_value(v);
-  q.k = 5;
-  if ((v = json_object_get(b, "k")) && !json_is_null(v)) {
-    if (!json_is_integer(v) || json_integer_value(v) < 1 || json_integer_value(v) > DOCS_MAX_K) {
-      st = qv_fail(&err, QV_EINVAL, "\"k\" must be an integer in 1..%d", DOCS_MAX_K);
-      goto done;
-    }
-    q.k = (size_t)json_integer_value(v);
-  }
-  int rerank = 0;
-  const char *flags[] = {"hybrid", "rerank"};
-  int *dst[] = {&q.hybrid, &rerank};
-  for (int i = 0; i < 2; i++)
-    if ((v = json_object_get(b, flags[i])) && !json_is_null(v)) {
-      if (!json_is_boolean(v)) {
-        st = qv_fail(&err, QV_EINVAL, "\"%s\" must be true or false", flags[i]);
-        goto done;
-      }
-      *dst[i] = json_is_true(v);
-    }
+  text_query q;
+  int rerank;
+  if ((st = docs_decode_query(b, &q, &rerank, &filter, &err))) goto done;
   if (rerank) {
     if (!s->reranker) {
       st = qv_fail(&err, QV_EINVAL, "\"rerank\" needs a cross-encoder; start the server with --reranker");
       goto done;
     }
     q.reranker = s->reranker;
-  }
-  if ((v = json_object_get(b, "filter")) && !json_is_null(v)) {
-    if (!json_is_object(v)) {
-      st = qv_fail(&err, QV_EINVAL, "\"filter\" must be an object");
-      goto done;
-    }
-    char *ft = json_dumps(v, JSON_COMPACT);
-    st = ft ? qv_filter_parse(&filter, ft, strlen(ft), &err) : qv_fail(&err, QV_ENOMEM, "out of memory");
-    free(ft);
-    if (st) goto done;
-    q.filter = filter;
   }
   text_retriever *ret;
   if ((st = check_model(s, c, &err)) || (st = retriever_for(s, c, &ret, &err))) goto done;
