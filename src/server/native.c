@@ -124,6 +124,15 @@ static const struct { const char *route, *schema; } body_schemas[] = {
      "{\"type\":\"object\",\"required\":[\"searches\"],\"properties\":{\"searches\":{\"type\":\"array\",\"items\":{\"type\":\"object\"}}}}"},
     {"qdrant_search_batch",
      "{\"type\":\"object\",\"required\":[\"searches\"],\"properties\":{\"searches\":{\"type\":\"array\",\"items\":{\"type\":\"object\",\"required\":[\"vector\"]}}}}"},
+    {"docs_ingest",
+     "{\"type\":\"object\",\"required\":[\"documents\"],\"properties\":{\"documents\":{\"type\":\"array\","
+     "\"items\":{\"type\":\"object\",\"required\":[\"source\",\"text\"],\"properties\":{\"source\":{\"type\":\"string\"},"
+     "\"text\":{\"type\":\"string\"}}}},\"chunker\":{\"enum\":[\"structure\",\"fixed\",\"sentence\",\"adaptive\"]},"
+     "\"max_tokens\":{\"type\":\"integer\"},\"overlap\":{\"type\":\"number\"}}}"},
+    {"docs_query",
+     "{\"type\":\"object\",\"required\":[\"query\"],\"properties\":{\"query\":{\"type\":\"string\"},"
+     "\"k\":{\"type\":\"integer\"},\"hybrid\":{\"type\":\"boolean\"},\"rerank\":{\"type\":\"boolean\"},"
+     "\"filter\":{\"type\":[\"object\",\"null\"]}}}"},
     /* S2's surfaces, from the shapes in the comments at the end of openai.c, tei.c, legacy.c. */
     {"openai_embeddings",
      "{\"type\":\"object\",\"required\":[\"input\"],\"properties\":{\"input\":{\"oneOf\":[{\"type\":\"string\"},"
@@ -197,7 +206,7 @@ static json_t *operation(const http_route *r) {
 
 static void openapi(http_req *r, http_resp *w) {
   (void)r;
-  const http_route *tables[] = {qdrant_routes, openai_routes, tei_routes, native_routes, legacy_routes};
+  const http_route *tables[] = {qdrant_routes, openai_routes, tei_routes, native_routes, legacy_routes, docs_routes};
   json_t *paths = json_object();
   for (size_t t = 0; t < sizeof tables / sizeof tables[0]; t++) {
     for (const http_route *rt = tables[t]; rt->pattern; rt++) {
