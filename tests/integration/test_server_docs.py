@@ -242,3 +242,17 @@ def test_rerank_with_a_cross_encoder(start_quiver_server, corpus, tmp_path):
         check_citation(h, corpus)
     # the reranker reorders the dense candidates; it adds none
     assert {h["id"] for h in rr["hits"]} <= {h["id"] for h in dense["hits"]}
+
+
+def test_ingest_needs_a_read_write_key(start_quiver_server):
+    url = start_quiver_server(args=["--api-key", "rw-key", "--read-only-api-key", "ro-key"]).url
+    body = {"documents": [{"source": "a.md", "text": "# A\n\nalpha\n"}]}
+    r = httpx.post(url + "/collections/kb/documents", json=body, headers={"api-key": "ro-key"}, timeout=SLOW)
+    assert r.status_code == 403
+    assert httpx.get(url + "/collections/kb/exists", headers={"api-key": "ro-key"}).json()["result"]["exists"] is False
+    r = httpx.post(url + "/collections/kb/documents", json=body, headers={"api-key": "rw-key"}, timeout=SLOW)
+    assert r.status_code == 200 and r.json()["result"]["chunks"] == 1
+    # queries are reads
+    r = httpx.post(url + "/collections/kb/documents/query", json={"query": "alpha"}, headers={"api-key": "ro-key"},
+                   timeout=SLOW)
+    assert r.status_code == 200 and r.json()["result"]["hits"][0]["source"] == "a.md"
