@@ -12,6 +12,7 @@
  *     nor the length of a configured key leaks through timing. */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
+#include <pthread.h>
 #include <microhttpd.h>
 #include <netinet/in.h>
 #include <openssl/crypto.h>
@@ -37,6 +38,7 @@ typedef struct http_server {
   struct MHD_Daemon *d;
   server *srv;
   long inflight;          /* atomic */
+  pthread_rwlock_t handles; /* shared by handlers; exclusive for HTTP_ROUTE_EXCLUSIVE */
 } http_server;
 
 #define DRAIN_MAX ((size_t)256 << 20)
@@ -435,7 +437,12 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
   req.srv = s;
   req.conn = c;
   http_resp w = {.status = 200};
+  if (rt->flags & HTTP_ROUTE_EXCLUSIVE)
+    pthread_rwlock_wrlock(&h->handles);
+  else
+    pthread_rwlock_rdlock(&h->handles);
   rt->fn(&req, &w);
+  pthread_rwlock_unlock(&h->handles);
   if (w.status == 429 && w.retry_after <= 0) w.retry_after = 1;
   (void)version;
   return send_resp(c, cs, &w);
@@ -470,6 +477,13 @@ qv_status http_start(server *s, qv_error *err) {
   http_server *h = calloc(1, sizeof *h);
   if (!h) return qv_fail(err, QV_ENOMEM, "out of memory");
   h->srv = s;
+  /* Writer preference, so a collection delete is not starved by a steady stream of
+   * queries; no handler takes the lock twice, so it cannot deadlock a reader. */
+  pthread_rwlockattr_t attr;
+  pthread_rwlockattr_init(&attr);
+  pthread_rwlockattr_setkind_np(&attr, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
+  pthread_rwlock_init(&h->handles, &attr);
+  pthread_rwlockattr_destroy(&attr);
   struct sockaddr_in addr;
   memset(&addr, 0, sizeof addr);
   addr.sin_family = AF_INET;
@@ -477,6 +491,7 @@ qv_status http_start(server *s, qv_error *err) {
   const char *host = s->cfg.host;
   if (!strcmp(host, "localhost")) host = "127.0.0.1";
   if (inet_pton(AF_INET, host, &addr.sin_addr) != 1) {
+    pthread_rwlock_destroy(&h->handles);
     free(h);
     return qv_fail(err, QV_EINVAL, "host \"%s\" is not an IPv4 address", s->cfg.host);
   }
@@ -491,6 +506,7 @@ qv_status http_start(server *s, qv_error *err) {
                           MHD_OPTION_LISTENING_ADDRESS_REUSE, 1U,
                           MHD_OPTION_END);
   if (!h->d) {
+    pthread_rwlock_destroy(&h->handles);
     free(h);
     return qv_fail(err, QV_EINVAL, "cannot listen on %s:%d (in use, or not allowed)", s->cfg.host, s->cfg.port);
   }
@@ -511,6 +527,7 @@ void http_stop(server *s) {
     usleep(10000);
   MHD_stop_daemon(h->d);
   docs_release(s);
+  pthread_rwlock_destroy(&h->handles);
   free(h);
   s->http = NULL;
 }

@@ -56,6 +56,10 @@ typedef void (*http_handler)(http_req *r, http_resp *w);
 enum {
   HTTP_ROUTE_OPEN = 1,   /* no auth (health checks, GET /) */
   HTTP_ROUTE_WRITE = 2,  /* needs a read-write key */
+  /* Runs alone: waits for every request in flight and holds the others back. For routes
+   * that free collection handles (deleting a collection), which the other handlers may be
+   * using; every other route runs under the shared side of the same lock. */
+  HTTP_ROUTE_EXCLUSIVE = 4,
 };
 
 typedef struct http_route {

@@ -1363,7 +1363,7 @@ const http_route qdrant_routes[] = {
     {"GET", "/collections", list_collections, 0, "qdrant_list_collections"},
     {"GET", "/collections/{name}", collection_info, 0, "qdrant_collection_info"},
     {"PUT", "/collections/{name}", create_collection, W, "qdrant_create_collection"},
-    {"DELETE", "/collections/{name}", delete_collection, W, "qdrant_delete_collection"},
+    {"DELETE", "/collections/{name}", delete_collection, W | HTTP_ROUTE_EXCLUSIVE, "qdrant_delete_collection"},
     {"PATCH", "/collections/{name}", update_collection, W, "qdrant_update_collection"},
     {"GET", "/collections/{name}/exists", collection_exists, 0, "qdrant_collection_exists"},
     {"PUT", "/collections/{name}/index", create_index, W, "qdrant_create_index"},

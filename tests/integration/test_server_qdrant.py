@@ -455,3 +455,47 @@ def test_serve_without_arguments_uses_cwd_data_and_quiver_yaml(tmp_path):
     out = subprocess.run([QUIVER, "collection", "list", "--data-dir", tmp_path / "quiver-data"],
                          capture_output=True, text=True, check=True).stdout
     assert "here" in out
+
+
+def test_deleting_a_collection_while_it_is_in_use(client, quiver_server):
+    """One client deletes and recreates a collection over and over while others upsert,
+    query and count on it. Every answer is a success or a clean 404 (never a crash or a
+    5xx), and afterwards the server still serves. Deleting frees the collection's handle,
+    so a request still holding it would read freed memory: the ASan run catches that."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    rng = np.random.default_rng(5)
+    vecs = rng.standard_normal((64, DIM)).astype(np.float32)
+    body = {"vectors": {"size": DIM, "distance": "Dot"}}
+    stop = threading.Event()
+    seen = {"ok": 0, "missing": 0}
+
+    def churn():
+        with httpx.Client(base_url=quiver_server, timeout=SLOW) as h:
+            for _ in range(15):
+                assert h.put("/collections/churn", json=body).status_code in (200, 409)
+                assert h.delete("/collections/churn").status_code == 200
+        stop.set()
+
+    def user(w):
+        with httpx.Client(base_url=quiver_server, timeout=SLOW) as h:
+            n = 0
+            while not stop.is_set():
+                i, n = (w * 17 + n) % 64, n + 1
+                for r in (
+                    h.put("/collections/churn/points", json={"points": [{"id": i, "vector": vecs[i].tolist()}]}),
+                    h.post("/collections/churn/points/query", json={"query": vecs[i].tolist(), "limit": 5}),
+                    h.post("/collections/churn/points/count", json={}),
+                ):
+                    assert r.status_code in (200, 404), r.text
+                    seen["ok" if r.status_code == 200 else "missing"] += 1
+        return w
+
+    with ThreadPoolExecutor(5) as ex:
+        futures = [ex.submit(user, w) for w in range(4)] + [ex.submit(churn)]
+        for f in futures:
+            f.result()
+    assert seen["missing"] > 0  # the deletes really raced the users
+    assert not client.collection_exists("churn")
+    assert client.get_collections() is not None
