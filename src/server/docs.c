@@ -50,44 +50,6 @@ static docs_entry *docs_list;
 /* Entries replaced while requests may still use them; freed by docs_release. */
 static docs_entry *docs_retired;
 
-static void ok(http_resp *w, json_t *result, double t0) {
-  http_reply_json(w, 200, json_pack("{s:o,s:s,s:f}", "result", result, "status", "ok", "time", server_now() - t0));
-}
-
-static int status_of(qv_status st) {
-  switch (st) {
-  case QV_NOTFOUND: return 404;
-  case QV_EXISTS: return 409;
-  case QV_EBUSY: return 429;
-  case QV_ENOMEM: case QV_ESTORE: case QV_ESTICKY: case QV_ECORRUPT: case QV_ELOCKED: case QV_EDEVICE:
-  case QV_EFORMAT: case QV_ETRUNC: return 500;
-  default: return st > 0 ? 500 : 400;
-  }
-}
-
-static void fail(http_resp *w, qv_status st, const qv_error *err, double t0) {
-  qdrant_error(w, status_of(st), t0, "%s", err && err->msg[0] ? err->msg : qv_strerror(st));
-}
-
-static json_t *body(http_req *r, http_resp *w, double t0) {
-  json_error_t je;
-  if (r->body_len == 0) {
-    qdrant_error(w, 400, t0, "the request needs a JSON body");
-    return NULL;
-  }
-  json_t *j = json_loadb(r->body, r->body_len, JSON_REJECT_DUPLICATES, &je);
-  if (!j) {
-    qdrant_error(w, 400, t0, "malformed JSON at line %d column %d: %s", je.line, je.column, je.text);
-    return NULL;
-  }
-  if (!json_is_object(j)) {
-    json_decref(j);
-    qdrant_error(w, 400, t0, "the body must be a JSON object");
-    return NULL;
-  }
-  return j;
-}
-
 /* Checks that the server's model can embed for c (or for a new collection when c is NULL). */
 static qv_status check_model(server *s, qv_collection *c, qv_error *err) {
   if (!s->model) return qv_fail(err, QV_EINVAL, "no embedding model is loaded; start the server with --model");
@@ -242,7 +204,7 @@ qv_status docs_decode_ingest(json_t *b, int model_max, size_t max, text_chunk_co
 static void ingest(http_req *r, http_resp *w) {
   double t0 = server_now();
   server *s = r->srv;
-  json_t *b = body(r, w, t0);
+  json_t *b = qdrant_body(r, w, t0);
   if (!b) return;
   qv_error err = {0};
   qv_status st = QV_OK;
@@ -282,7 +244,7 @@ static void ingest(http_req *r, http_resp *w) {
   if ((st = text_ingester_flush(ing, &err))) goto done;
   text_ingest_stats ts;
   text_ingester_stats(ing, &ts);
-  ok(w,
+  qdrant_ok(w,
      json_pack("{s:I,s:I,s:I,s:I,s:I,s:I,s:I}", "files", (json_int_t)ts.files_seen, "new", (json_int_t)ts.files_new,
                "changed", (json_int_t)ts.files_changed, "skipped", (json_int_t)ts.files_unchanged, "chunks",
                (json_int_t)ts.chunks, "deleted", (json_int_t)ts.chunks_removed, "tokens", (json_int_t)ts.tokens),
@@ -291,7 +253,7 @@ done:
   text_ingester_free(ing);
   if (locked) pthread_mutex_unlock(&ingest_mu);
   json_decref(b);
-  if (st) fail(w, st, &err, t0);
+  if (st) qdrant_fail(w, st, &err, t0);
 }
 
 /* ---- query ----------------------------------------------------------------------------- */
@@ -353,8 +315,8 @@ static void query(http_req *r, http_resp *w) {
   qv_error err = {0};
   qv_status st = qv_collection_open(s->db, r->params[0], &c, &err);
   if (st == QV_NOTFOUND) return qdrant_error(w, 404, t0, "Not found: Collection `%.200s` doesn't exist!", r->params[0]);
-  if (st) return fail(w, st, &err, t0);
-  json_t *b = body(r, w, t0);
+  if (st) return qdrant_fail(w, st, &err, t0);
+  json_t *b = qdrant_body(r, w, t0);
   if (!b) return;
   text_hits hits = {0};
   qv_filter *filter = NULL;
@@ -374,12 +336,12 @@ static void query(http_req *r, http_resp *w) {
   if (!q.filter) metrics_count(s->metrics, hits.cached ? "query_cache_hits" : "query_cache_misses", 1);
   json_t *a = json_array();
   for (size_t i = 0; i < hits.n; i++) json_array_append_new(a, hit_json(&hits.items[i], q.reranker != NULL));
-  ok(w, json_pack("{s:o,s:b}", "hits", a, "cached", hits.cached), t0);
+  qdrant_ok(w, json_pack("{s:o,s:b}", "hits", a, "cached", hits.cached), t0);
 done:
   text_hits_free(&hits);
   qv_filter_free(filter);
   json_decref(b);
-  if (st) fail(w, st, &err, t0);
+  if (st) qdrant_fail(w, st, &err, t0);
 }
 
 #define W HTTP_ROUTE_WRITE

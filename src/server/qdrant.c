@@ -23,7 +23,7 @@
 
 /* ---- envelope ------------------------------------------------------------------------- */
 
-static void ok(http_resp *w, json_t *result, double t0) {
+void qdrant_ok(http_resp *w, json_t *result, double t0) {
   http_reply_json(w, 200, json_pack("{s:o,s:s,s:f}", "result", result ? result : json_null(), "status", "ok",
                                     "time", server_now() - t0));
 }
@@ -39,7 +39,7 @@ void qdrant_error(http_resp *w, int status, double t0, const char *fmt, ...) {
   if (status == 429) w->retry_after = 1;
 }
 
-static int status_of(qv_status st) {
+int qdrant_status_of(qv_status st) {
   switch (st) {
   case QV_NOTFOUND: return 404;
   case QV_EXISTS: return 409;
@@ -50,8 +50,8 @@ static int status_of(qv_status st) {
   }
 }
 
-static void fail(http_resp *w, qv_status st, const qv_error *err, double t0) {
-  qdrant_error(w, status_of(st), t0, "%s", err && err->msg[0] ? err->msg : qv_strerror(st));
+void qdrant_fail(http_resp *w, qv_status st, const qv_error *err, double t0) {
+  qdrant_error(w, qdrant_status_of(st), t0, "%s", err && err->msg[0] ? err->msg : qv_strerror(st));
 }
 
 /* ---- decoders ------------------------------------------------------------------------- */
@@ -605,7 +605,7 @@ static json_t *records_json(const qv_records *rs, const qv_collection_config *cf
 
 /* ---- handler plumbing ----------------------------------------------------------------- */
 
-static json_t *body(http_req *r, http_resp *w, double t0) {
+json_t *qdrant_body(http_req *r, http_resp *w, double t0) {
   json_error_t je;
   if (r->body_len == 0) {
     qdrant_error(w, 400, t0, "the request needs a JSON body");
@@ -627,7 +627,7 @@ static json_t *body(http_req *r, http_resp *w, double t0) {
 /* An optional body: {} when empty. */
 static json_t *body_opt(http_req *r, http_resp *w, double t0) {
   if (r->body_len == 0) return json_object();
-  return body(r, w, t0);
+  return qdrant_body(r, w, t0);
 }
 
 static qv_collection *open_coll(http_req *r, http_resp *w, double t0, qv_collection_config *cfg) {
@@ -639,7 +639,7 @@ static qv_collection *open_coll(http_req *r, http_resp *w, double t0, qv_collect
     return NULL;
   }
   if (st) {
-    fail(w, st, &err, t0);
+    qdrant_fail(w, st, &err, t0);
     return NULL;
   }
   if (cfg) qv_collection_config_get(c, cfg);
@@ -678,14 +678,14 @@ static void list_collections(http_req *r, http_resp *w) {
   size_t n = 0;
   qv_error err = {0};
   qv_status st = qv_collection_list(r->srv->db, &names, &n, &err);
-  if (st) return fail(w, st, &err, t0);
+  if (st) return qdrant_fail(w, st, &err, t0);
   json_t *a = json_array();
   for (size_t i = 0; i < n; i++) {
     json_array_append_new(a, json_pack("{s:s}", "name", names[i]));
     free(names[i]);
   }
   free(names);
-  ok(w, json_pack("{s:o}", "collections", a), t0);
+  qdrant_ok(w, json_pack("{s:o}", "collections", a), t0);
 }
 
 static void create_collection(http_req *r, http_resp *w) {
@@ -698,8 +698,8 @@ static void create_collection(http_req *r, http_resp *w) {
   if (!st) st = qv_collection_create(r->srv->db, r->params[0], &cfg, &err);
   json_decref(b);
   if (st == QV_EXISTS) return qdrant_error(w, 409, t0, "Wrong input: Collection `%.200s` already exists!", r->params[0]);
-  if (st) return fail(w, st, &err, t0);
-  ok(w, json_true(), t0);
+  if (st) return qdrant_fail(w, st, &err, t0);
+  qdrant_ok(w, json_true(), t0);
 }
 
 static void delete_collection(http_req *r, http_resp *w) {
@@ -708,9 +708,9 @@ static void delete_collection(http_req *r, http_resp *w) {
   qv_collection *c;
   if (qv_collection_open(r->srv->db, r->params[0], &c, NULL) == QV_OK) docs_forget(r->srv, c);
   qv_status st = qv_collection_delete(r->srv->db, r->params[0], &err);
-  if (st == QV_NOTFOUND) return ok(w, json_false(), t0);
-  if (st) return fail(w, st, &err, t0);
-  ok(w, json_true(), t0);
+  if (st == QV_NOTFOUND) return qdrant_ok(w, json_false(), t0);
+  if (st) return qdrant_fail(w, st, &err, t0);
+  qdrant_ok(w, json_true(), t0);
 }
 
 static void collection_exists(http_req *r, http_resp *w) {
@@ -718,8 +718,8 @@ static void collection_exists(http_req *r, http_resp *w) {
   qv_collection *c = NULL;
   qv_error err = {0};
   qv_status st = qv_collection_open(r->srv->db, r->params[0], &c, &err);
-  if (st && st != QV_NOTFOUND && st != QV_ENAME) return fail(w, st, &err, t0);
-  ok(w, json_pack("{s:b}", "exists", st == QV_OK), t0);
+  if (st && st != QV_NOTFOUND && st != QV_ENAME) return qdrant_fail(w, st, &err, t0);
+  qdrant_ok(w, json_pack("{s:b}", "exists", st == QV_OK), t0);
 }
 
 static json_t *config_json(const qv_collection_config *cfg) {
@@ -756,7 +756,7 @@ static void collection_info(http_req *r, http_resp *w) {
   if (!c) return;
   qv_collection_stats stats;
   qv_collection_stats_get(c, &stats);
-  ok(w,
+  qdrant_ok(w,
      json_pack("{s:s,s:s,s:I,s:I,s:I,s:i,s:o,s:{}}", "status", stats.indexing ? "yellow" : "green",
                "optimizer_status", "ok", "vectors_count", (json_int_t)stats.points, "indexed_vectors_count",
                (json_int_t)stats.indexed, "points_count", (json_int_t)stats.points, "segments_count", 1, "config",
@@ -775,8 +775,8 @@ static void update_collection(http_req *r, http_resp *w) {
   qv_status st = qdrant_decode_update(b, &cfg, &err);
   json_decref(b);
   if (!st) st = qv_collection_update_config(c, &cfg, &err);
-  if (st) return fail(w, st, &err, t0);
-  ok(w, json_true(), t0);
+  if (st) return qdrant_fail(w, st, &err, t0);
+  qdrant_ok(w, json_true(), t0);
 }
 
 /* PUT /collections/{name}/index: filters work without payload indexes, so creating one
@@ -785,12 +785,12 @@ static void create_index(http_req *r, http_resp *w) {
   double t0 = server_now();
   qv_collection *c = open_coll(r, w, t0, NULL);
   if (!c) return;
-  json_t *b = body(r, w, t0);
+  json_t *b = qdrant_body(r, w, t0);
   if (!b) return;
   int good = json_is_string(json_object_get(b, "field_name"));
   json_decref(b);
   if (!good) return qdrant_error(w, 400, t0, "\"field_name\" must be a string");
-  ok(w, update_result(c), t0);
+  qdrant_ok(w, update_result(c), t0);
 }
 
 /* ---- points --------------------------------------------------------------------------- */
@@ -800,7 +800,7 @@ static void upsert(http_req *r, http_resp *w) {
   qv_collection_config cfg;
   qv_collection *c = open_coll(r, w, t0, &cfg);
   if (!c) return;
-  json_t *b = body(r, w, t0);
+  json_t *b = qdrant_body(r, w, t0);
   if (!b) return;
   qdrant_points pts;
   qv_error err = {0};
@@ -834,8 +834,8 @@ done:
   free(tv);
   qdrant_points_free(&pts);
   json_decref(b);
-  if (st) return fail(w, st, &err, t0);
-  ok(w, update_result(c), t0);
+  if (st) return qdrant_fail(w, st, &err, t0);
+  qdrant_ok(w, update_result(c), t0);
 }
 
 static void retrieve(http_req *r, http_resp *w) {
@@ -843,7 +843,7 @@ static void retrieve(http_req *r, http_resp *w) {
   qv_collection_config cfg;
   qv_collection *c = open_coll(r, w, t0, &cfg);
   if (!c) return;
-  json_t *b = body(r, w, t0);
+  json_t *b = qdrant_body(r, w, t0);
   if (!b) return;
   qv_error err = {0};
   qv_point_id *ids = NULL;
@@ -860,8 +860,8 @@ static void retrieve(http_req *r, http_resp *w) {
     else st = qv_fail(&err, QV_EINVAL, "with_vector must be true, false or a list of names");
   }
   if (!st) st = qv_collection_get(c, ids, n, 1, wv, &rs, &err);
-  if (!st) ok(w, records_json(&rs, &cfg, json_is_null(wp) ? NULL : wp, 1, 0), t0);
-  else fail(w, st, &err, t0);
+  if (!st) qdrant_ok(w, records_json(&rs, &cfg, json_is_null(wp) ? NULL : wp, 1, 0), t0);
+  else qdrant_fail(w, st, &err, t0);
   qv_records_free(&rs);
   free(ids);
   json_decref(b);
@@ -877,9 +877,9 @@ static void get_point(http_req *r, http_resp *w) {
   qv_records rs = {0};
   qv_error err = {0};
   qv_status st = qv_collection_get(c, &id, 1, 1, 1, &rs, &err);
-  if (st) return fail(w, st, &err, t0);
+  if (st) return qdrant_fail(w, st, &err, t0);
   if (rs.count == 0) qdrant_error(w, 404, t0, "Not found: No point with id %.100s found", r->params[1]);
-  else ok(w, record_json(&rs.items[0], &cfg, NULL, 1, 0), t0);
+  else qdrant_ok(w, record_json(&rs.items[0], &cfg, NULL, 1, 0), t0);
   qv_records_free(&rs);
 }
 
@@ -911,7 +911,7 @@ static void delete_points(http_req *r, http_resp *w) {
   double t0 = server_now();
   qv_collection *c = open_coll(r, w, t0, NULL);
   if (!c) return;
-  json_t *b = body(r, w, t0);
+  json_t *b = qdrant_body(r, w, t0);
   if (!b) return;
   qv_point_id *ids;
   size_t n, deleted = 0;
@@ -922,15 +922,15 @@ static void delete_points(http_req *r, http_resp *w) {
   free(ids);
   qv_filter_free(f);
   json_decref(b);
-  if (st) return fail(w, st, &err, t0);
-  ok(w, update_result(c), t0);
+  if (st) return qdrant_fail(w, st, &err, t0);
+  qdrant_ok(w, update_result(c), t0);
 }
 
 static void payload_op(http_req *r, http_resp *w, int mode /* 0 set, 1 overwrite, 2 delete keys, 3 clear */) {
   double t0 = server_now();
   qv_collection *c = open_coll(r, w, t0, NULL);
   if (!c) return;
-  json_t *b = body(r, w, t0);
+  json_t *b = qdrant_body(r, w, t0);
   if (!b) return;
   qv_point_id *ids = NULL;
   size_t n = 0;
@@ -985,8 +985,8 @@ done:
   free(ids);
   qv_filter_free(f);
   json_decref(b);
-  if (st) return fail(w, st, &err, t0);
-  ok(w, update_result(c), t0);
+  if (st) return qdrant_fail(w, st, &err, t0);
+  qdrant_ok(w, update_result(c), t0);
 }
 
 static void set_payload(http_req *r, http_resp *w) { payload_op(r, w, 0); }
@@ -1030,11 +1030,11 @@ static void scroll(http_req *r, http_resp *w) {
   if (!st && limit == 0) limit = 10;
   if (!st) st = qv_collection_scroll(c, has_off ? &off : NULL, limit, f, 1, wv, &rs, &next, &has_next, &err);
   if (!st)
-    ok(w,
+    qdrant_ok(w,
        json_pack("{s:o,s:o}", "points", records_json(&rs, &cfg, json_is_null(wp) ? NULL : wp, 1, 0), "next_page_offset",
                  has_next ? id_json(&next) : json_null()),
        t0);
-  else fail(w, st, &err, t0);
+  else qdrant_fail(w, st, &err, t0);
   qv_records_free(&rs);
   qv_filter_free(f);
   json_decref(b);
@@ -1060,8 +1060,8 @@ static void count(http_req *r, http_resp *w) {
   if (!st) st = qv_collection_count(c, f, &n, &err);
   qv_filter_free(f);
   json_decref(b);
-  if (st) return fail(w, st, &err, t0);
-  ok(w, json_pack("{s:I}", "count", (json_int_t)n), t0);
+  if (st) return qdrant_fail(w, st, &err, t0);
+  qdrant_ok(w, json_pack("{s:I}", "count", (json_int_t)n), t0);
 }
 
 /* ---- query ---------------------------------------------------------------------------- */
@@ -1301,7 +1301,7 @@ static void query_common(http_req *r, http_resp *w, int legacy, int batch) {
   qv_collection_config cfg;
   qv_collection *c = open_coll(r, w, t0, &cfg);
   if (!c) return;
-  json_t *b = body(r, w, t0);
+  json_t *b = qdrant_body(r, w, t0);
   if (!b) return;
   qv_error err = {0};
   qv_status st = QV_OK;
@@ -1347,9 +1347,9 @@ done:
   json_decref(b);
   if (st) {
     json_decref(result);
-    return fail(w, st, &err, t0);
+    return qdrant_fail(w, st, &err, t0);
   }
-  ok(w, result, t0);
+  qdrant_ok(w, result, t0);
 }
 
 static void query(http_req *r, http_resp *w) { query_common(r, w, 0, 0); }

@@ -14,6 +14,17 @@
 void qdrant_error(http_resp *w, int status, double t0, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
 
+/* Qdrant's success envelope {"result": result, "status": "ok", "time": t} (takes result). */
+void qdrant_ok(http_resp *w, json_t *result, double t0);
+/* The HTTP status for a qv_status: 404 not found, 409 exists, 429 busy, 500 for storage
+ * and internal failures, 400 for the rest of the caller's mistakes. */
+int qdrant_status_of(qv_status st);
+/* Replies with Qdrant's error shape for st, with err's message. */
+void qdrant_fail(http_resp *w, qv_status st, const qv_error *err, double t0);
+/* The request body as a JSON object; on failure replies 400 naming the problem and
+ * returns NULL. */
+json_t *qdrant_body(http_req *r, http_resp *w, double t0);
+
 /* Largest limit / offset a request may ask for. */
 #define QDRANT_MAX_LIMIT 100000
 #define QDRANT_MAX_PREFETCH_DEPTH 4
