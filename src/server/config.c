@@ -10,6 +10,7 @@
 #include <yaml.h>
 
 #include "base/error.h"
+#include "compute/device.h"
 
 void server_config_defaults(server_config *c) {
   memset(c, 0, sizeof *c);
@@ -133,7 +134,10 @@ qv_status server_config_set(server_config *c, const char *key, const char *v, qv
   if (!strcmp(key, "batching.max_wait_ms")) return set_double(&c->batch_wait_ms, key, v, 0, 10000, err);
   if (!strcmp(key, "batching.max_queue")) return set_size(&c->max_queue, key, v, 1, 10000000, err);
   if (!strcmp(key, "gpu.enabled")) {
-    if (strcmp(v, "auto") && strcmp(v, "on") && strcmp(v, "off"))
+    /* The device layer's parser, so serve accepts exactly what QUIVER_GPU means to the
+     * other commands (auto/on/off, any case, and the yes/no/true/false/1/0 spellings). */
+    qv_gpu_mode mode;
+    if (qv_gpu_mode_parse(&mode, v))
       return qv_fail(err, QV_EINVAL, "gpu.enabled: \"%s\" is not auto, on or off", v);
     return set_str(c->gpu, sizeof c->gpu, key, v, err);
   }

@@ -85,6 +85,9 @@ TEST(yaml_errors_name_the_problem) {
   ASSERT_STATUS(yaml(&c, "a: &x 1\nb: *x\n", &err), QV_EINVAL); /* "a" is unknown first */
   ASSERT_STATUS(yaml(&c, "gpu:\n  enabled: sometimes\n", &err), QV_EINVAL);
   ASSERT(strstr(err.msg, "gpu.enabled"));
+  /* The same spellings QUIVER_GPU accepts for the other commands. */
+  ASSERT_OK(yaml(&c, "gpu:\n  enabled: Yes\n", &err));
+  ASSERT_OK(yaml(&c, "gpu:\n  enabled: OFF\n", &err));
   ASSERT_STATUS(yaml(&c, "limits:\n  max_body_bytes: -5\n", &err), QV_EINVAL);
   ASSERT_STATUS(yaml(&c, "limits:\n  request_timeout_s: nan\n", &err), QV_EINVAL);
   ASSERT_STATUS(yaml(&c, "a: {b: {c: {d: {e: {f: {g: {h: {i: 1}}}}}}}}\n", &err), QV_EFORMAT);
