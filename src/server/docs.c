@@ -26,6 +26,7 @@
 #include <string.h>
 
 #include "base/error.h"
+#include "store/filter.h"
 #include "server/docs.h"
 #include "server/http.h"
 #include "server/metrics.h"
@@ -299,9 +300,7 @@ qv_status docs_decode_query(json_t *b, text_query *q, int *rerank, qv_filter **f
     }
   if ((v = json_object_get(b, "filter")) && !json_is_null(v)) {
     if (!json_is_object(v)) return qv_fail(err, QV_EINVAL, "\"filter\" must be an object");
-    char *ft = json_dumps(v, JSON_COMPACT);
-    qv_status st = ft ? qv_filter_parse(filter, ft, strlen(ft), err) : qv_fail(err, QV_ENOMEM, "out of memory");
-    free(ft);
+    qv_status st = filter_from_json(filter, v, err);
     if (st) return st;
     q->filter = *filter;
   }

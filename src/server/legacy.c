@@ -19,6 +19,7 @@
 #include <sys/random.h>
 
 #include "base/error.h"
+#include "store/filter.h"
 #include "server/embed_api.h"
 #include "server/http.h"
 #include "server/server.h"
@@ -140,11 +141,8 @@ static qv_status read_filter(json_t *body, qv_filter **f, qv_error *err) {
     }
     q = json_pack("{s:o}", "must", must);
   }
-  char *text = json_dumps(q, JSON_COMPACT);
+  qv_status st = q ? filter_from_json(f, q, err) : qv_fail(err, QV_ENOMEM, "out of memory");
   json_decref(q);
-  if (!text) return qv_fail(err, QV_ENOMEM, "out of memory");
-  qv_status st = qv_filter_parse(f, text, strlen(text), err);
-  free(text);
   return st;
 }
 

@@ -13,6 +13,7 @@
 #include <strings.h>
 
 #include "base/error.h"
+#include "store/filter.h"
 #include "server/batcher.h"
 #include "server/docs.h"
 #include "server/server.h"
@@ -483,11 +484,7 @@ qv_status qdrant_decode_query(json_t *body, const qv_collection_config *cfg, int
   if (q->limit == 0) q->limit = 10;
   json_t *f = json_object_get(body, "filter");
   if (f && !json_is_null(f)) {
-    char *text = json_dumps(f, JSON_COMPACT | JSON_ENCODE_ANY);
-    if (!text) return qv_fail(err, QV_ENOMEM, "out of memory");
-    st = qv_filter_parse(&q->filter, text, strlen(text), err);
-    free(text);
-    if (st) return st;
+    if ((st = filter_from_json(&q->filter, f, err))) return st;
     q->filter_json = f;
   }
   json_t *th = json_object_get(body, "score_threshold");
@@ -897,11 +894,7 @@ static qv_status decode_selector(json_t *b, size_t max, qv_point_id **ids, size_
     else return decode_ids(p, max, ids, n, err);
   }
   if (fj && !json_is_null(fj)) {
-    char *text = json_dumps(fj, JSON_COMPACT | JSON_ENCODE_ANY);
-    if (!text) return qv_fail(err, QV_ENOMEM, "out of memory");
-    qv_status st = qv_filter_parse(f, text, strlen(text), err);
-    free(text);
-    return st;
+    return filter_from_json(f, fj, err);
   }
   if (!allow_all) return qv_fail(err, QV_EINVAL, "give \"points\" (a list of ids) or \"filter\"");
   return QV_OK;
@@ -1023,9 +1016,7 @@ static void scroll(http_req *r, http_resp *w) {
     else st = qv_fail(&err, QV_EINVAL, "with_vector must be true, false or a list of names");
   }
   if (!st && fj && !json_is_null(fj)) {
-    char *text = json_dumps(fj, JSON_COMPACT | JSON_ENCODE_ANY);
-    st = text ? qv_filter_parse(&f, text, strlen(text), &err) : qv_fail(&err, QV_ENOMEM, "out of memory");
-    free(text);
+    st = filter_from_json(&f, fj, &err);
   }
   if (!st && limit == 0) limit = 10;
   if (!st) st = qv_collection_scroll(c, has_off ? &off : NULL, limit, f, 1, wv, &rs, &next, &has_next, &err);
@@ -1053,9 +1044,7 @@ static void count(http_req *r, http_resp *w) {
   int exact = 1;
   qv_status st = get_bool(b, "exact", &exact, &err);
   if (!st && fj && !json_is_null(fj)) {
-    char *text = json_dumps(fj, JSON_COMPACT | JSON_ENCODE_ANY);
-    st = text ? qv_filter_parse(&f, text, strlen(text), &err) : qv_fail(&err, QV_ENOMEM, "out of memory");
-    free(text);
+    st = filter_from_json(&f, fj, &err);
   }
   if (!st) st = qv_collection_count(c, f, &n, &err);
   qv_filter_free(f);
@@ -1254,10 +1243,8 @@ static qv_status run_query(server *s, qv_collection *c, const qv_collection_conf
     json_t *must = json_pack("[{s:o}]", "has_id", ids);
     if (q->filter_json) json_array_append(must, q->filter_json);
     json_t *fj = json_pack("{s:o}", "must", must);
-    char *text = json_dumps(fj, JSON_COMPACT);
+    st = fj ? filter_from_json(&cand, fj, err) : qv_fail(err, QV_ENOMEM, "out of memory");
     json_decref(fj);
-    st = text ? qv_filter_parse(&cand, text, strlen(text), err) : qv_fail(err, QV_ENOMEM, "out of memory");
-    free(text);
     if (st) goto done;
     filter = cand;
   }
