@@ -437,12 +437,15 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
   req.srv = s;
   req.conn = c;
   http_resp w = {.status = 200};
-  if (rt->flags & HTTP_ROUTE_EXCLUSIVE)
+  /* Open routes (health checks, GET /, the OpenAPI document) touch no collection, so
+   * they skip the lock: a delete waiting behind a long ingest must not make /readyz hang. */
+  int locked = !(rt->flags & HTTP_ROUTE_OPEN);
+  if (locked && (rt->flags & HTTP_ROUTE_EXCLUSIVE))
     pthread_rwlock_wrlock(&h->handles);
-  else
+  else if (locked)
     pthread_rwlock_rdlock(&h->handles);
   rt->fn(&req, &w);
-  pthread_rwlock_unlock(&h->handles);
+  if (locked) pthread_rwlock_unlock(&h->handles);
   if (w.status == 429 && w.retry_after <= 0) w.retry_after = 1;
   (void)version;
   return send_resp(c, cs, &w);

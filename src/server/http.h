@@ -58,7 +58,8 @@ enum {
   HTTP_ROUTE_WRITE = 2,  /* needs a read-write key */
   /* Runs alone: waits for every request in flight and holds the others back. For routes
    * that free collection handles (deleting a collection), which the other handlers may be
-   * using; every other route runs under the shared side of the same lock. */
+   * using; every other route but the open ones (which touch no collection) runs under
+   * the shared side of the same lock. */
   HTTP_ROUTE_EXCLUSIVE = 4,
 };
 
