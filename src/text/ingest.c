@@ -56,6 +56,7 @@ struct text_ingester {
   size_t dims, batch;
   uint32_t max_tokens;
   text_chunk_config cfg;
+  char settings[320];   /* the chunking settings and the model, as folded into file_hash */
   source_entry *map;
   size_t mask, used;
   pending p;
@@ -182,6 +183,8 @@ qv_status text_ingester_open(text_ingester **out, qv_collection *c, qv_model *m,
   ing->max_tokens = (uint32_t)info.max_tokens;
   ing->batch = batch ? batch : 64;
   ing->cfg = *cfg;
+  snprintf(ing->settings, sizeof ing->settings, "chunker=%d size=%u min=%u max=%u overlap=%.6f model=%s",
+           (int)cfg->kind, cfg->size, cfg->min, cfg->max, cfg->overlap, info.name ? info.name : "");
   ing->mask = 255;
   qv_status st;
   if (!(ing->map = calloc(ing->mask + 1, sizeof *ing->map))) {
@@ -367,8 +370,13 @@ static char *embed_text(const text_doc *d, const text_chunk *ch) {
 
 qv_status text_ingester_add(text_ingester *ing, const char *source, const char *data, size_t n, text_format f,
                             qv_error *err) {
-  char file_hash[65];
-  text_sha256_hex(data, n, file_hash);
+  /* file_hash covers the content and how it is chunked and embedded: a file is
+   * unchanged only when re-chunking it would give the same points, so a new --chunker,
+   * size, overlap or model re-ingests it instead of keeping chunks cut the old way. */
+  char content[65], keyed[65 + sizeof ing->settings], file_hash[65];
+  text_sha256_hex(data, n, content);
+  int kn = snprintf(keyed, sizeof keyed, "%s\n%s", ing->settings, content);
+  text_sha256_hex(keyed, (size_t)kn, file_hash);
   ing->stats.files_seen++;
   source_entry *e = lookup(ing, source, 0);
   if (e) e->seen = 1;

@@ -8,7 +8,8 @@
  * upserted in batches across documents; every batch is one durable transaction.
  *
  * A point's payload: source, headings (array), span {bytes: [start, end), lines: [first,
- * last]}, chunk_index, chunk_count, hash (of the chunk text), file_hash, format, text,
+ * last]}, chunk_index, chunk_count, hash (of the chunk text), file_hash (of the file with the
+ * chunking settings and the model), format, text,
  * is_code (only when true), and the document's front matter fields (those not clashing
  * with these names).
  */

@@ -118,6 +118,13 @@ def test_reingest_is_incremental(qv, tmp_path):
     assert again["unchanged"] == 5 and again["new"] == again["changed"] == 0 and again["chunks"] == 0
     assert scroll_all(qv, "kb") == before
 
+    # new chunking settings re-chunk every file instead of keeping the old cuts
+    rechunked = ingest(qv, docs, "--collection", "kb", "--size", "48")
+    assert rechunked["changed"] == 5 and rechunked["unchanged"] == 0
+    assert scroll_all(qv, "kb") != before
+    back = ingest(qv, docs, "--collection", "kb", "--size", "24")
+    assert back["changed"] == 5 and scroll_all(qv, "kb") == before
+
     # a changed file: its chunks are replaced, the others untouched
     (docs / "guide.md").write_text("# Streams\n\nShort now.\n")
     ch = ingest(qv, docs, "--collection", "kb", "--size", "24")
