@@ -57,5 +57,6 @@ int main(int argc, char **argv) {
   if (!strcmp(cmd, "ingest")) return cmd_ingest(argc - 1, argv + 1);
   if (!strcmp(cmd, "chunk")) return cmd_chunk(argc - 1, argv + 1);
   if (!strcmp(cmd, "query")) return cmd_query(argc - 1, argv + 1);
+  if (!strcmp(cmd, "gpt")) return cmd_gpt(argc - 1, argv + 1);
   cli_die("unknown command \"%s\" (see quiver --help)", cmd);
 }
