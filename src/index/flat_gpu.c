@@ -117,53 +117,97 @@ done:
   return st;
 }
 
+qv_status flat_gpu_truncate(flat_gpu *g, size_t n, qv_error *err) {
+  pthread_rwlock_wrlock(&g->lock);
+  qv_status st = n <= g->n ? QV_OK : qv_fail(err, QV_EINVAL, "cannot truncate %zu rows to %zu", g->n, n);
+  if (!st) g->n = n;
+  pthread_rwlock_unlock(&g->lock);
+  return st;
+}
+
+/* Caller holds the lock. */
+static int can_search_locked(const flat_gpu *g, size_t k) {
+  /* Manhattan has no product form and very large k does not suit the selection kernel:
+   * the CPU serves those directly (not a fallback). */
+  return g->resident && g->dist != QV_DIST_MANHATTAN && k > 0 && k <= FLAT_GPU_MAX_K;
+}
+
+int flat_gpu_can_search(flat_gpu *g, size_t k) {
+  pthread_rwlock_rdlock(&g->lock);
+  int ok = can_search_locked(g, k);
+  pthread_rwlock_unlock(&g->lock);
+  return ok;
+}
+
+/* One unit on the device; caller holds the lock (read). */
+static qv_status search_device_locked(flat_gpu *g, const qv_backend *be, flat_hit *hits, size_t *counts,
+                                      const float *queries, size_t nq, size_t k, const uint64_t *mask) {
+  if (!can_search_locked(g, k) || be != g->be || !be->search_exact) return QV_EUNSUPPORTED;
+  if (nq == 0) return QV_OK;
+  if (g->n == 0) {
+    memset(counts, 0, nq * sizeof *counts);
+    return QV_OK;
+  }
+  size_t cells;
+  if (qv_mul_overflow(nq, k, &cells)) return QV_ENOMEM;
+  float *scores = malloc(cells * sizeof *scores);   /* (nq, k) the device's scores */
+  uint32_t *rows = malloc(cells * sizeof *rows);    /* (nq, k) */
+  qv_status st = scores && rows ? QV_OK : QV_ENOMEM;
+  if (!st)
+    st = be->search_exact(be->ctx, scores, rows, counts, queries, nq, g->host, g->n, g->dim, g->dim, (int)g->dist, k,
+                          mask);
+  for (size_t i = 0; !st && i < cells; i++) hits[i] = (flat_hit){scores[i], rows[i]};
+  free(scores);
+  free(rows);
+  return st;
+}
+
+qv_status flat_gpu_search_on(flat_gpu *g, const qv_backend *be, flat_hit *hits, size_t *counts,
+                             const float *queries, size_t nq, size_t k, const uint64_t *mask) {
+  pthread_rwlock_rdlock(&g->lock);
+  qv_status st = search_device_locked(g, be, hits, counts, queries, nq, k, mask);
+  pthread_rwlock_unlock(&g->lock);
+  return st;
+}
+
 typedef struct search_work {
   flat_gpu *g;
-  flat_hit *hits;
-  size_t *counts;
-  const float *queries;
+  flat_hit *hits;       /* (nq, k) */
+  size_t *counts;       /* (nq) */
+  const float *queries; /* (nq, dim) */
   size_t nq, k;
   const uint64_t *mask;
   qv_pool *pool;
-  float *scores;  /* (nq, k) the device's scores */
-  uint32_t *rows; /* (nq, k) */
 } search_work;
 
+/* Caller holds the lock (read). */
 static qv_status search_run(const qv_backend *be, void *arg) {
   search_work *w = arg;
   flat_gpu *g = w->g;
-  if (!be->search_exact) {
-    flat_matrix m = {g->host, NULL, g->n, g->dim, g->dim};
-    return flat_search(w->hits, w->counts, w->queries, w->nq, &m, g->dist, w->k, w->mask, w->pool);
-  }
-  qv_status st = be->search_exact(be->ctx, w->scores, w->rows, w->counts, w->queries, w->nq, g->host, g->n, g->dim,
-                                  g->dim, (int)g->dist, w->k, w->mask);
-  if (st) return st;
-  for (size_t i = 0; i < w->nq * w->k; i++) w->hits[i] = (flat_hit){w->scores[i], w->rows[i]};
-  return QV_OK;
+  if (be->search_exact) return search_device_locked(g, be, w->hits, w->counts, w->queries, w->nq, w->k, w->mask);
+  flat_matrix m = {g->host, NULL, g->n, g->dim, g->dim};
+  return flat_search(w->hits, w->counts, w->queries, w->nq, &m, g->dist, w->k, w->mask, w->pool);
 }
 
 qv_status flat_gpu_search(flat_gpu *g, flat_hit *hits, size_t *counts, const float *queries, size_t nq, size_t k,
                           const uint64_t *mask, qv_pool *pool) {
+  qv_gpu_config cfg;
+  device_config(&cfg);
+  size_t batch = cfg.batch_size > 0 ? (size_t)cfg.batch_size : 64;
   pthread_rwlock_rdlock(&g->lock);
-  search_work w = {g, hits, counts, queries, nq, k, mask, pool, NULL, NULL};
-  qv_status st;
-  /* Manhattan has no product form and very large k does not suit the selection kernel:
-   * the CPU twin serves those directly (not a fallback). */
-  int device = g->resident && g->n > 0 && k > 0 && nq > 0 && g->dist != QV_DIST_MANHATTAN && k <= 1024;
-  if (device) {
-    w.scores = malloc(nq * k * sizeof *w.scores);
-    w.rows = malloc(nq * k * sizeof *w.rows);
-    if (!w.scores || !w.rows) device = 0;
-  }
-  if (device) {
-    st = dispatch_run(g->d, search_run, &w, NULL, NULL);
+  qv_status st = QV_OK;
+  if (g->n > 0 && nq > 0 && can_search_locked(g, k)) {
+    /* gpu.batch_size bounds the queries per unit: it caps the device's scratch (scores
+     * (batch, n) for the top-k) and what a failure has to rerun on the CPU. */
+    for (size_t q0 = 0; q0 < nq && !st; q0 += batch) {
+      size_t m = nq - q0 < batch ? nq - q0 : batch;
+      search_work w = {g, hits + q0 * k, counts + q0, queries + q0 * g->dim, m, k, mask, pool};
+      st = dispatch_run(g->d, search_run, &w, NULL, NULL);
+    }
   } else {
     flat_matrix m = {g->host, NULL, g->n, g->dim, g->dim};
     st = flat_search(hits, counts, queries, nq, &m, g->dist, k, mask, pool);
   }
-  free(w.scores);
-  free(w.rows);
   pthread_rwlock_unlock(&g->lock);
   return st;
 }

@@ -23,6 +23,8 @@
  *  7. The graph file is trusted only when it names the version stored in LMDB, which
  *     moves in the same transaction as every write (write_txn); anything else is
  *     rebuilt (load_graph). A crash during a build or a save costs a rebuild, never data.
+ *  8. The GPU copy is derived data too, and is brought in step before every device search
+ *     (see "device path" below, invariants D1-D4).
  */
 #include "store/collection.h"
 
@@ -42,8 +44,10 @@
 #include "base/log.h"
 #include "base/mem.h"
 #include "base/pool.h"
+#include "compute/device.h"
 #include "index/distance.h"
 #include "index/flat.h"
+#include "index/flat_gpu.h"
 #include "index/hnsw.h"
 #include "store/filter.h"
 #include "store/idmap.h"
@@ -99,6 +103,13 @@ struct qv_collection {
   pthread_mutex_t idx_mu;         /* guards the three below */
   pthread_cond_t idx_cv;
   int want_build, indexing, stop;
+
+  /* The device path (see "device path" below). */
+  compute_dispatch *disp;         /* device_dispatch(), fetched by the first search; atomic */
+  pthread_mutex_t gpu_mu;         /* guards gpu and gpu_unfit (with rw shared) */
+  flat_gpu *gpu;                  /* the device copy, or NULL (D1) */
+  size_t gpu_lo, gpu_hi;          /* rows written since the last sync (D2); under rw */
+  size_t gpu_unfit;               /* row count at which the copy did not fit, or 0 (D3) */
 };
 
 static qv_status lmdb_fail(qv_error *err, int rc, const char *what) {
@@ -335,6 +346,14 @@ static qv_status reserve_rows(qv_collection *c, size_t more) {
 
 static float *row_vec(const qv_collection *c, size_t row) { return c->vecs + row * c->stride; }
 
+/* Marks a row the GPU copy must take again (D2). Caller holds rw for writing. Without a
+ * copy (always, in a process without a GPU) it is one branch. */
+static void gpu_touch(qv_collection *c, size_t row) {
+  if (!c->gpu) return;
+  if (row < c->gpu_lo) c->gpu_lo = row;
+  if (row + 1 > c->gpu_hi) c->gpu_hi = row + 1;
+}
+
 /* Takes a row out of the graph: its node becomes a tombstone (never returned, still
  * traversed) and the row counts as unindexed until it is inserted again. Caller holds
  * write_mu and rw for writing. */
@@ -367,6 +386,7 @@ static void set_row(qv_collection *c, const qv_point_id *id, const float *vec, j
   memcpy(row_vec(c, row), vec, c->cfg.size * sizeof(float));
   c->sqnorms[row] = dist_dot(vec, vec, c->cfg.size);
   c->payloads[row] = payload;
+  gpu_touch(c, row);
 }
 
 /* Removes a row by moving the last row into its place. */
@@ -385,6 +405,7 @@ static void remove_row(qv_collection *c, size_t row) {
     uint32_t node = c->row2node[last];
     c->row2node[row] = node;
     if (node != NODE_NONE) c->node2row[node] = (uint32_t)row;
+    gpu_touch(c, row);
   }
   c->row2node[last] = NODE_NONE;
 }
@@ -840,6 +861,7 @@ qv_status collection_open_dir(qv_collection **out, const char *dir, const char *
   pthread_rwlock_init(&c->rw, NULL);
   pthread_mutex_init(&c->idx_mu, NULL);
   pthread_cond_init(&c->idx_cv, NULL);
+  pthread_mutex_init(&c->gpu_mu, NULL);
   qv_status st = c->name && c->dir ? QV_OK : qv_fail(err, QV_ENOMEM, "out of memory");
   if (!st) st = env_open(&c->env, dir, err);
   if (st) goto fail;
@@ -892,6 +914,8 @@ void collection_close(qv_collection *c) {
     if (!c->sticky) save_graph_locked(c);
     pthread_mutex_unlock(&c->write_mu);
   }
+  flat_gpu_free(c->gpu);
+  pthread_mutex_destroy(&c->gpu_mu);
   hnsw_free(c->graph);
   free(c->node2row);
   free(c->row2node);
@@ -1602,6 +1626,140 @@ static qv_status graph_search(const qv_collection *c, const float *q, size_t k, 
   return st;
 }
 
+/* ---- device path -----------------------------------------------------------------------
+ *
+ * Exact searches run on the GPU when the process has one (compute/device.h: gpu.enabled,
+ * QUIVER_GPU; on by default where a GPU works), on a device-resident copy of the rows
+ * (index/flat_gpu.h), through the dispatch, so a failing GPU or an open breaker puts the
+ * search back on the CPU path below with no error for the client.
+ *
+ * Invariants:
+ *  D1. c->gpu is NULL until the first search the device takes (device_run), and stays
+ *      NULL in a process without a GPU backend: the CPU path then pays one branch per
+ *      written row (gpu_touch) and per search (device_wanted), and holds no second copy.
+ *  D2. Rows [0, flat_gpu_rows) of the copy equal c's rows, except rows in
+ *      [gpu_lo, gpu_hi) and rows >= c->n: set_row and remove_row mark every row they
+ *      write (gpu_touch, rw held for writing). device_sync, run by each device unit under
+ *      rw shared and gpu_mu, truncates the copy to c->n, copies the marked rows and any
+ *      row past the copy's end, and empties the range. So a device search sees exactly
+ *      the writes applied before it took rw, as the CPU path does.
+ *  D3. A copy that is not resident once made (it does not fit gpu.memory_fraction) is
+ *      freed at once and gpu_unfit keeps c->n: no copy is tried again until the
+ *      collection has fewer rows (or is reopened). A copy that loses residency later
+ *      (it grew past the budget, or the device failed a copy) is freed and made afresh
+ *      by the next device search, which then either fits or sets gpu_unfit.
+ *  D4. What goes to the device: the exact path (collections under full_scan_threshold,
+ *      exact: true, filters matching few rows) and, where the graph would serve it, a
+ *      batch of at least GPU_MIN_BATCH queries (answered exactly). Not Manhattan, not
+ *      k > FLAT_GPU_MAX_K. Units of at most gpu.batch_size queries each go through
+ *      dispatch_run; the first unit the dispatch runs on the CPU ends the device part and
+ *      the remaining queries take the CPU path, as if there were no device. */
+#define GPU_MIN_BATCH 16
+
+static compute_dispatch *collection_dispatch(qv_collection *c) {
+  compute_dispatch *d = __atomic_load_n(&c->disp, __ATOMIC_ACQUIRE);
+  if (!d) {
+    d = device_dispatch(); /* one address for the process's life */
+    __atomic_store_n(&c->disp, d, __ATOMIC_RELEASE);
+  }
+  return d;
+}
+
+static int device_wanted(qv_collection *c, size_t nq, size_t k, int use_graph) {
+  if (k == 0 || k > FLAT_GPU_MAX_K || c->cfg.distance == QV_DIST_MANHATTAN) return 0;
+  if (use_graph && nq < GPU_MIN_BATCH) return 0;
+  const qv_backend *gpu = collection_dispatch(c)->gpu;
+  return gpu && gpu->search_exact && gpu->map;
+}
+
+/* Brings the copy in step (D2, D3). Caller holds rw shared and gpu_mu. QV_EUNSUPPORTED:
+ * no resident copy this time (the CPU path answers). */
+static qv_status device_sync(qv_collection *c) {
+  if (c->gpu_unfit && c->n < c->gpu_unfit) c->gpu_unfit = 0;
+  if (c->gpu_unfit) return QV_EUNSUPPORTED;
+  if (c->gpu && !flat_gpu_resident(c->gpu)) {
+    flat_gpu_free(c->gpu);
+    c->gpu = NULL;
+  }
+  if (!c->gpu) {
+    flat_gpu *g = NULL;
+    qv_status st = flat_gpu_create(&g, c->cfg.size, c->cfg.distance, c->n, NULL);
+    if (!st) st = flat_gpu_set_rows(g, 0, c->n, c->vecs, c->stride, NULL);
+    if (st || !flat_gpu_resident(g)) {
+      flat_gpu_free(g);
+      c->gpu_unfit = c->n ? c->n : 1;
+      LOG_INFO("collection %s: %zu vectors do not fit the GPU's budget; exact search stays on the CPU", c->name,
+               c->n);
+      return QV_EUNSUPPORTED;
+    }
+    c->gpu = g;
+    c->gpu_lo = SIZE_MAX;
+    c->gpu_hi = 0;
+    return QV_OK;
+  }
+  size_t rows = flat_gpu_rows(c->gpu), lo = c->gpu_lo, hi = c->gpu_hi;
+  qv_status st = QV_OK;
+  if (rows > c->n) st = flat_gpu_truncate(c->gpu, rows = c->n, NULL);
+  if (rows < c->n) {
+    if (rows < lo) lo = rows;
+    hi = c->n;
+  }
+  if (hi > c->n) hi = c->n;
+  if (!st && lo < hi) st = flat_gpu_set_rows(c->gpu, lo, hi - lo, row_vec(c, lo), c->stride, NULL);
+  if (st || !flat_gpu_resident(c->gpu)) {
+    flat_gpu_free(c->gpu);
+    c->gpu = NULL;
+    return QV_EUNSUPPORTED;
+  }
+  c->gpu_lo = SIZE_MAX;
+  c->gpu_hi = 0;
+  return QV_OK;
+}
+
+typedef struct device_work {
+  qv_collection *c;
+  const compute_dispatch *d;
+  flat_hit *hits;       /* (nq, k) */
+  size_t *counts;       /* (nq) */
+  const float *qs;      /* (nq, dim) */
+  size_t nq, k;
+  const uint64_t *mask; /* NULL or c->n bits */
+} device_work;
+
+/* A dispatch unit. On the CPU it does nothing and says QV_EUNSUPPORTED: the caller's
+ * own CPU path (graph or scan over c's rows) answers instead of a second copy. */
+static qv_status device_run(const qv_backend *be, void *arg) {
+  device_work *w = arg;
+  qv_collection *c = w->c;
+  if (be != w->d->gpu) return QV_EUNSUPPORTED;
+  pthread_mutex_lock(&c->gpu_mu);
+  qv_status st = device_sync(c);
+  if (!st) st = flat_gpu_search_on(c->gpu, be, w->hits, w->counts, w->qs, w->nq, w->k, w->mask);
+  pthread_mutex_unlock(&c->gpu_mu);
+  return st;
+}
+
+/* Answers queries [0, *done) on the device; the caller answers the rest. Caller holds rw
+ * shared. Errors: QV_EDEVICE when the GPU failed and gpu.fallback_to_cpu is off. */
+static qv_status device_search(qv_collection *c, const float *qs, size_t nq, size_t k, const uint64_t *mask,
+                               flat_hit *hits, size_t *counts, size_t *done, qv_error *err) {
+  compute_dispatch *d = collection_dispatch(c);
+  qv_gpu_config cfg;
+  device_config(&cfg);
+  size_t batch = cfg.batch_size > 0 ? (size_t)cfg.batch_size : 64;
+  *done = 0;
+  while (*done < nq) {
+    size_t m = nq - *done < batch ? nq - *done : batch;
+    device_work w = {c, d, hits + *done * k, counts + *done, qs + *done * c->cfg.size, m, k, mask};
+    const qv_backend *used = NULL;
+    qv_status st = dispatch_run(d, device_run, &w, &used, err);
+    if (st == QV_EUNSUPPORTED || (!st && used != d->gpu)) break;
+    if (st) return st;
+    *done += m;
+  }
+  return QV_OK;
+}
+
 static size_t popcount_mask(const uint64_t *mask, size_t n) {
   size_t m = 0;
   for (size_t w = 0; w < (n + 63) / 64; w++) m += (size_t)__builtin_popcountll(mask[w]);
@@ -1644,14 +1802,17 @@ qv_status qv_collection_search(qv_collection *c, const float *queries, size_t nq
     size_t allowed = mask ? popcount_mask(mask, c->n) : c->n;
     uint32_t fst = c->cfg.hnsw.full_scan_threshold;
     int use_graph = c->graph && !p->exact && vectors_kb(c, c->n) >= fst && vectors_kb(c, allowed) >= fst;
+    size_t q0 = 0; /* queries [0, q0) answered on the device */
+    if (!st && device_wanted(c, nq, k, use_graph)) st = device_search(c, qs, nq, k, mask, hits, counts, &q0, err);
     if (!st && use_graph) {
       size_t ef = p->hnsw_ef ? p->hnsw_ef : DEFAULT_EF;
       if (ef < k) ef = k;
-      for (size_t q = 0; q < nq && !st; q++)
+      for (size_t q = q0; q < nq && !st; q++)
         st = graph_search(c, qs + q * dim, k, ef, mask, allowed, hits + q * k, &counts[q]);
-    } else if (!st) {
+    } else if (!st && q0 < nq) {
       flat_matrix m = {c->vecs, c->sqnorms, c->n, dim, c->stride};
-      st = flat_search(hits, counts, qs, nq, &m, c->cfg.distance, k, mask, pool_default());
+      st = flat_search(hits + q0 * k, counts + q0, qs + q0 * dim, nq - q0, &m, c->cfg.distance, k, mask,
+                       pool_default());
     }
   }
   for (size_t q = 0; q < nq && !st; q++) {

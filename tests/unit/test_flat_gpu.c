@@ -1,67 +1,16 @@
-/* The GPU-resident exact-search copy (index/flat_gpu.h) with a test device: a backend
- * whose "device memory" is its own copy of each mapped range (so a missed sync shows as
- * a wrong answer) and whose search_exact runs flat_search over that copy, failing on
- * command. Results must equal flat_search over the same rows in every case. */
+/* The GPU-resident exact-search copy (index/flat_gpu.h) with the test device of
+ * fake_gpu.h (its own copy of each mapped range, so a missed sync shows as a wrong
+ * answer; failing on command). Results must equal flat_search over the same rows in every case. */
 #include <stdatomic.h>
 
 #include "compute/device.h"
 #include "index/flat.h"
 #include "index/flat_gpu.h"
 #include "test.h"
+#include "fake_gpu.h"
 
-static struct {
-  qv_backend be;
-  const char *host; /* the one mapped range */
-  size_t bytes;
-  float *twin;
-  int searches, fail, fail_update;
-} td;
-
-static qv_status td_map(void *ctx, const void *host, size_t bytes, int kind) {
-  if (td.twin) return QV_ENOMEM; /* one range is all this device holds */
-  td.twin = malloc(bytes);
-  if (!td.twin) return QV_ENOMEM;
-  memcpy(td.twin, host, bytes);
-  td.host = host;
-  td.bytes = bytes;
-  return QV_OK;
-}
-static void td_unmap(void *ctx, const void *host) {
-  if (host != td.host) return;
-  free(td.twin);
-  td.twin = NULL;
-  td.host = NULL;
-}
-static qv_status td_update(void *ctx, const void *host, size_t bytes) {
-  if (td.fail_update) return QV_EDEVICE;
-  const char *h = host;
-  if (!td.host || h < td.host || h + bytes > td.host + td.bytes) return QV_EINVAL;
-  memcpy((char *)td.twin + (h - td.host), host, bytes);
-  return QV_OK;
-}
-static qv_status td_search(void *ctx, float *scores, uint32_t *rows, size_t *counts, const float *queries, size_t nq,
-                           const float *base, size_t n, size_t dim, size_t stride, int metric, size_t k,
-                           const uint64_t *mask) {
-  td.searches++;
-  if ((const char *)base != td.host) return QV_EINVAL;
-  if (td.fail) {
-    for (size_t i = 0; i < nq * k; i++) scores[i] = NAN, rows[i] = 7;
-    return QV_EDEVICE;
-  }
-  flat_matrix m = {td.twin, NULL, n, dim, stride};
-  flat_hit *h = calloc(nq * k, sizeof *h);
-  qv_status st = flat_search(h, counts, queries, nq, &m, (qv_distance)metric, k, mask, NULL);
-  for (size_t i = 0; i < nq * k; i++) scores[i] = h[i].score, rows[i] = h[i].row;
-  free(h);
-  return st;
-}
-
-static const qv_backend *test_device(void) {
-  memset(&td, 0, sizeof td);
-  td.be = (qv_backend){.api_version = QV_BACKEND_API_VERSION, .name = "cuda", .map = td_map, .unmap = td_unmap,
-                       .map_update = td_update, .search_exact = td_search};
-  return &td.be;
-}
+/* the test device keeps one range per map; these tests only ever map one */
+static const qv_backend *test_device(void) { return fake_gpu_reset(); }
 
 static double clock_now;
 static double test_clock(void *arg) { return clock_now; }
@@ -117,7 +66,7 @@ TEST(resident_copy_follows_writes_and_growth) {
   float *x = rand_rows(300, dim, 2);
   ASSERT_OK(flat_gpu_set_rows(g, 0, 50, x, dim, NULL));
   check_same(g, x, 50, dim, QV_DIST_COSINE, NULL);
-  ASSERT_EQ(td.searches, 1);
+  ASSERT_EQ(fake_gpu.searches, 1);
   /* overwrite in place: the device copy must see it */
   float *y = rand_rows(10, dim, 3);
   memcpy(x + 20 * dim, y, 10 * dim * sizeof *x);
@@ -130,13 +79,13 @@ TEST(resident_copy_follows_writes_and_growth) {
   uint64_t mask[5] = {0};
   for (size_t r = 0; r < 300; r += 7) mask[r / 64] |= 1ull << (r % 64);
   check_same(g, x, 300, dim, QV_DIST_COSINE, mask);
-  ASSERT_EQ(td.searches, 4);
+  ASSERT_EQ(fake_gpu.searches, 4);
   /* Manhattan goes to the CPU twin directly */
   flat_gpu_free(g);
   ASSERT_OK(flat_gpu_create(&g, dim, QV_DIST_MANHATTAN, 300, NULL));
   ASSERT_OK(flat_gpu_set_rows(g, 0, 300, x, dim, NULL));
   check_same(g, x, 300, dim, QV_DIST_MANHATTAN, NULL);
-  ASSERT_EQ(td.searches, 4);
+  ASSERT_EQ(fake_gpu.searches, 4);
   flat_gpu_free(g);
   free(x);
   free(y);
@@ -151,32 +100,75 @@ TEST(device_failures_fall_back_and_open_the_breaker) {
   ASSERT_OK(flat_gpu_create(&g, dim, QV_DIST_EUCLID, 200, NULL));
   float *x = rand_rows(200, dim, 4);
   ASSERT_OK(flat_gpu_set_rows(g, 0, 200, x, dim, NULL));
-  td.fail = 1;
+  fake_gpu.fail = 1;
   for (int i = 0; i < 4; i++) check_same(g, x, 200, dim, QV_DIST_EUCLID, NULL);
-  ASSERT_EQ(td.searches, 3); /* the fourth found the breaker open */
+  ASSERT_EQ(fake_gpu.searches, 3); /* the fourth found the breaker open */
   qv_gpu_stats s;
   qv_gpu_stats_get(&s);
   ASSERT_EQ(s.breaker_state, 1);
   ASSERT_EQ(s.fallbacks_total, 4);
-  td.fail = 0;
+  fake_gpu.fail = 0;
   clock_now = 300;
   check_same(g, x, 200, dim, QV_DIST_EUCLID, NULL); /* the half-open trial succeeds */
   qv_gpu_stats_get(&s);
   ASSERT_EQ(s.breaker_state, 0);
   /* a failed sync drops residency rather than leaving a stale copy */
-  td.fail_update = 1;
+  fake_gpu.fail_update = 1;
   float *y = rand_rows(1, dim, 5);
   memcpy(x + 3 * dim, y, dim * sizeof *x);
   ASSERT_OK(flat_gpu_set_rows(g, 3, 1, y, dim, NULL));
   ASSERT(!flat_gpu_resident(g));
-  int before = td.searches;
+  int before = fake_gpu.searches;
   check_same(g, x, 200, dim, QV_DIST_EUCLID, NULL);
-  ASSERT_EQ(td.searches, before);
+  ASSERT_EQ(fake_gpu.searches, before);
   flat_gpu_free(g);
   free(x);
   free(y);
   device_set_backend_for_test(NULL, NULL, NULL, NULL);
 }
 
+TEST(gpu_batch_size_bounds_the_queries_per_device_unit) {
+  qv_gpu_config cfg;
+  qv_gpu_config_default(&cfg);
+  cfg.batch_size = 4;
+  device_set_backend_for_test(test_device(), &cfg, test_clock, NULL);
+  clock_now = 0;
+  size_t dim = 16, n = 120, nq = 10, k = 5;
+  flat_gpu *g;
+  ASSERT_OK(flat_gpu_create(&g, dim, QV_DIST_DOT, n, NULL));
+  float *x = rand_rows(n, dim, 6), *q = rand_rows(nq, dim, 7);
+  ASSERT_OK(flat_gpu_set_rows(g, 0, n, x, dim, NULL));
+  flat_hit a[50], b[50];
+  size_t ca[10], cb[10];
+  flat_matrix m = {x, NULL, n, dim, dim};
+  ASSERT_OK(flat_search(a, ca, q, nq, &m, QV_DIST_DOT, k, NULL, NULL));
+  ASSERT_OK(flat_gpu_search(g, b, cb, q, nq, k, NULL, NULL));
+  ASSERT_EQ(fake_gpu.searches, 3); /* 4 + 4 + 2 */
+  ASSERT_EQ(fake_gpu.max_nq, 4);
+  for (size_t i = 0; i < nq; i++) {
+    ASSERT_EQ(cb[i], ca[i]);
+    for (size_t j = 0; j < k; j++) {
+      ASSERT_EQ(b[i * k + j].row, a[i * k + j].row);
+      ASSERT_NEAR(b[i * k + j].score, a[i * k + j].score, 1e-6);
+    }
+  }
+  /* one unit through flat_gpu_search_on: only on the backend the copy lives on */
+  ASSERT_OK(flat_gpu_search_on(g, &fake_gpu.be, b, cb, q, 2, k, NULL));
+  ASSERT_EQ(b[0].row, a[0].row);
+  ASSERT_STATUS(flat_gpu_search_on(g, backend_cpu(), b, cb, q, 2, k, NULL), QV_EUNSUPPORTED);
+  ASSERT_STATUS(flat_gpu_search_on(g, &fake_gpu.be, b, cb, q, 1, FLAT_GPU_MAX_K + 1, NULL), QV_EUNSUPPORTED);
+  ASSERT(flat_gpu_can_search(g, k));
+  ASSERT(!flat_gpu_can_search(g, 0));
+  /* truncation forgets the tail: the answer is the first 60 rows' */
+  ASSERT_OK(flat_gpu_truncate(g, 60, NULL));
+  ASSERT_EQ(flat_gpu_rows(g), 60);
+  ASSERT_STATUS(flat_gpu_truncate(g, 61, NULL), QV_EINVAL);
+  check_same(g, x, 60, dim, QV_DIST_DOT, NULL);
+  flat_gpu_free(g);
+  free(x);
+  free(q);
+  device_set_backend_for_test(NULL, NULL, NULL, NULL);
+}
+
 TEST_MAIN(T(without_a_gpu_searches_run_on_the_cpu), T(resident_copy_follows_writes_and_growth),
-          T(device_failures_fall_back_and_open_the_breaker))
+          T(device_failures_fall_back_and_open_the_breaker), T(gpu_batch_size_bounds_the_queries_per_device_unit))
