@@ -154,8 +154,9 @@ void gpt_matmul_backward(qv_pool *pool, float *dinp, float *dw, float *db, const
 /* qkv (B, T, 3C) -> out (B, T, C); preatt, att (B, H, T, T) kept for the backward. */
 void gpt_attention_forward(qv_pool *pool, float *out, float *preatt, float *att, const float *qkv, int B,
                            int T, int C, int H);
-void gpt_attention_backward(qv_pool *pool, float *dqkv, float *dpreatt, float *datt, const float *dout,
-                            const float *qkv, const float *att, int B, int T, int C, int H);
+/* scratch: (B, H, 2T) floats, overwritten. */
+void gpt_attention_backward(qv_pool *pool, float *dqkv, float *scratch, const float *dout, const float *qkv,
+                            const float *att, int B, int T, int C, int H);
 void gpt_gelu_forward(qv_pool *pool, float *out, const float *inp, size_t n);
 void gpt_gelu_backward(qv_pool *pool, float *dinp, const float *inp, const float *dout, size_t n);
 /* probs (N, V) = softmax(logits); losses (N) = -log probs[target] (0 where target < 0). */

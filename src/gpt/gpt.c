@@ -1,0 +1,870 @@
+/* GPT-2 forward and backward on the CPU (layout and math: gpt.h).
+ *
+ * Invariants:
+ *   1. Nothing allocates after gpt_train_alloc: activations and their gradients are two
+ *      blocks sized for (B, T) once; every pass points into them.
+ *   2. Every parallel loop either writes disjoint outputs per task (rows, heads, column
+ *      ranges) or runs sequentially, and every sum over rows runs in row order, so results
+ *      do not depend on the pool's size or scheduling (training determinism, --seed).
+ *   3. Matmuls go to cblas_sgemm; at a fixed OpenBLAS thread count it is deterministic.
+ */
+#include "gpt/gpt.h"
+
+#include <cblas.h>
+#include <math.h>
+#include <stdlib.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "base/error.h"
+#include "base/mem.h"
+
+#define GPT_PI 3.14159265358979323846
+
+/* ---- Parallel helpers ------------------------------------------------------------------ */
+
+typedef void (*range_fn)(void *ctx, size_t lo, size_t hi);
+typedef struct range_ctx {
+  range_fn fn;
+  void *ctx;
+  size_t n, ntasks;
+} range_ctx;
+
+static void range_task(void *c, size_t task, int worker) {
+  (void)worker;
+  range_ctx *r = c;
+  size_t lo = task * r->n / r->ntasks, hi = (task + 1) * r->n / r->ntasks;
+  if (lo < hi) r->fn(r->ctx, lo, hi);
+}
+
+/* Runs fn over [0, n) in contiguous ranges spread over the pool. Small loops run inline:
+ * waking workers costs more than a few thousand flops. */
+static void par_range(qv_pool *pool, size_t n, size_t work_per_item, range_fn fn, void *ctx) {
+  if (n == 0) return;
+  size_t nt = (size_t)pool_size(pool) * 4;
+  if (nt > n) nt = n;
+  if (n * work_per_item < 32768 || nt <= 1) {
+    fn(ctx, 0, n);
+    return;
+  }
+  range_ctx r = {fn, ctx, n, nt};
+  pool_run(pool, nt, range_task, &r);
+}
+
+/* ---- RNG ----------------------------------------------------------------------------- */
+
+void gpt_rng_seed(gpt_rng *r, uint64_t seed) {
+  /* splitmix64, so that small seeds still give a well-mixed nonzero state */
+  uint64_t z = seed + 0x9E3779B97F4A7C15ull;
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  z ^= z >> 31;
+  r->s = z ? z : 0x2545F4914F6CDD1Dull;
+}
+
+uint64_t gpt_rng_u64(gpt_rng *r) {
+  uint64_t x = r->s;
+  x ^= x >> 12;
+  x ^= x << 25;
+  x ^= x >> 27;
+  r->s = x;
+  return x * 0x2545F4914F6CDD1Dull;
+}
+
+float gpt_rng_uniform(gpt_rng *r) { return (float)(gpt_rng_u64(r) >> 40) / 16777216.0f; }
+
+float gpt_rng_normal(gpt_rng *r) {
+  double u1 = ((double)(gpt_rng_u64(r) >> 11) + 1.0) / 9007199254740993.0; /* (0, 1] */
+  double u2 = (double)(gpt_rng_u64(r) >> 11) / 9007199254740992.0;
+  return (float)(sqrt(-2.0 * log(u1)) * cos(2.0 * GPT_PI * u2));
+}
+
+/* ---- Config and tensor table --------------------------------------------------------- */
+
+qv_status gpt_config_check(const gpt_config *c, qv_error *err) {
+  if (c->n_layer <= 0 || c->n_layer > 1024) return qv_fail(err, QV_EINVAL, "n_layer %d out of range", c->n_layer);
+  if (c->n_head <= 0 || c->n_head > 1024) return qv_fail(err, QV_EINVAL, "n_head %d out of range", c->n_head);
+  if (c->n_embd <= 0 || c->n_embd > 65536) return qv_fail(err, QV_EINVAL, "n_embd %d out of range", c->n_embd);
+  if (c->n_embd % c->n_head)
+    return qv_fail(err, QV_EINVAL, "n_embd %d is not a multiple of n_head %d", c->n_embd, c->n_head);
+  if (c->n_ctx <= 0 || c->n_ctx > 65536) return qv_fail(err, QV_EINVAL, "n_ctx %d out of range", c->n_ctx);
+  if (c->vocab_size <= 0 || c->vocab_size > 1 << 24)
+    return qv_fail(err, QV_EINVAL, "vocab_size %d out of range", c->vocab_size);
+  if (!(c->ln_eps > 0 && c->ln_eps < 1)) return qv_fail(err, QV_EINVAL, "layer_norm_epsilon %g out of range", c->ln_eps);
+  /* with the bounds above the parameter count fits in size_t on 64-bit hosts */
+  return QV_OK;
+}
+
+size_t gpt_tensor_count(const gpt_config *c) { return 2 + 12 * (size_t)c->n_layer + 2; }
+
+static const char *const layer_names[12] = {
+    "ln_1.weight",      "ln_1.bias",      "attn.c_attn.weight", "attn.c_attn.bias",
+    "attn.c_proj.weight", "attn.c_proj.bias", "ln_2.weight",      "ln_2.bias",
+    "mlp.c_fc.weight",  "mlp.c_fc.bias",  "mlp.c_proj.weight",  "mlp.c_proj.bias"};
+
+static void shape_of(const gpt_config *c, size_t i, gpt_tensor_info *t) {
+  int64_t C = c->n_embd, L = c->n_layer;
+  t->ndim = 1;
+  t->shape[1] = 0;
+  t->decay = 0;
+  if (i == 0) {
+    snprintf(t->name, sizeof t->name, "wte.weight");
+    t->ndim = 2, t->shape[0] = c->vocab_size, t->shape[1] = C;
+  } else if (i == 1) {
+    snprintf(t->name, sizeof t->name, "wpe.weight");
+    t->ndim = 2, t->shape[0] = c->n_ctx, t->shape[1] = C;
+  } else if (i < 2 + 12 * (size_t)L) {
+    size_t l = (i - 2) / 12, k = (i - 2) % 12;
+    snprintf(t->name, sizeof t->name, "h.%zu.%s", l, layer_names[k]);
+    static const int64_t rows[12] = {1, 1, 1, 3, 1, 1, 1, 1, 1, 4, 4, 1};   /* x C */
+    static const int64_t cols[12] = {0, 0, 3, 0, 1, 0, 0, 0, 4, 0, 1, 0};   /* x C, 0: 1-D */
+    if (cols[k]) {
+      t->ndim = 2, t->shape[0] = rows[k] * C, t->shape[1] = cols[k] * C;
+    } else {
+      t->shape[0] = rows[k] * C;
+    }
+  } else {
+    snprintf(t->name, sizeof t->name, i == 2 + 12 * (size_t)L ? "ln_f.weight" : "ln_f.bias");
+    t->shape[0] = C;
+  }
+  t->numel = (size_t)t->shape[0] * (size_t)(t->ndim == 2 ? t->shape[1] : 1);
+  t->decay = t->ndim == 2;
+}
+
+void gpt_tensor_at(const gpt_config *c, size_t i, gpt_tensor_info *out) {
+  size_t off = 0;
+  gpt_tensor_info t;
+  for (size_t j = 0; j < i; j++) {
+    shape_of(c, j, &t);
+    off += t.numel;
+  }
+  shape_of(c, i, out);
+  out->offset = off;
+}
+
+size_t gpt_param_count(const gpt_config *c) {
+  size_t n = 0, nt = gpt_tensor_count(c);
+  gpt_tensor_info t;
+  for (size_t i = 0; i < nt; i++) {
+    shape_of(c, i, &t);
+    n += t.numel;
+  }
+  return n;
+}
+
+static void point_weights(const gpt_config *c, float *base, gpt_weights *w) {
+  size_t nt = gpt_tensor_count(c), off = 0;
+  gpt_tensor_info t;
+  float **slots[12];
+  for (size_t i = 0; i < nt; i++) {
+    shape_of(c, i, &t);
+    float *p = base + off;
+    off += t.numel;
+    if (i == 0) w->wte = p;
+    else if (i == 1) w->wpe = p;
+    else if (i < nt - 2) {
+      gpt_layer_w *lw = &w->layers[(i - 2) / 12];
+      float **s[12] = {&lw->ln1w, &lw->ln1b, &lw->qkvw, &lw->qkvb, &lw->attprojw, &lw->attprojb,
+                       &lw->ln2w, &lw->ln2b, &lw->fcw,  &lw->fcb,  &lw->fcprojw,  &lw->fcprojb};
+      memcpy(slots, s, sizeof s);
+      *slots[(i - 2) % 12] = p;
+    } else if (i == nt - 2) w->lnfw = p;
+    else w->lnfb = p;
+  }
+}
+
+/* ---- Activations --------------------------------------------------------------------- */
+
+struct gpt_acts {
+  float *block;    /* everything below points into it */
+  float *encoded;  /* (B, T, C) */
+  float *ln1, *ln1_mean, *ln1_rstd; /* (L, B, T, C), (L, B, T) x2 */
+  float *qkv;      /* (L, B, T, 3C) */
+  float *atty;     /* (L, B, T, C) */
+  float *preatt, *att; /* (L, B, H, T, T) */
+  float *residual2;    /* (L, B, T, C) */
+  float *ln2, *ln2_mean, *ln2_rstd;
+  float *fch, *fch_gelu; /* (L, B, T, 4C) */
+  float *residual3;      /* (L, B, T, C) */
+  float *lnf, *lnf_mean, *lnf_rstd; /* (B, T, C), (B, T) x2 */
+  float *logits, *probs; /* (B, T, V) */
+  float *losses;         /* (B, T) */
+  /* gradients of activations, one block, zeroed at the start of every backward */
+  float *gblock;
+  size_t gsize;
+  float *dencoded, *dresidual2, *dresidual3; /* (B,T,C), (L,B,T,C) x2 */
+  float *dln, *datty, *dlnf;                 /* (B, T, C) scratch */
+  float *dqkv;                               /* (B, T, 3C) */
+  float *dfch, *dfch_gelu;                   /* (B, T, 4C) */
+  float *dlogits;                            /* (B, T, V) */
+  float *dscratch;                           /* (B, H, 2T) */
+  int32_t *inputs, *targets;                 /* (B, T) of the last forward */
+  int lastB, lastT;
+  int has_targets;
+  size_t nvalid;
+};
+
+qv_status gpt_create(gpt_model **out, const gpt_config *c, qv_error *err) {
+  *out = NULL;
+  qv_status st = gpt_config_check(c, err);
+  if (st) return st;
+  gpt_model *m = calloc(1, sizeof *m);
+  if (!m) return qv_fail(err, QV_ENOMEM, "out of memory for the model");
+  m->cfg = *c;
+  m->nparams = gpt_param_count(c);
+  m->params = qv_aligned_alloc(m->nparams * sizeof(float));
+  m->w.layers = calloc((size_t)c->n_layer, sizeof(gpt_layer_w));
+  m->g.layers = calloc((size_t)c->n_layer, sizeof(gpt_layer_w));
+  if (!m->params || !m->w.layers || !m->g.layers) {
+    gpt_free(m);
+    return qv_fail(err, QV_ENOMEM, "out of memory for %zu parameters", gpt_param_count(c));
+  }
+  memset(m->params, 0, m->nparams * sizeof(float));
+  point_weights(c, m->params, &m->w);
+  *out = m;
+  return QV_OK;
+}
+
+void gpt_free(gpt_model *m) {
+  if (!m) return;
+  qv_aligned_free(m->params);
+  qv_aligned_free(m->grads);
+  qv_aligned_free(m->m);
+  qv_aligned_free(m->v);
+  if (m->acts) {
+    qv_aligned_free(m->acts->block);
+    qv_aligned_free(m->acts->gblock);
+    free(m->acts->inputs);
+    free(m->acts->targets);
+    free(m->acts);
+  }
+  free(m->w.layers);
+  free(m->g.layers);
+  free(m);
+}
+
+void gpt_init(gpt_model *m, uint64_t seed) {
+  gpt_rng r;
+  gpt_rng_seed(&r, seed);
+  const gpt_config *c = &m->cfg;
+  size_t nt = gpt_tensor_count(c);
+  float resid_std = 0.02f / sqrtf(2.0f * (float)c->n_layer);
+  for (size_t i = 0; i < nt; i++) {
+    gpt_tensor_info t;
+    gpt_tensor_at(c, i, &t);
+    float *p = m->params + t.offset;
+    if (t.ndim == 2) {
+      float sd = strstr(t.name, "c_proj.weight") ? resid_std : 0.02f;
+      for (size_t j = 0; j < t.numel; j++) p[j] = sd * gpt_rng_normal(&r);
+    } else {
+      float v = strstr(t.name, "ln_") && strstr(t.name, ".weight") ? 1.0f : 0.0f;
+      for (size_t j = 0; j < t.numel; j++) p[j] = v;
+    }
+  }
+}
+
+static float *take(float **cur, size_t n) {
+  float *p = *cur;
+  *cur += (n + 15) & ~(size_t)15; /* keep each array 64-byte aligned */
+  return p;
+}
+
+qv_status gpt_train_alloc(gpt_model *m, int B, int T, qv_error *err) {
+  const gpt_config *c = &m->cfg;
+  if (B <= 0 || T <= 0 || T > c->n_ctx)
+    return qv_fail(err, QV_EINVAL, "batch %d x %d does not fit the model (context %d)", B, T, c->n_ctx);
+  if (m->acts) return qv_fail(err, QV_EINVAL, "training state already allocated");
+  size_t L = (size_t)c->n_layer, C = (size_t)c->n_embd, H = (size_t)c->n_head, V = (size_t)c->vocab_size;
+  size_t BT = (size_t)B * (size_t)T, Tn = (size_t)T;
+#define PAD(n) (((size_t)(n) + 15) & ~(size_t)15)
+  size_t asize = PAD(BT * C) + 3 * (PAD(L * BT * C) + 2 * PAD(L * BT)) + PAD(L * BT * 3 * C) + PAD(L * BT * C) +
+                 2 * PAD(L * B * H * Tn * Tn) + PAD(L * BT * C) + 2 * PAD(L * BT * 4 * C) + PAD(BT * C) +
+                 2 * PAD(BT * V) + PAD(BT);
+  size_t gsize = PAD(BT * C) + 2 * PAD(L * BT * C) + 3 * PAD(BT * C) + PAD(BT * 3 * C) + 2 * PAD(BT * 4 * C) +
+                 PAD(BT * V) + PAD((size_t)B * H * 2 * Tn);
+#undef PAD
+  gpt_acts *a = calloc(1, sizeof *a);
+  if (!a) return qv_fail(err, QV_ENOMEM, "out of memory for activations");
+  a->block = qv_aligned_alloc(asize * sizeof(float));
+  a->gblock = qv_aligned_alloc(gsize * sizeof(float));
+  a->inputs = malloc(BT * sizeof(int32_t));
+  a->targets = malloc(BT * sizeof(int32_t));
+  m->grads = qv_aligned_alloc(m->nparams * sizeof(float));
+  m->m = qv_aligned_alloc(m->nparams * sizeof(float));
+  m->v = qv_aligned_alloc(m->nparams * sizeof(float));
+  m->acts = a;
+  if (!a->block || !a->gblock || !a->inputs || !a->targets || !m->grads || !m->m || !m->v) {
+    size_t total = asize + gsize + 3 * m->nparams;
+    qv_aligned_free(m->grads);
+    qv_aligned_free(m->m);
+    qv_aligned_free(m->v);
+    m->grads = m->m = m->v = NULL;
+    qv_aligned_free(a->block);
+    qv_aligned_free(a->gblock);
+    free(a->inputs);
+    free(a->targets);
+    free(a);
+    m->acts = NULL;
+    return qv_fail(err, QV_ENOMEM, "out of memory for training state (%zu floats)", total);
+  }
+  memset(a->block, 0, asize * sizeof(float));
+  memset(m->grads, 0, m->nparams * sizeof(float));
+  memset(m->m, 0, m->nparams * sizeof(float));
+  memset(m->v, 0, m->nparams * sizeof(float));
+  point_weights(c, m->grads, &m->g);
+  float *p = a->block;
+  a->encoded = take(&p, BT * C);
+  a->ln1 = take(&p, L * BT * C);
+  a->ln1_mean = take(&p, L * BT);
+  a->ln1_rstd = take(&p, L * BT);
+  a->qkv = take(&p, L * BT * 3 * C);
+  a->atty = take(&p, L * BT * C);
+  a->preatt = take(&p, L * B * H * Tn * Tn);
+  a->att = take(&p, L * B * H * Tn * Tn);
+  a->residual2 = take(&p, L * BT * C);
+  a->ln2 = take(&p, L * BT * C);
+  a->ln2_mean = take(&p, L * BT);
+  a->ln2_rstd = take(&p, L * BT);
+  a->fch = take(&p, L * BT * 4 * C);
+  a->fch_gelu = take(&p, L * BT * 4 * C);
+  a->residual3 = take(&p, L * BT * C);
+  a->lnf = take(&p, BT * C);
+  a->lnf_mean = take(&p, BT);
+  a->lnf_rstd = take(&p, BT);
+  a->logits = take(&p, BT * V);
+  a->probs = take(&p, BT * V);
+  a->losses = take(&p, BT);
+  float *g = a->gblock;
+  a->gsize = gsize;
+  a->dencoded = take(&g, BT * C);
+  a->dresidual2 = take(&g, L * BT * C);
+  a->dresidual3 = take(&g, L * BT * C);
+  a->dln = take(&g, BT * C);
+  a->datty = take(&g, BT * C);
+  a->dlnf = take(&g, BT * C);
+  a->dqkv = take(&g, BT * 3 * C);
+  a->dfch = take(&g, BT * 4 * C);
+  a->dfch_gelu = take(&g, BT * 4 * C);
+  a->dlogits = take(&g, BT * V);
+  a->dscratch = take(&g, (size_t)B * H * 2 * Tn);
+  m->B = B;
+  m->T = T;
+  return QV_OK;
+}
+
+/* ---- Kernels ------------------------------------------------------------------------- */
+
+void gpt_encoder_forward(float *out, const int32_t *inp, const float *wte, const float *wpe, int B, int T,
+                         int C) {
+  for (int b = 0; b < B; b++)
+    for (int t = 0; t < T; t++) {
+      float *o = out + ((size_t)b * T + t) * C;          // (C)
+      const float *we = wte + (size_t)inp[b * T + t] * C; // (C)
+      const float *pe = wpe + (size_t)t * C;             // (C)
+      for (int i = 0; i < C; i++) o[i] = we[i] + pe[i];
+    }
+}
+
+void gpt_encoder_backward(float *dwte, float *dwpe, const float *dout, const int32_t *inp, int B, int T,
+                          int C) {
+  /* sequential: rows with the same token add into the same dwte row, in row order */
+  for (int b = 0; b < B; b++)
+    for (int t = 0; t < T; t++) {
+      const float *d = dout + ((size_t)b * T + t) * C;
+      float *dw = dwte + (size_t)inp[b * T + t] * C, *dp = dwpe + (size_t)t * C;
+      for (int i = 0; i < C; i++) {
+        dw[i] += d[i];
+        dp[i] += d[i];
+      }
+    }
+}
+
+typedef struct ln_ctx {
+  float *out, *mean, *rstd, *dinp, *dw, *db;
+  const float *inp, *w, *b, *dout, *cmean, *crstd;
+  int C;
+  float eps;
+} ln_ctx;
+
+static void ln_fwd_rows(void *c, size_t lo, size_t hi) {
+  ln_ctx *x = c;
+  int C = x->C;
+  for (size_t n = lo; n < hi; n++) {
+    const float *in = x->inp + n * C; // (C)
+    float mean = 0, var = 0;
+    for (int i = 0; i < C; i++) mean += in[i];
+    mean /= (float)C;
+    for (int i = 0; i < C; i++) {
+      float d = in[i] - mean;
+      var += d * d;
+    }
+    var /= (float)C;
+    float rs = 1.0f / sqrtf(var + x->eps);
+    float *o = x->out + n * C;
+    for (int i = 0; i < C; i++) o[i] = (in[i] - mean) * rs * x->w[i] + x->b[i];
+    if (x->mean) x->mean[n] = mean;
+    if (x->rstd) x->rstd[n] = rs;
+  }
+}
+
+void gpt_layernorm_forward(qv_pool *pool, float *out, float *mean, float *rstd, const float *inp,
+                           const float *w, const float *b, int N, int C, float eps) {
+  ln_ctx x = {.out = out, .mean = mean, .rstd = rstd, .inp = inp, .w = w, .b = b, .C = C, .eps = eps};
+  par_range(pool, (size_t)N, (size_t)C * 8, ln_fwd_rows, &x);
+}
+
+static void ln_bwd_rows(void *c, size_t lo, size_t hi) {
+  ln_ctx *x = c;
+  int C = x->C;
+  for (size_t n = lo; n < hi; n++) {
+    const float *in = x->inp + n * C, *d = x->dout + n * C; // (C), (C)
+    float mean = x->cmean[n], rs = x->crstd[n];
+    float dnorm_mean = 0, dnorm_norm_mean = 0;
+    for (int i = 0; i < C; i++) {
+      float norm = (in[i] - mean) * rs, dnorm = x->w[i] * d[i];
+      dnorm_mean += dnorm;
+      dnorm_norm_mean += dnorm * norm;
+    }
+    dnorm_mean /= (float)C;
+    dnorm_norm_mean /= (float)C;
+    float *di = x->dinp + n * C;
+    for (int i = 0; i < C; i++) {
+      float norm = (in[i] - mean) * rs, dnorm = x->w[i] * d[i];
+      di[i] += (dnorm - dnorm_mean - norm * dnorm_norm_mean) * rs;
+    }
+  }
+}
+
+typedef struct colsum_ctx {
+  const float *inp, *dout, *mean, *rstd;
+  float *dw, *db;
+  size_t N, C;
+} colsum_ctx;
+
+/* dw[i] += sum_n norm[n,i] dout[n,i], db[i] += sum_n dout[n,i] for columns [lo, hi), rows in
+ * order (invariant 2). */
+static void ln_bwd_cols(void *c, size_t lo, size_t hi) {
+  colsum_ctx *x = c;
+  for (size_t n = 0; n < x->N; n++) {
+    const float *in = x->inp + n * x->C, *d = x->dout + n * x->C;
+    float mean = x->mean[n], rs = x->rstd[n];
+    for (size_t i = lo; i < hi; i++) {
+      x->dw[i] += (in[i] - mean) * rs * d[i];
+      x->db[i] += d[i];
+    }
+  }
+}
+
+void gpt_layernorm_backward(qv_pool *pool, float *dinp, float *dw, float *db, const float *dout,
+                            const float *inp, const float *w, const float *mean, const float *rstd, int N,
+                            int C) {
+  ln_ctx x = {.dinp = dinp, .inp = inp, .w = w, .dout = dout, .cmean = mean, .crstd = rstd, .C = C};
+  par_range(pool, (size_t)N, (size_t)C * 12, ln_bwd_rows, &x);
+  colsum_ctx s = {inp, dout, mean, rstd, dw, db, (size_t)N, (size_t)C};
+  par_range(pool, (size_t)C, (size_t)N * 4, ln_bwd_cols, &s);
+}
+
+void gpt_matmul_forward(qv_pool *pool, float *out, const float *inp, const float *w, const float *b, int N,
+                        int IC, int OC) {
+  (void)pool;
+  float beta = 0.0f;
+  if (b) {
+    for (int n = 0; n < N; n++) memcpy(out + (size_t)n * OC, b, (size_t)OC * sizeof(float));
+    beta = 1.0f;
+  }
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, OC, IC, 1.0f, inp, IC, w, OC, beta, out, OC);
+}
+
+typedef struct bias_ctx {
+  float *db;
+  const float *dout;
+  size_t N, OC;
+} bias_ctx;
+
+static void bias_cols(void *c, size_t lo, size_t hi) {
+  bias_ctx *x = c;
+  for (size_t n = 0; n < x->N; n++) {
+    const float *d = x->dout + n * x->OC;
+    for (size_t o = lo; o < hi; o++) x->db[o] += d[o];
+  }
+}
+
+void gpt_matmul_backward(qv_pool *pool, float *dinp, float *dw, float *db, const float *dout,
+                         const float *inp, const float *w, int N, int IC, int OC) {
+  /* dinp (N, IC) += dout (N, OC) @ w^T; dw (IC, OC) += inp^T (IC, N) @ dout (N, OC) */
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, IC, OC, 1.0f, dout, OC, w, OC, 1.0f, dinp, IC);
+  cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, IC, OC, N, 1.0f, inp, IC, dout, OC, 1.0f, dw, OC);
+  if (db) {
+    bias_ctx x = {db, dout, (size_t)N, (size_t)OC};
+    par_range(pool, (size_t)OC, (size_t)N, bias_cols, &x);
+  }
+}
+
+typedef struct att_ctx {
+  float *out, *preatt, *att, *dqkv, *scratch;
+  const float *qkv, *dout, *catt;
+  int B, T, C, H;
+} att_ctx;
+
+/* task = (b, h, t): one query row; writes out[b, t, h] and the (b, h, t) rows of att. */
+static void att_fwd(void *c, size_t lo, size_t hi) {
+  att_ctx *x = c;
+  int T = x->T, C = x->C, H = x->H, hs = C / H;
+  float scale = 1.0f / sqrtf((float)hs);
+  for (size_t task = lo; task < hi; task++) {
+    int t = (int)(task % (size_t)T), h = (int)(task / (size_t)T % (size_t)H), b = (int)(task / ((size_t)T * H));
+    const float *q = x->qkv + ((size_t)b * T + t) * 3 * C + (size_t)h * hs; // (hs)
+    float *pre = x->preatt + (((size_t)b * H + h) * T + t) * T;            // (T)
+    float *att = x->att + (((size_t)b * H + h) * T + t) * T;               // (T)
+    float maxv = -INFINITY;
+    for (int t2 = 0; t2 <= t; t2++) {
+      const float *k = x->qkv + ((size_t)b * T + t2) * 3 * C + C + (size_t)h * hs;
+      float v = 0;
+      for (int i = 0; i < hs; i++) v += q[i] * k[i];
+      v *= scale;
+      pre[t2] = v;
+      if (v > maxv) maxv = v;
+    }
+    float sum = 0;
+    for (int t2 = 0; t2 <= t; t2++) {
+      float e = expf(pre[t2] - maxv);
+      att[t2] = e;
+      sum += e;
+    }
+    float inv = 1.0f / sum;
+    for (int t2 = 0; t2 < T; t2++) att[t2] = t2 <= t ? att[t2] * inv : 0.0f; /* causal mask */
+    float *o = x->out + ((size_t)b * T + t) * C + (size_t)h * hs;
+    for (int i = 0; i < hs; i++) o[i] = 0;
+    for (int t2 = 0; t2 <= t; t2++) {
+      const float *v = x->qkv + ((size_t)b * T + t2) * 3 * C + 2 * C + (size_t)h * hs;
+      float a = att[t2];
+      for (int i = 0; i < hs; i++) o[i] += a * v[i];
+    }
+  }
+}
+
+void gpt_attention_forward(qv_pool *pool, float *out, float *preatt, float *att, const float *qkv, int B,
+                           int T, int C, int H) {
+  att_ctx x = {.out = out, .preatt = preatt, .att = att, .qkv = qkv, .B = B, .T = T, .C = C, .H = H};
+  par_range(pool, (size_t)B * H * T, (size_t)T * (C / H) * 2, att_fwd, &x);
+}
+
+/* task = (b, h): every t of one head, so each task writes only its head's slice of dqkv. */
+static void att_bwd(void *c, size_t lo, size_t hi) {
+  att_ctx *x = c;
+  int T = x->T, C = x->C, H = x->H, hs = C / H;
+  float scale = 1.0f / sqrtf((float)hs);
+  for (size_t task = lo; task < hi; task++) {
+    int h = (int)(task % (size_t)H), b = (int)(task / (size_t)H);
+    float *datt = x->scratch + task * 2 * (size_t)T, *dpre = datt + T; // (T), (T)
+    for (int t = 0; t < T; t++) {
+      const float *att = x->catt + (((size_t)b * H + h) * T + t) * T;
+      const float *d = x->dout + ((size_t)b * T + t) * C + (size_t)h * hs;
+      const float *q = x->qkv + ((size_t)b * T + t) * 3 * C + (size_t)h * hs;
+      float *dq = x->dqkv + ((size_t)b * T + t) * 3 * C + (size_t)h * hs;
+      /* out = att @ v */
+      for (int t2 = 0; t2 <= t; t2++) {
+        const float *v = x->qkv + ((size_t)b * T + t2) * 3 * C + 2 * C + (size_t)h * hs;
+        float *dv = x->dqkv + ((size_t)b * T + t2) * 3 * C + 2 * C + (size_t)h * hs;
+        float s = 0;
+        for (int i = 0; i < hs; i++) {
+          s += v[i] * d[i];
+          dv[i] += att[t2] * d[i];
+        }
+        datt[t2] = s;
+      }
+      /* softmax: dpre = att * (datt - sum(att * datt)) */
+      float dot = 0;
+      for (int t2 = 0; t2 <= t; t2++) dot += att[t2] * datt[t2];
+      for (int t2 = 0; t2 <= t; t2++) dpre[t2] = att[t2] * (datt[t2] - dot) * scale;
+      /* pre = q . k * scale */
+      for (int t2 = 0; t2 <= t; t2++) {
+        const float *k = x->qkv + ((size_t)b * T + t2) * 3 * C + C + (size_t)h * hs;
+        float *dk = x->dqkv + ((size_t)b * T + t2) * 3 * C + C + (size_t)h * hs;
+        for (int i = 0; i < hs; i++) {
+          dq[i] += k[i] * dpre[t2];
+          dk[i] += q[i] * dpre[t2];
+        }
+      }
+    }
+  }
+}
+
+void gpt_attention_backward(qv_pool *pool, float *dqkv, float *scratch, const float *dout, const float *qkv,
+                            const float *att, int B, int T, int C, int H) {
+  att_ctx x = {.dqkv = dqkv, .scratch = scratch, .dout = dout, .qkv = qkv, .catt = att, .B = B, .T = T, .C = C,
+               .H = H};
+  par_range(pool, (size_t)B * H, (size_t)T * T * (C / H) * 3, att_bwd, &x);
+}
+
+#define GELU_SCALE 0.7978845608028654f /* sqrt(2 / pi) */
+
+typedef struct gelu_ctx {
+  float *out;
+  const float *inp, *dout;
+} gelu_ctx;
+
+static void gelu_fwd(void *c, size_t lo, size_t hi) {
+  gelu_ctx *x = c;
+  for (size_t i = lo; i < hi; i++) {
+    float v = x->inp[i];
+    x->out[i] = 0.5f * v * (1.0f + tanhf(GELU_SCALE * (v + 0.044715f * v * v * v)));
+  }
+}
+
+void gpt_gelu_forward(qv_pool *pool, float *out, const float *inp, size_t n) {
+  gelu_ctx x = {out, inp, NULL};
+  par_range(pool, n, 20, gelu_fwd, &x);
+}
+
+static void gelu_bwd(void *c, size_t lo, size_t hi) {
+  gelu_ctx *x = c;
+  for (size_t i = lo; i < hi; i++) {
+    float v = x->inp[i];
+    float u = GELU_SCALE * (v + 0.044715f * v * v * v);
+    float th = tanhf(u), sech2 = 1.0f - th * th;
+    float g = 0.5f * (1.0f + th) + 0.5f * v * sech2 * GELU_SCALE * (1.0f + 3.0f * 0.044715f * v * v);
+    x->out[i] += g * x->dout[i];
+  }
+}
+
+void gpt_gelu_backward(qv_pool *pool, float *dinp, const float *inp, const float *dout, size_t n) {
+  gelu_ctx x = {dinp, inp, dout};
+  par_range(pool, n, 24, gelu_bwd, &x);
+}
+
+typedef struct ce_ctx {
+  float *probs, *losses, *dlogits;
+  const float *logits, *cprobs;
+  const int32_t *targets;
+  int V;
+  float dloss;
+} ce_ctx;
+
+static void ce_fwd(void *c, size_t lo, size_t hi) {
+  ce_ctx *x = c;
+  size_t V = (size_t)x->V;
+  for (size_t n = lo; n < hi; n++) {
+    const float *l = x->logits + n * V; // (V)
+    float *p = x->probs + n * V;
+    float maxv = -INFINITY;
+    for (size_t i = 0; i < V; i++)
+      if (l[i] > maxv) maxv = l[i];
+    float sum = 0;
+    for (size_t i = 0; i < V; i++) {
+      p[i] = expf(l[i] - maxv);
+      sum += p[i];
+    }
+    float inv = 1.0f / sum;
+    for (size_t i = 0; i < V; i++) p[i] *= inv;
+    if (x->losses) {
+      int32_t tg = x->targets ? x->targets[n] : -1;
+      /* from the logits, not log(p): exact for tiny probabilities */
+      x->losses[n] = tg >= 0 ? (maxv + logf(sum)) - l[tg] : 0.0f;
+    }
+  }
+}
+
+void gpt_crossentropy_forward(qv_pool *pool, float *probs, float *losses, const float *logits,
+                              const int32_t *targets, int N, int V) {
+  ce_ctx x = {.probs = probs, .losses = losses, .logits = logits, .targets = targets, .V = V};
+  par_range(pool, (size_t)N, (size_t)V * 4, ce_fwd, &x);
+}
+
+static void ce_bwd(void *c, size_t lo, size_t hi) {
+  ce_ctx *x = c;
+  size_t V = (size_t)x->V;
+  for (size_t n = lo; n < hi; n++) {
+    int32_t tg = x->targets[n];
+    if (tg < 0) continue;
+    const float *p = x->cprobs + n * V;
+    float *d = x->dlogits + n * V;
+    for (size_t i = 0; i < V; i++) d[i] += (p[i] - (i == (size_t)tg ? 1.0f : 0.0f)) * x->dloss;
+  }
+}
+
+void gpt_crossentropy_backward(qv_pool *pool, float *dlogits, const float *probs, const int32_t *targets,
+                               int N, int V, float dloss) {
+  ce_ctx x = {.dlogits = dlogits, .cprobs = probs, .targets = targets, .V = V, .dloss = dloss};
+  par_range(pool, (size_t)N, (size_t)V * 2, ce_bwd, &x);
+}
+
+/* ---- The model ----------------------------------------------------------------------- */
+
+static qv_pool *pool_of(const gpt_model *m) { return m->pool ? m->pool : pool_default(); }
+
+static void add_into(float *out, const float *a, const float *b, size_t n) {
+  for (size_t i = 0; i < n; i++) out[i] = a[i] + b[i];
+}
+
+qv_status gpt_forward(gpt_model *m, const int32_t *inputs, const int32_t *targets, int B, int T) {
+  gpt_acts *a = m->acts;
+  const gpt_config *c = &m->cfg;
+  if (!a || B <= 0 || T <= 0 || (size_t)B * T > (size_t)m->B * m->T || T > m->T) return QV_EINVAL;
+  size_t BT = (size_t)B * T;
+  int C = c->n_embd, V = c->vocab_size, H = c->n_head, L = c->n_layer;
+  for (size_t i = 0; i < BT; i++) {
+    if (inputs[i] < 0 || inputs[i] >= V) return QV_EINVAL;
+    if (targets && targets[i] >= V) return QV_EINVAL;
+  }
+  qv_pool *pool = pool_of(m);
+  memcpy(a->inputs, inputs, BT * sizeof(int32_t));
+  a->has_targets = targets != NULL;
+  if (targets) memcpy(a->targets, targets, BT * sizeof(int32_t));
+  /* per-layer arrays are strided by the actual B*T, so a smaller batch packs densely */
+  size_t sC = BT * C, s3C = 3 * sC, s4C = 4 * sC, sN = BT, sTT = (size_t)B * H * T * T;
+  gpt_encoder_forward(a->encoded, inputs, m->w.wte, m->w.wpe, B, T, C);
+  const float *residual = a->encoded;
+  for (int l = 0; l < L; l++) {
+    const gpt_layer_w *w = &m->w.layers[l];
+    float *ln1 = a->ln1 + l * sC, *qkv = a->qkv + l * s3C, *atty = a->atty + l * sC;
+    float *res2 = a->residual2 + l * sC, *ln2 = a->ln2 + l * sC, *fch = a->fch + l * s4C;
+    float *fchg = a->fch_gelu + l * s4C, *res3 = a->residual3 + l * sC;
+    gpt_layernorm_forward(pool, ln1, a->ln1_mean + l * sN, a->ln1_rstd + l * sN, residual, w->ln1w, w->ln1b,
+                          (int)BT, C, c->ln_eps);
+    gpt_matmul_forward(pool, qkv, ln1, w->qkvw, w->qkvb, (int)BT, C, 3 * C);
+    gpt_attention_forward(pool, atty, a->preatt + l * sTT, a->att + l * sTT, qkv, B, T, C, H);
+    /* res2 = residual + atty @ attprojw + b: the projection goes into res2, then adds */
+    gpt_matmul_forward(pool, res2, atty, w->attprojw, w->attprojb, (int)BT, C, C);
+    add_into(res2, res2, residual, sC);
+    gpt_layernorm_forward(pool, ln2, a->ln2_mean + l * sN, a->ln2_rstd + l * sN, res2, w->ln2w, w->ln2b,
+                          (int)BT, C, c->ln_eps);
+    gpt_matmul_forward(pool, fch, ln2, w->fcw, w->fcb, (int)BT, C, 4 * C);
+    gpt_gelu_forward(pool, fchg, fch, s4C);
+    gpt_matmul_forward(pool, res3, fchg, w->fcprojw, w->fcprojb, (int)BT, 4 * C, C);
+    add_into(res3, res3, res2, sC);
+    residual = res3;
+  }
+  gpt_layernorm_forward(pool, a->lnf, a->lnf_mean, a->lnf_rstd, residual, m->w.lnfw, m->w.lnfb, (int)BT, C,
+                        c->ln_eps);
+  /* logits (BT, V) = lnf (BT, C) @ wte^T */
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)BT, V, C, 1.0f, a->lnf, C, m->w.wte, C, 0.0f,
+              a->logits, V);
+  if (targets) {
+    gpt_crossentropy_forward(pool, a->probs, a->losses, a->logits, targets, (int)BT, V);
+    double sum = 0;
+    size_t nvalid = 0;
+    for (size_t i = 0; i < BT; i++)
+      if (targets[i] >= 0) sum += a->losses[i], nvalid++;
+    a->nvalid = nvalid;
+    m->loss = nvalid ? (float)(sum / (double)nvalid) : 0.0f;
+  } else {
+    m->loss = -1.0f;
+  }
+  a->lastB = B;
+  a->lastT = T;
+  return QV_OK;
+}
+
+const float *gpt_logits(const gpt_model *m) { return m->acts ? m->acts->logits : NULL; }
+
+void gpt_zero_grad(gpt_model *m) {
+  if (m->grads) memset(m->grads, 0, m->nparams * sizeof(float));
+}
+
+void gpt_backward(gpt_model *m, float loss_scale) {
+  gpt_acts *a = m->acts;
+  if (!a || !a->has_targets || !a->nvalid) return;
+  const gpt_config *c = &m->cfg;
+  int B = a->lastB, T = a->lastT, C = c->n_embd, V = c->vocab_size, H = c->n_head, L = c->n_layer;
+  size_t BT = (size_t)B * T, sC = BT * C, s3C = 3 * sC, s4C = 4 * sC, sN = BT, sTT = (size_t)B * H * T * T;
+  qv_pool *pool = pool_of(m);
+  memset(a->gblock, 0, a->gsize * sizeof(float));
+  gpt_crossentropy_backward(pool, a->dlogits, a->probs, a->targets, (int)BT, V, loss_scale / (float)a->nvalid);
+  /* logits = lnf @ wte^T: dlnf (BT, C) += dlogits (BT, V) @ wte (V, C);
+   * dwte (V, C) += dlogits^T (V, BT) @ lnf (BT, C) */
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)BT, C, V, 1.0f, a->dlogits, V, m->w.wte, C, 1.0f,
+              a->dlnf, C);
+  cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, V, C, (int)BT, 1.0f, a->dlogits, V, a->lnf, C, 1.0f,
+              m->g.wte, C);
+  const float *last = a->residual3 + (size_t)(L - 1) * sC;
+  gpt_layernorm_backward(pool, a->dresidual3 + (size_t)(L - 1) * sC, m->g.lnfw, m->g.lnfb, a->dlnf, last,
+                         m->w.lnfw, a->lnf_mean, a->lnf_rstd, (int)BT, C);
+  for (int l = L - 1; l >= 0; l--) {
+    const gpt_layer_w *w = &m->w.layers[l];
+    gpt_layer_w *g = &m->g.layers[l];
+    const float *residual = l ? a->residual3 + (size_t)(l - 1) * sC : a->encoded;
+    float *dresidual = l ? a->dresidual3 + (size_t)(l - 1) * sC : a->dencoded;
+    float *dres3 = a->dresidual3 + (size_t)l * sC, *dres2 = a->dresidual2 + (size_t)l * sC;
+    const float *ln1 = a->ln1 + l * sC, *qkv = a->qkv + l * s3C, *atty = a->atty + l * sC;
+    const float *res2 = a->residual2 + l * sC, *ln2 = a->ln2 + l * sC, *fch = a->fch + l * s4C;
+    const float *fchg = a->fch_gelu + l * s4C;
+    /* res3 = res2 + fcproj(gelu(fc(ln2(res2)))) */
+    for (size_t i = 0; i < sC; i++) dres2[i] += dres3[i];
+    memset(a->dfch_gelu, 0, s4C * sizeof(float));
+    memset(a->dfch, 0, s4C * sizeof(float));
+    memset(a->dln, 0, sC * sizeof(float));
+    gpt_matmul_backward(pool, a->dfch_gelu, g->fcprojw, g->fcprojb, dres3, fchg, w->fcprojw, (int)BT, 4 * C, C);
+    gpt_gelu_backward(pool, a->dfch, fch, a->dfch_gelu, s4C);
+    gpt_matmul_backward(pool, a->dln, g->fcw, g->fcb, a->dfch, ln2, w->fcw, (int)BT, C, 4 * C);
+    gpt_layernorm_backward(pool, dres2, g->ln2w, g->ln2b, a->dln, res2, w->ln2w, a->ln2_mean + l * sN,
+                           a->ln2_rstd + l * sN, (int)BT, C);
+    /* res2 = residual + attproj(attention(qkv(ln1(residual)))) */
+    for (size_t i = 0; i < sC; i++) dresidual[i] += dres2[i];
+    memset(a->datty, 0, sC * sizeof(float));
+    memset(a->dqkv, 0, s3C * sizeof(float));
+    memset(a->dln, 0, sC * sizeof(float));
+    gpt_matmul_backward(pool, a->datty, g->attprojw, g->attprojb, dres2, atty, w->attprojw, (int)BT, C, C);
+    gpt_attention_backward(pool, a->dqkv, a->dscratch, a->datty, qkv, a->att + l * sTT, B, T, C, H);
+    gpt_matmul_backward(pool, a->dln, g->qkvw, g->qkvb, a->dqkv, ln1, w->qkvw, (int)BT, C, 3 * C);
+    gpt_layernorm_backward(pool, dresidual, g->ln1w, g->ln1b, a->dln, residual, w->ln1w, a->ln1_mean + l * sN,
+                           a->ln1_rstd + l * sN, (int)BT, C);
+  }
+  gpt_encoder_backward(m->g.wte, m->g.wpe, a->dencoded, a->inputs, B, T, C);
+}
+
+double gpt_clip_grad(gpt_model *m, float clip) {
+  if (!m->grads) return 0;
+  double ss = 0;
+  for (size_t i = 0; i < m->nparams; i++) ss += (double)m->grads[i] * m->grads[i];
+  double norm = sqrt(ss);
+  if (clip > 0 && norm > clip) {
+    float s = (float)(clip / norm);
+    for (size_t i = 0; i < m->nparams; i++) m->grads[i] *= s;
+  }
+  return norm;
+}
+
+typedef struct adam_ctx {
+  gpt_model *m;
+  const gpt_adamw *o;
+  float bc1, bc2, decay;
+  size_t off; /* first float of the tensor being updated */
+} adam_ctx;
+
+static void adam_range(void *c, size_t lo, size_t hi) {
+  adam_ctx *x = c;
+  const gpt_adamw *o = x->o;
+  float *p = x->m->params + x->off, *gr = x->m->grads + x->off, *mm = x->m->m + x->off, *vv = x->m->v + x->off;
+  for (size_t i = lo; i < hi; i++) {
+    float g = gr[i];
+    float mi = o->beta1 * mm[i] + (1.0f - o->beta1) * g;
+    float vi = o->beta2 * vv[i] + (1.0f - o->beta2) * g * g;
+    mm[i] = mi;
+    vv[i] = vi;
+    float mhat = mi / x->bc1, vhat = vi / x->bc2;
+    p[i] -= o->lr * (mhat / (sqrtf(vhat) + o->eps) + x->decay * p[i]);
+  }
+}
+
+void gpt_adamw_step(gpt_model *m, const gpt_adamw *o, long t) {
+  if (!m->grads || t < 1) return;
+  adam_ctx x = {m, o, (float)(1.0 - pow(o->beta1, (double)t)), (float)(1.0 - pow(o->beta2, (double)t)), 0, 0};
+  size_t nt = gpt_tensor_count(&m->cfg);
+  for (size_t i = 0; i < nt; i++) {
+    gpt_tensor_info ti;
+    shape_of(&m->cfg, i, &ti);
+    x.decay = ti.decay ? o->weight_decay : 0.0f;
+    /* elementwise: any split gives the same bits (invariant 2) */
+    par_range(pool_of(m), ti.numel, 16, adam_range, &x);
+    x.off += ti.numel;
+  }
+}
+
+float gpt_lr_at(long step, long warmup, long steps, float lr, float min_lr) {
+  if (step < warmup) return lr * (float)(step + 1) / (float)warmup;
+  if (step >= steps) return min_lr;
+  double ratio = (double)(step - warmup) / (double)(steps - warmup > 0 ? steps - warmup : 1);
+  double coeff = 0.5 * (1.0 + cos(GPT_PI * ratio));
+  return (float)(min_lr + coeff * (lr - min_lr));
+}
