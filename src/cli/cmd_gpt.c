@@ -12,7 +12,7 @@ typedef struct gpt_sub {
 } gpt_sub;
 
 static const gpt_sub subs[] = {
-    /* {"tokenizer", cmd_gpt_tokenizer, "train|encode|decode  byte-level BPE tokenizers"}, */
+    {"tokenizer", cmd_gpt_tokenizer, "train|encode|decode  byte-level BPE tokenizers"},
     {NULL, NULL, NULL},
 };
 
