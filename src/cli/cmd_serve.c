@@ -34,7 +34,14 @@ static const char usage[] =
     "  --batch-tokens N          dynamic batching: tokens per forward pass (default 16384)\n"
     "  --batch-wait-ms MS        dynamic batching: longest wait to fill a batch (default 2)\n"
     "  --max-queue N             waiting embedding requests before 429 (default 1024)\n"
-    "  --gpu auto|on|off         accelerator policy (default auto)\n";
+    "  --gpu auto|on|off         accelerator policy (default auto)\n"
+    "  --gpu-device N            which GPU (default 0)\n"
+    "  --gpu-batch-size N        queries per unit of GPU search work (default 64)\n"
+    "  --gpu-memory-fraction F   share of GPU memory for weights and collections (default 0.8)\n"
+    "  --gpu-fallback true|false rerun failed GPU work on the CPU (default true)\n"
+    "  --gpu-breaker-failures N  consecutive GPU failures that open the breaker (default 3)\n"
+    "  --gpu-breaker-cooldown S  seconds an open breaker keeps work on the CPU (default 300)\n"
+    "  --gpu-timeout S           GPU work slower than this counts as a failure (default 30)\n";
 
 int cmd_serve(int argc, char **argv) {
   const char *config = NULL;
@@ -42,7 +49,9 @@ int cmd_serve(int argc, char **argv) {
                                "auth.read_only_keys", "auth.jwt_secret", "limits.max_body_bytes",
                                "limits.max_batch", "limits.request_timeout_s", "limits.max_in_flight",
                                "threads", "batching.max_tokens", "batching.max_wait_ms",
-                               "batching.max_queue", "gpu.enabled"};
+                               "batching.max_queue", "gpu.enabled", "gpu.device_id", "gpu.batch_size",
+                               "gpu.memory_fraction", "gpu.fallback_to_cpu", "gpu.breaker_failures",
+                               "gpu.breaker_cooldown_s", "gpu.timeout_s"};
   const char *vals[sizeof keys / sizeof keys[0]] = {0};
   int no_model = 0;
   cli_opt opts[] = {{"config", &config, NULL},
@@ -63,6 +72,13 @@ int cmd_serve(int argc, char **argv) {
                     {"batch-wait-ms", &vals[14], NULL},
                     {"max-queue", &vals[15], NULL},
                     {"gpu", &vals[16], NULL},
+                    {"gpu-device", &vals[17], NULL},
+                    {"gpu-batch-size", &vals[18], NULL},
+                    {"gpu-memory-fraction", &vals[19], NULL},
+                    {"gpu-fallback", &vals[20], NULL},
+                    {"gpu-breaker-failures", &vals[21], NULL},
+                    {"gpu-breaker-cooldown", &vals[22], NULL},
+                    {"gpu-timeout", &vals[23], NULL},
                     {"no-model", NULL, &no_model},
                     {0}};
   cli_parse(argc, argv, opts, NULL, 0, usage);

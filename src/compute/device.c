@@ -13,6 +13,8 @@
 #include "compute/device.h"
 
 #include <dlfcn.h>
+#include <errno.h>
+#include <math.h>
 #include <limits.h>
 #include <pthread.h>
 #include <stdint.h>
@@ -49,7 +51,7 @@ void qv_gpu_config_default(qv_gpu_config *c) {
   c->memory_fraction = 0.8;
   c->fallback_to_cpu = 1;
   c->breaker_failures = 3;
-  c->breaker_recovery_s = 300;
+  c->breaker_cooldown_s = 300;
   c->timeout_s = 30;
 }
 
@@ -69,20 +71,95 @@ const char *qv_gpu_mode_name(qv_gpu_mode m) {
   return m == QV_GPU_ON ? "on" : m == QV_GPU_OFF ? "off" : "auto";
 }
 
-qv_status qv_gpu_config_env(qv_gpu_config *c, qv_error *err) {
-  const char *v = getenv("QUIVER_GPU");
-  if (v && *v && qv_gpu_mode_parse(&c->enabled, v))
-    return qv_fail(err, QV_EINVAL, "QUIVER_GPU=\"%s\": expected auto, on or off", v);
-  v = getenv("QUIVER_GPU_DEVICE");
-  if (v && *v) {
-    char *end;
-    long id = strtol(v, &end, 10);
-    if (*end || end == v || id < 0 || id > 1023)
-      return qv_fail(err, QV_EINVAL, "QUIVER_GPU_DEVICE=\"%s\": expected a device number", v);
-    c->device_id = (int)id;
+static qv_status parse_long(long *out, const char *key, const char *v, long lo, long hi, qv_error *err) {
+  char *end;
+  errno = 0;
+  long x = strtol(v, &end, 10);
+  if (errno || end == v || *end || x < lo || x > hi)
+    return qv_fail(err, QV_EINVAL, "gpu.%s: \"%s\" is not an integer in %ld..%ld", key, v, lo, hi);
+  *out = x;
+  return QV_OK;
+}
+
+/* A number in (lo, hi] when open_lo, else [lo, hi]. */
+static qv_status parse_double(double *out, const char *key, const char *v, double lo, double hi, int open_lo,
+                              qv_error *err) {
+  char *end;
+  errno = 0;
+  double x = strtod(v, &end);
+  if (errno || end == v || *end || !isfinite(x) || (open_lo ? x <= lo : x < lo) || x > hi)
+    return qv_fail(err, QV_EINVAL, "gpu.%s: \"%s\" is not a number in %s%g, %g]", key, v, open_lo ? "(" : "[", lo,
+                   hi);
+  *out = x;
+  return QV_OK;
+}
+
+qv_status qv_gpu_config_set(qv_gpu_config *c, const char *key, const char *v, qv_error *err) {
+  long x = 0;
+  qv_status st;
+  if (!v) v = "";
+  if (!strcmp(key, "enabled")) {
+    if (qv_gpu_mode_parse(&c->enabled, v))
+      return qv_fail(err, QV_EINVAL, "gpu.enabled: \"%s\" is not auto, on or off", v);
+    return QV_OK;
+  }
+  if (!strcmp(key, "device_id")) {
+    if ((st = parse_long(&x, key, v, 0, 1023, err))) return st;
+    c->device_id = (int)x;
+    return QV_OK;
+  }
+  if (!strcmp(key, "batch_size")) {
+    if ((st = parse_long(&x, key, v, 1, 4096, err))) return st;
+    c->batch_size = (int)x;
+    return QV_OK;
+  }
+  if (!strcmp(key, "memory_fraction")) return parse_double(&c->memory_fraction, key, v, 0, 1, 1, err);
+  if (!strcmp(key, "fallback_to_cpu")) {
+    qv_gpu_mode m; /* the same true/false spellings as enabled's on/off */
+    if (qv_gpu_mode_parse(&m, v) || m == QV_GPU_AUTO)
+      return qv_fail(err, QV_EINVAL, "gpu.fallback_to_cpu: \"%s\" is not true or false", v);
+    c->fallback_to_cpu = m == QV_GPU_ON;
+    return QV_OK;
+  }
+  if (!strcmp(key, "breaker_failures")) {
+    if ((st = parse_long(&x, key, v, 1, 1000000, err))) return st;
+    c->breaker_failures = (int)x;
+    return QV_OK;
+  }
+  if (!strcmp(key, "breaker_cooldown_s")) return parse_double(&c->breaker_cooldown_s, key, v, 0, 86400 * 30, 1, err);
+  if (!strcmp(key, "timeout_s")) return parse_double(&c->timeout_s, key, v, 0, 86400, 0, err);
+  return qv_fail(err, QV_EINVAL, "unknown setting \"gpu.%s\"", key);
+}
+
+static const struct {
+  const char *env, *key;
+} env_keys[] = {
+    {"QUIVER_GPU", "enabled"},
+    {"QUIVER_GPU_DEVICE", "device_id"},
+    {"QUIVER_GPU_BATCH_SIZE", "batch_size"},
+    {"QUIVER_GPU_MEMORY_FRACTION", "memory_fraction"},
+    {"QUIVER_GPU_FALLBACK", "fallback_to_cpu"},
+    {"QUIVER_GPU_BREAKER_FAILURES", "breaker_failures"},
+    {"QUIVER_GPU_BREAKER_COOLDOWN", "breaker_cooldown_s"},
+    {"QUIVER_GPU_TIMEOUT", "timeout_s"},
+};
+
+qv_status qv_gpu_config_env_from(qv_gpu_config *c, const char *(*getenv_fn)(const char *), qv_error *err) {
+  for (size_t i = 0; i < sizeof env_keys / sizeof env_keys[0]; i++) {
+    const char *v = getenv_fn(env_keys[i].env);
+    if (!v || !*v) continue;
+    qv_status st = qv_gpu_config_set(c, env_keys[i].key, v, err);
+    if (st) {
+      qv_error_prefix(err, "%s=\"%s\"", env_keys[i].env, v);
+      return st;
+    }
   }
   return QV_OK;
 }
+
+static const char *env_get(const char *name) { return getenv(name); }
+
+qv_status qv_gpu_config_env(qv_gpu_config *c, qv_error *err) { return qv_gpu_config_env_from(c, env_get, err); }
 
 static qv_status check_config(const qv_gpu_config *c, qv_error *err) {
   if (c->device_id < 0) return qv_fail(err, QV_EINVAL, "gpu.device_id must be >= 0");
@@ -90,7 +167,7 @@ static qv_status check_config(const qv_gpu_config *c, qv_error *err) {
   if (!(c->memory_fraction > 0 && c->memory_fraction <= 1))
     return qv_fail(err, QV_EINVAL, "gpu.memory_fraction must be in (0, 1]");
   if (c->breaker_failures < 1) return qv_fail(err, QV_EINVAL, "gpu.breaker_failures must be >= 1");
-  if (!(c->breaker_recovery_s > 0)) return qv_fail(err, QV_EINVAL, "gpu.breaker_recovery_s must be > 0");
+  if (!(c->breaker_cooldown_s > 0)) return qv_fail(err, QV_EINVAL, "gpu.breaker_cooldown_s must be > 0");
   if (!(c->timeout_s >= 0)) return qv_fail(err, QV_EINVAL, "gpu.timeout_s must be >= 0");
   return QV_OK;
 }
@@ -210,7 +287,7 @@ static qv_status apply_locked(const qv_gpu_config *c, qv_error *err) {
     LOG_DEBUG("gpu: not used: %s", dev.reason);
   }
   dispatch_init(&dev.disp, dev.have_gpu ? &dev.plugin.backend : NULL, c->fallback_to_cpu, c->timeout_s,
-                c->breaker_failures, c->breaker_recovery_s, NULL, NULL);
+                c->breaker_failures, c->breaker_cooldown_s, NULL, NULL);
   dev.applied = 1;
   if (c->enabled == QV_GPU_ON && !dev.have_gpu)
     return qv_fail(err, QV_EDEVICE, "gpu is on but no GPU can be used: %s", dev.reason);
@@ -301,7 +378,7 @@ void device_set_backend_for_test(const qv_backend *gpu, const qv_gpu_config *c, 
   else qv_gpu_config_default(&dev.cfg);
   if (!gpu) snprintf(dev.reason, sizeof dev.reason, "test");
   dispatch_init(&dev.disp, gpu, dev.cfg.fallback_to_cpu, dev.cfg.timeout_s, dev.cfg.breaker_failures,
-                dev.cfg.breaker_recovery_s, clock, clock_arg);
+                dev.cfg.breaker_cooldown_s, clock, clock_arg);
   dev.applied = 1;
   pthread_mutex_unlock(&dev.mu);
 }

@@ -21,23 +21,43 @@
 
 typedef enum { QV_GPU_AUTO = 0, QV_GPU_ON = 1, QV_GPU_OFF = 2 } qv_gpu_mode;
 
-/* The GPU settings (config file "gpu:" section, env, flags). */
+/* The GPU settings (config file "gpu:" section, env, flags). Each has one key, one parser
+ * and one range check (qv_gpu_config_set), whichever way it arrives:
+ *   key                    env                            default
+ *   gpu.enabled            QUIVER_GPU                     auto
+ *   gpu.device_id          QUIVER_GPU_DEVICE              0
+ *   gpu.batch_size         QUIVER_GPU_BATCH_SIZE          64
+ *   gpu.memory_fraction    QUIVER_GPU_MEMORY_FRACTION     0.8
+ *   gpu.fallback_to_cpu    QUIVER_GPU_FALLBACK            true
+ *   gpu.breaker_failures   QUIVER_GPU_BREAKER_FAILURES    3
+ *   gpu.breaker_cooldown_s QUIVER_GPU_BREAKER_COOLDOWN    300
+ *   gpu.timeout_s          QUIVER_GPU_TIMEOUT             30 */
 typedef struct qv_gpu_config {
   qv_gpu_mode enabled;     /* auto: use a GPU when one works; on: refuse to start without
                             * one; off: never look */
   int device_id;           /* default 0 */
-  int batch_size;          /* sequences per forward pass on the GPU; default 64 */
+  int batch_size;          /* queries per unit of device search work (one GEMM + top-k,
+                            * one dispatch_run); default 64. The encoder's batches are
+                            * bounded by tokens (the server's batching.max_tokens), not by
+                            * this. */
   double memory_fraction;  /* of device memory resident weights and collections may take;
                             * default 0.8 */
   int fallback_to_cpu;     /* default 1; 0 turns GPU failures into QV_EDEVICE errors */
   int breaker_failures;    /* consecutive failures that open the breaker; default 3 */
-  double breaker_recovery_s; /* default 300 */
+  double breaker_cooldown_s; /* how long an open breaker keeps work on the CPU before a
+                              * half-open trial; default 300 */
   double timeout_s;        /* one unit of GPU work longer than this is a failure; default 30 */
 } qv_gpu_config;
 
 void qv_gpu_config_default(qv_gpu_config *c);
-/* Overrides c from $QUIVER_GPU (auto|on|off, also 1/0/true/false) and
- * $QUIVER_GPU_DEVICE (an integer); QV_EINVAL naming the variable on a bad value. */
+/* Sets one setting from text; key is the part after "gpu." ("batch_size"). QV_EINVAL
+ * naming gpu.<key> for an unknown key or a bad or out-of-range value. */
+qv_status qv_gpu_config_set(qv_gpu_config *c, const char *key, const char *value, qv_error *err);
+/* Overrides c from the QUIVER_GPU* variables of the table above, read through getenv_fn
+ * (getenv in production); an empty variable is unset. QV_EINVAL naming the variable on a
+ * bad value. */
+qv_status qv_gpu_config_env_from(qv_gpu_config *c, const char *(*getenv_fn)(const char *), qv_error *err);
+/* qv_gpu_config_env_from with getenv. */
 qv_status qv_gpu_config_env(qv_gpu_config *c, qv_error *err);
 /* Parses "auto" / "on" / "off" (and true/false/1/0/yes/no). */
 qv_status qv_gpu_mode_parse(qv_gpu_mode *out, const char *s);

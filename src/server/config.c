@@ -27,6 +27,7 @@ void server_config_defaults(server_config *c) {
   c->batch_wait_ms = 2;
   c->max_queue = 1024;
   snprintf(c->gpu, sizeof c->gpu, "auto");
+  qv_gpu_config_default(&c->gpu_opts);
   c->max_in_flight = 512;
 }
 
@@ -133,13 +134,13 @@ qv_status server_config_set(server_config *c, const char *key, const char *v, qv
   if (!strcmp(key, "batching.max_tokens")) return set_size(&c->batch_tokens, key, v, 1, 100000000, err);
   if (!strcmp(key, "batching.max_wait_ms")) return set_double(&c->batch_wait_ms, key, v, 0, 10000, err);
   if (!strcmp(key, "batching.max_queue")) return set_size(&c->max_queue, key, v, 1, 10000000, err);
-  if (!strcmp(key, "gpu.enabled")) {
-    /* The device layer's parser, so serve accepts exactly what QUIVER_GPU means to the
-     * other commands (auto/on/off, any case, and the yes/no/true/false/1/0 spellings). */
-    qv_gpu_mode mode;
-    if (qv_gpu_mode_parse(&mode, v))
-      return qv_fail(err, QV_EINVAL, "gpu.enabled: \"%s\" is not auto, on or off", v);
-    return set_str(c->gpu, sizeof c->gpu, key, v, err);
+  if (!strncmp(key, "gpu.", 4)) {
+    /* The device layer's setter, so serve accepts exactly what the QUIVER_GPU* variables
+     * mean to the other commands (gpu.enabled: auto/on/off, any case, and the
+     * yes/no/true/false/1/0 spellings). */
+    if ((st = qv_gpu_config_set(&c->gpu_opts, key + 4, v, err))) return st;
+    if (!strcmp(key, "gpu.enabled")) snprintf(c->gpu, sizeof c->gpu, "%s", qv_gpu_mode_name(c->gpu_opts.enabled));
+    return QV_OK;
   }
   return qv_fail(err, QV_EINVAL, "unknown setting \"%s\"", key);
 }
@@ -271,7 +272,6 @@ static const struct { const char *env, *key; } env_keys[] = {
     {"QUIVER_BATCH_TOKENS", "batching.max_tokens"},
     {"QUIVER_BATCH_WAIT_MS", "batching.max_wait_ms"},
     {"QUIVER_MAX_QUEUE", "batching.max_queue"},
-    {"QUIVER_GPU", "gpu.enabled"},
 };
 
 qv_status server_config_load_env(server_config *c, const char *(*getenv_fn)(const char *),
@@ -285,5 +285,8 @@ qv_status server_config_load_env(server_config *c, const char *(*getenv_fn)(cons
       return st;
     }
   }
-  return QV_OK;
+  /* QUIVER_GPU, QUIVER_GPU_DEVICE, QUIVER_GPU_BATCH_SIZE, ...: the device layer's table */
+  qv_status st = qv_gpu_config_env_from(&c->gpu_opts, getenv_fn, err);
+  if (!st) snprintf(c->gpu, sizeof c->gpu, "%s", qv_gpu_mode_name(c->gpu_opts.enabled));
+  return st;
 }

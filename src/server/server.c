@@ -42,10 +42,9 @@ qv_status server_start(server *s, qv_error *err) {
     goto fail;
   }
   /* The device is set up before any model loads, so weights go where they will run. */
-  qv_gpu_config gpu;
-  qv_gpu_config_default(&gpu);
-  if ((st = qv_gpu_config_env(&gpu, err)) || (st = qv_gpu_mode_parse(&gpu.enabled, s->cfg.gpu)) ||
-      (st = qv_gpu_config_apply(&gpu, err))) {
+  /* (the QUIVER_GPU* variables reached gpu_opts through server_config_load_env) */
+  qv_gpu_config gpu = s->cfg.gpu_opts;
+  if ((st = qv_gpu_mode_parse(&gpu.enabled, s->cfg.gpu)) || (st = qv_gpu_config_apply(&gpu, err))) {
     if (!err || !err->msg[0]) qv_fail(err, st, "gpu.enabled \"%s\"", s->cfg.gpu);
     goto fail;
   }

@@ -6,6 +6,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "compute/device.h"
 #include "quiver.h"
 
 struct batcher;
@@ -29,6 +30,7 @@ typedef struct server_config {
   double batch_wait_ms;           /* dynamic batching: longest wait to fill a batch */
   size_t max_queue;               /* waiting embedding requests before 429 */
   char gpu[8];                    /* "auto" | "on" | "off" */
+  qv_gpu_config gpu_opts;         /* every gpu.* setting (enabled agrees with gpu) */
   size_t max_in_flight;           /* requests being served at once before 429 */
 } server_config;
 

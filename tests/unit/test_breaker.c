@@ -387,7 +387,7 @@ TEST(model_trial_failure_reopens_for_a_full_period) {
   qv_gpu_config cfg;
   qv_gpu_config_default(&cfg);
   cfg.breaker_failures = 1;
-  cfg.breaker_recovery_s = 60;
+  cfg.breaker_cooldown_s = 60;
   const qv_backend *g = failing_backend();
   fb.fail = 1;
   fake_now = 0;

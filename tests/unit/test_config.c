@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "quiver.h"
+#include "compute/device.h"
 #include "server/config.h"
 
 #include "test.h"
@@ -125,6 +126,100 @@ TEST(env_then_flags_override_file) {
   server_config_free(&c);
 }
 
+static const char *gpu_env(const char *name) {
+  if (!strcmp(name, "QUIVER_GPU_MEMORY_FRACTION")) return "0.5";
+  if (!strcmp(name, "QUIVER_GPU_BREAKER_FAILURES")) return "7";
+  if (!strcmp(name, "QUIVER_GPU_BREAKER_COOLDOWN")) return "12.5";
+  if (!strcmp(name, "QUIVER_GPU_BATCH_SIZE")) return "32";
+  if (!strcmp(name, "QUIVER_GPU_DEVICE")) return "1";
+  if (!strcmp(name, "QUIVER_GPU_FALLBACK")) return "false";
+  return NULL;
+}
+
+static const char *bad_gpu_env(const char *name) {
+  return !strcmp(name, "QUIVER_GPU_MEMORY_FRACTION") ? "1.5" : NULL;
+}
+
+TEST(gpu_settings_from_file_env_and_flags) {
+  server_config c;
+  qv_error err;
+  server_config_defaults(&c);
+  ASSERT_EQ(c.gpu_opts.batch_size, 64);
+  ASSERT_NEAR(c.gpu_opts.memory_fraction, 0.8, 0);
+  ASSERT_EQ(c.gpu_opts.breaker_failures, 3);
+  ASSERT_NEAR(c.gpu_opts.breaker_cooldown_s, 300, 0);
+  ASSERT_EQ(c.gpu_opts.fallback_to_cpu, 1);
+  ASSERT_OK(yaml(&c,
+                 "gpu:\n"
+                 "  enabled: on\n"
+                 "  device_id: 2\n"
+                 "  batch_size: 128\n"
+                 "  memory_fraction: 0.25\n"
+                 "  fallback_to_cpu: true\n"
+                 "  breaker_failures: 5\n"
+                 "  breaker_cooldown_s: 60\n"
+                 "  timeout_s: 2\n",
+                 &err));
+  ASSERT_STR_EQ(c.gpu, "on");
+  ASSERT_EQ(c.gpu_opts.enabled, QV_GPU_ON);
+  ASSERT_EQ(c.gpu_opts.device_id, 2);
+  ASSERT_EQ(c.gpu_opts.batch_size, 128);
+  ASSERT_NEAR(c.gpu_opts.memory_fraction, 0.25, 0);
+  ASSERT_EQ(c.gpu_opts.breaker_failures, 5);
+  ASSERT_NEAR(c.gpu_opts.breaker_cooldown_s, 60, 0);
+  ASSERT_NEAR(c.gpu_opts.timeout_s, 2, 0);
+  /* the environment wins over the file */
+  ASSERT_OK(server_config_load_env(&c, gpu_env, &err));
+  ASSERT_NEAR(c.gpu_opts.memory_fraction, 0.5, 0);
+  ASSERT_EQ(c.gpu_opts.breaker_failures, 7);
+  ASSERT_NEAR(c.gpu_opts.breaker_cooldown_s, 12.5, 0);
+  ASSERT_EQ(c.gpu_opts.batch_size, 32);
+  ASSERT_EQ(c.gpu_opts.device_id, 1);
+  ASSERT_EQ(c.gpu_opts.fallback_to_cpu, 0);
+  ASSERT_STR_EQ(c.gpu, "on"); /* QUIVER_GPU unset: the file's value stays */
+  /* and a flag over both */
+  ASSERT_OK(server_config_set(&c, "gpu.breaker_cooldown_s", "1", &err));
+  ASSERT_NEAR(c.gpu_opts.breaker_cooldown_s, 1, 0);
+  ASSERT_OK(server_config_set(&c, "gpu.enabled", "no", &err));
+  ASSERT_STR_EQ(c.gpu, "off");
+  ASSERT_EQ(c.gpu_opts.enabled, QV_GPU_OFF);
+  /* every bad value is refused with the key named; nothing changes */
+  struct {
+    const char *key, *value;
+  } bad[] = {{"gpu.memory_fraction", "0"},     {"gpu.memory_fraction", "1.01"}, {"gpu.memory_fraction", "nan"},
+             {"gpu.memory_fraction", "half"},  {"gpu.breaker_failures", "0"},   {"gpu.breaker_failures", "-1"},
+             {"gpu.breaker_failures", "2.5"},  {"gpu.breaker_cooldown_s", "0"}, {"gpu.breaker_cooldown_s", "-3"},
+             {"gpu.breaker_cooldown_s", "inf"}, {"gpu.batch_size", "0"},         {"gpu.batch_size", "5000"},
+             {"gpu.device_id", "-1"},          {"gpu.fallback_to_cpu", "auto"}, {"gpu.timeout_s", "-1"},
+             {"gpu.bogus", "1"}};
+  for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+    memset(&err, 0, sizeof err);
+    ASSERT_STATUS(server_config_set(&c, bad[i].key, bad[i].value, &err), QV_EINVAL);
+    if (!strstr(err.msg, bad[i].key)) TEST_FAIL_("%s=%s: \"%s\" does not name the key", bad[i].key, bad[i].value, err.msg);
+  }
+  ASSERT_NEAR(c.gpu_opts.memory_fraction, 0.5, 0);
+  ASSERT_EQ(c.gpu_opts.breaker_failures, 7);
+  memset(&err, 0, sizeof err);
+  ASSERT_STATUS(yaml(&c, "gpu:\n  breaker_failures: 0\n", &err), QV_EINVAL);
+  ASSERT(strstr(err.msg, "gpu.breaker_failures"));
+  ASSERT(strstr(err.msg, "line 2"));
+  memset(&err, 0, sizeof err);
+  ASSERT_STATUS(server_config_load_env(&c, bad_gpu_env, &err), QV_EINVAL);
+  ASSERT(strstr(err.msg, "QUIVER_GPU_MEMORY_FRACTION"));
+  /* what the server hands the device layer passes its checks */
+  server_config_defaults(&c);
+  ASSERT_OK(server_config_load_env(&c, gpu_env, &err));
+  qv_gpu_config g = c.gpu_opts;
+  g.enabled = QV_GPU_OFF;
+  ASSERT_OK(qv_gpu_config_apply(&g, &err));
+  qv_gpu_config now;
+  device_config(&now);
+  ASSERT_EQ(now.breaker_failures, 7);
+  ASSERT_NEAR(now.breaker_cooldown_s, 12.5, 0);
+  ASSERT_NEAR(now.memory_fraction, 0.5, 0);
+  server_config_free(&c);
+}
+
 TEST(file_errors) {
   server_config c;
   qv_error err = {0};
@@ -151,4 +246,4 @@ TEST(file_errors) {
 }
 
 TEST_MAIN(T(defaults), T(yaml_file_nested_and_lists), T(yaml_errors_name_the_problem),
-          T(env_then_flags_override_file), T(file_errors))
+          T(env_then_flags_override_file), T(gpu_settings_from_file_env_and_flags), T(file_errors))

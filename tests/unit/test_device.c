@@ -18,7 +18,7 @@ TEST(config_defaults_and_env) {
   ASSERT_EQ(c.device_id, 0);
   ASSERT_EQ(c.fallback_to_cpu, 1);
   ASSERT_EQ(c.breaker_failures, 3);
-  ASSERT_NEAR(c.breaker_recovery_s, 300, 0);
+  ASSERT_NEAR(c.breaker_cooldown_s, 300, 0);
   setenv("QUIVER_GPU", "off", 1);
   setenv("QUIVER_GPU_DEVICE", "2", 1);
   ASSERT_OK(qv_gpu_config_env(&c, NULL));
