@@ -71,16 +71,19 @@ test: unit integration
 # Concurrent inserts, deletes, background rebuilds and searches on one indexed collection
 # under ThreadSanitizer: any data race fails the run.
 tsan-test: deps
-	CC=clang cmake -S . -B $(TSAN_BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo -DQUIVER_TSAN=ON >/dev/null
+	CC=clang cmake -S . -B $(TSAN_BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo -DQUIVER_TSAN=ON -DQUIVER_CUDA=OFF >/dev/null
 	cmake --build $(TSAN_BUILD) -j $(JOBS) --target test_collection_threads
 	TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1" $(TSAN_BUILD)/test_collection_threads
 
+# The sanitizer, TSan and fuzz builds skip the CUDA plugin (-DQUIVER_CUDA=OFF): nvcc code
+# is not sanitized anyway, and test_gpu.py only needs it where it was built (it checks the
+# "no plugin built" report otherwise); `make build` and `make gpu-test` still compile it.
 # The sanitizer build is optimized (-O2 -g): at -O0 the encoder's forward passes made the
 # suite several times slower with nothing more caught. test_corpus.py runs in `make test`
 # only: it embeds the whole nodejs-doc corpus (minutes of forward passes) through the same
 # ingest and retrieval code that test_ingest.py and test_server_docs.py run here.
 asan-test: deps venv models
-	CC=clang cmake -S . -B $(ASAN_BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo -DQUIVER_SANITIZE=ON >/dev/null
+	CC=clang cmake -S . -B $(ASAN_BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo -DQUIVER_SANITIZE=ON -DQUIVER_CUDA=OFF >/dev/null
 	cmake --build $(ASAN_BUILD) -j $(JOBS)
 	cd $(ASAN_BUILD) && ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
 	  ctest --output-on-failure -j $(JOBS)
@@ -89,7 +92,7 @@ asan-test: deps venv models
 	  $(VENV)/bin/pytest -q tests/integration --ignore=tests/integration/test_corpus.py
 
 fuzz: deps
-	CC=clang cmake -S . -B $(FUZZ_BUILD) -DCMAKE_BUILD_TYPE=Debug -DQUIVER_FUZZ=ON >/dev/null
+	CC=clang cmake -S . -B $(FUZZ_BUILD) -DCMAKE_BUILD_TYPE=Debug -DQUIVER_FUZZ=ON -DQUIVER_CUDA=OFF >/dev/null
 	cmake --build $(FUZZ_BUILD) -j $(JOBS)
 	@set -eo pipefail; for f in $(FUZZ_BUILD)/fuzz_*; do \
 	  name=$$(basename $$f); mkdir -p $(FUZZ_BUILD)/corpus/$$name; \
