@@ -16,7 +16,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 DEB_PACKAGES := build-essential cmake pkg-config clang libclang-rt-14-dev \
 	libjansson-dev liblmdb-dev libopenblas-dev libutf8proc-dev libssl-dev \
-	libmicrohttpd-dev libyaml-dev nodejs-doc \
+	libmicrohttpd-dev libyaml-dev nodejs-doc tmux \
 	python3 python3-venv python3-pip
 
 .PHONY: gpu-test gpu-bench

@@ -79,5 +79,7 @@ int cmd_chunk(int argc, char **argv);
 int cmd_query(int argc, char **argv);
 int cmd_gpt(int argc, char **argv);
 int cmd_gpt_tokenizer(int argc, char **argv);
+int cmd_gpt_generate(int argc, char **argv);
+int cmd_gpt_chat(int argc, char **argv);
 
 #endif

@@ -13,6 +13,8 @@ typedef struct gpt_sub {
 
 static const gpt_sub subs[] = {
     {"tokenizer", cmd_gpt_tokenizer, "train|encode|decode  byte-level BPE tokenizers"},
+    {"generate", cmd_gpt_generate, "continue a prompt with a GPT-2 model (streams to stdout)"},
+    {"chat", cmd_gpt_chat, "a REPL over a GPT-2 model (/temp /tokens /reset /explain)"},
     {NULL, NULL, NULL},
 };
 

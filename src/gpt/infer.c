@@ -6,14 +6,12 @@
  *      advances pos only after the whole block has run (gpt_infer_reset sets pos to 0).
  *   2. All buffers come from one block allocated in gpt_infer_load; nothing is allocated
  *      while feeding.
- *   3. Weights are views into the safetensors map (or its converted copies) and are never
- *      written. */
+ *   3. The weights are the gpt_model's (gpt_load's copy, or the caller's) and are never
+ *      written here. */
 #include "gpt/infer.h"
 
 #include <cblas.h>
-#include <jansson.h>
 #include <math.h>
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -21,28 +19,12 @@
 #include "base/mem.h"
 #include "base/pool.h"
 #include "compute/backend.h"
-#include "model/safetensors.h"
-
-typedef struct infer_layer {
-  const float *ln1_w, *ln1_b;   /* (C) */
-  const float *attn_w;          /* (C, 3C) Conv1D: (in, out) */
-  const float *attn_b;          /* (3C) */
-  const float *proj_w;          /* (C, C) */
-  const float *proj_b;          /* (C) */
-  const float *ln2_w, *ln2_b;   /* (C) */
-  const float *fc_w;            /* (C, 4C) */
-  const float *fc_b;            /* (4C) */
-  const float *fcproj_w;        /* (4C, C) */
-  const float *fcproj_b;        /* (C) */
-} infer_layer;
+#include "gpt/ckpt.h"
 
 struct gpt_infer {
-  gpt_infer_config cfg;         /* read-only after load */
-  st_file *st;
-  const float *wte;             /* (V, C) also the LM head */
-  const float *wpe;             /* (T, C) */
-  const float *lnf_w, *lnf_b;   /* (C) */
-  infer_layer *layer;           /* (L) */
+  const gpt_model *model;       /* the weights: model->w, never written (invariant 3) */
+  gpt_model *owned;             /* model, when gpt_infer_load made it */
+  gpt_config cfg;               /* read-only: model->cfg */
   float *kcache, *vcache;       /* (L, T, C) each */
   float *x;                     /* (B, C) residual stream, B = GPT_INFER_BLOCK */
   float *h;                     /* (B, C) layernorm output */
@@ -57,137 +39,15 @@ struct gpt_infer {
   int workers;
 };
 
-/* ---- config ----------------------------------------------------------------------------- */
-
-static qv_status cfg_int(json_t *root, const char *key, const char *alt, int lo, int hi, int *out,
-                         qv_error *err) {
-  json_t *v = json_object_get(root, key);
-  if (!v && alt) v = json_object_get(root, alt);
-  if (!v) return qv_fail(err, QV_EFORMAT, "config.json: \"%s\" is missing", key);
-  if (!json_is_integer(v) || json_integer_value(v) < lo || json_integer_value(v) > hi)
-    return qv_fail(err, QV_EFORMAT, "config.json: \"%s\" must be an integer in [%d, %d]", key, lo, hi);
-  *out = (int)json_integer_value(v);
-  return QV_OK;
-}
-
-static qv_status read_config(gpt_infer_config *c, const char *dir, qv_error *err) {
-  char path[4096];
-  snprintf(path, sizeof path, "%s/config.json", dir);
-  json_error_t je;
-  json_t *root = json_load_file(path, 0, &je);
-  if (!root) {
-    FILE *f = fopen(path, "r");
-    if (!f) return qv_fail(err, QV_NOTFOUND, "%s: no such file", path);
-    fclose(f);
-    return qv_fail(err, QV_EFORMAT, "%s:%d: %s", path, je.line, je.text);
-  }
-  qv_status rc = QV_OK;
-  if (!json_is_object(root)) {
-    rc = qv_fail(err, QV_EFORMAT, "%s: not a JSON object", path);
-    goto done;
-  }
-  json_t *mt = json_object_get(root, "model_type");
-  if (mt && (!json_is_string(mt) || strcmp(json_string_value(mt), "gpt2"))) {
-    rc = qv_fail(err, QV_EUNSUPPORTED, "%s: model_type \"%s\" is not gpt2", path,
-                 json_is_string(mt) ? json_string_value(mt) : "?");
-    goto done;
-  }
-  if ((rc = cfg_int(root, "n_layer", NULL, 1, 1024, &c->n_layer, err)) ||
-      (rc = cfg_int(root, "n_head", NULL, 1, 1024, &c->n_head, err)) ||
-      (rc = cfg_int(root, "n_embd", NULL, 1, 1 << 16, &c->n_embd, err)) ||
-      (rc = cfg_int(root, "n_positions", "n_ctx", 1, 1 << 20, &c->n_ctx, err)) ||
-      (rc = cfg_int(root, "vocab_size", NULL, 1, 1 << 24, &c->vocab_size, err)))
-    goto done;
-  if (c->n_embd % c->n_head) {
-    rc = qv_fail(err, QV_EFORMAT, "%s: n_embd %d is not a multiple of n_head %d", path, c->n_embd,
-                 c->n_head);
-    goto done;
-  }
-  c->eps = 1e-5f;
-  json_t *eps = json_object_get(root, "layer_norm_epsilon");
-  if (eps) {
-    if (!json_is_number(eps) || !(json_number_value(eps) > 0) || json_number_value(eps) > 1) {
-      rc = qv_fail(err, QV_EFORMAT, "%s: layer_norm_epsilon must be a number in (0, 1]", path);
-      goto done;
-    }
-    c->eps = (float)json_number_value(eps);
-  }
-  json_t *act = json_object_get(root, "activation_function");
-  if (act && (!json_is_string(act) || (strcmp(json_string_value(act), "gelu_new") &&
-                                       strcmp(json_string_value(act), "gelu_pytorch_tanh")))) {
-    rc = qv_fail(err, QV_EUNSUPPORTED, "%s: activation_function \"%s\" (only gelu_new is supported)",
-                 path, json_is_string(act) ? json_string_value(act) : "?");
-    goto done;
-  }
-done:
-  json_decref(root);
-  return rc;
-}
-
-/* ---- weights ---------------------------------------------------------------------------- */
-
-static qv_status weight(gpt_infer *m, const char *prefix, const char *name, int64_t d0, int64_t d1,
-                        const float **out, qv_error *err) {
-  char full[256];
-  snprintf(full, sizeof full, "%s%s", prefix, name);
-  int64_t shape[2] = {d0, d1};
-  qv_status rc = st_get_f32(m->st, full, shape, d1 ? 2 : 1, out, err);
-  if (rc == QV_NOTFOUND) return qv_fail(err, rc, "model.safetensors: tensor \"%s\" is missing", full);
-  return rc;
-}
-
-static qv_status load_weights(gpt_infer *m, qv_error *err) {
-  const gpt_infer_config *c = &m->cfg;
-  int64_t C = c->n_embd, V = c->vocab_size, T = c->n_ctx;
-  const char *p = st_find(m->st, "wte.weight") ? "" : "transformer.";
-  qv_status rc;
-  if ((rc = weight(m, p, "wte.weight", V, C, &m->wte, err)) ||
-      (rc = weight(m, p, "wpe.weight", T, C, &m->wpe, err)) ||
-      (rc = weight(m, p, "ln_f.weight", C, 0, &m->lnf_w, err)) ||
-      (rc = weight(m, p, "ln_f.bias", C, 0, &m->lnf_b, err)))
-    return rc;
-  for (int l = 0; l < c->n_layer; l++) {
-    infer_layer *L = &m->layer[l];
-    char n[64];
-#define W(field, suffix, d0, d1)                                     \
-  snprintf(n, sizeof n, "h.%d.%s", l, suffix);                        \
-  if ((rc = weight(m, p, n, d0, d1, &L->field, err))) return rc;
-    W(ln1_w, "ln_1.weight", C, 0)
-    W(ln1_b, "ln_1.bias", C, 0)
-    W(attn_w, "attn.c_attn.weight", C, 3 * C)
-    W(attn_b, "attn.c_attn.bias", 3 * C, 0)
-    W(proj_w, "attn.c_proj.weight", C, C)
-    W(proj_b, "attn.c_proj.bias", C, 0)
-    W(ln2_w, "ln_2.weight", C, 0)
-    W(ln2_b, "ln_2.bias", C, 0)
-    W(fc_w, "mlp.c_fc.weight", C, 4 * C)
-    W(fc_b, "mlp.c_fc.bias", 4 * C, 0)
-    W(fcproj_w, "mlp.c_proj.weight", 4 * C, C)
-    W(fcproj_b, "mlp.c_proj.bias", C, 0)
-#undef W
-  }
-  return QV_OK;
-}
-
-qv_status gpt_infer_load(gpt_infer **out, const char *dir, qv_error *err) {
+qv_status gpt_infer_create(gpt_infer **out, const gpt_model *model, qv_error *err) {
   *out = NULL;
   gpt_infer *m = calloc(1, sizeof *m);
   if (!m) return qv_fail(err, QV_ENOMEM, "out of memory");
-  qv_status rc = read_config(&m->cfg, dir, err);
-  if (rc) goto fail;
-  char path[4096];
-  snprintf(path, sizeof path, "%s/model.safetensors", dir);
-  if ((rc = st_open(&m->st, path, err))) goto fail;
-  m->layer = calloc((size_t)m->cfg.n_layer, sizeof *m->layer);
-  if (!m->layer) {
-    rc = qv_fail(err, QV_ENOMEM, "out of memory");
-    goto fail;
-  }
-  if ((rc = load_weights(m, err))) goto fail;
-
+  m->model = model;
+  m->cfg = model->cfg;
   /* BLAS runs single-threaded inside pool tasks (the CPU backend sets that up). */
   (void)backend_cpu();
-  m->pool = pool_default();
+  m->pool = model->pool ? model->pool : pool_default();
   m->workers = m->pool ? pool_size(m->pool) : 1;
 
   const size_t L = (size_t)m->cfg.n_layer, T = (size_t)m->cfg.n_ctx, C = (size_t)m->cfg.n_embd;
@@ -195,12 +55,11 @@ qv_status gpt_infer_load(gpt_infer **out, const char *dir, qv_error *err) {
   /* Sizes in floats, each rounded up to 16 so every buffer stays 64-byte aligned. */
   size_t sizes[9] = {L * T * C, L * T * C, B * C, B * C, B * 3 * C, B * C, B * 4 * C, V,
                      (size_t)m->workers * T};
-  size_t total = 0;
+  size_t total = 0, bytes;
   for (int i = 0; i < 9; i++) total += (sizes[i] + 15) & ~(size_t)15;
-  size_t bytes;
   if (qv_mul_overflow(total, sizeof(float), &bytes) || !(m->block = qv_aligned_alloc(bytes))) {
-    rc = qv_fail(err, QV_ENOMEM, "cannot allocate %zu floats for the KV cache and activations", total);
-    goto fail;
+    free(m);
+    return qv_fail(err, QV_ENOMEM, "cannot allocate %zu floats for the KV cache and activations", total);
   }
   float *at = m->block;
   float **dst[9] = {&m->kcache, &m->vcache, &m->x, &m->h, &m->qkv, &m->att, &m->fc, &m->logits, &m->scores};
@@ -211,50 +70,37 @@ qv_status gpt_infer_load(gpt_infer **out, const char *dir, qv_error *err) {
   memset(m->logits, 0, V * sizeof(float));
   *out = m;
   return QV_OK;
-fail:
-  gpt_infer_free(m);
-  return rc;
+}
+
+qv_status gpt_infer_load(gpt_infer **out, const char *dir, qv_error *err) {
+  *out = NULL;
+  gpt_model *model = NULL;
+  qv_status rc = gpt_load(&model, dir, NULL, err);
+  if (rc) return rc;
+  if ((rc = gpt_infer_create(out, model, err))) {
+    gpt_free(model);
+    return rc;
+  }
+  (*out)->owned = model;
+  return QV_OK;
 }
 
 void gpt_infer_free(gpt_infer *m) {
   if (!m) return;
   qv_aligned_free(m->block);
-  free(m->layer);
-  st_close(m->st);
+  gpt_free(m->owned);
   free(m);
 }
 
-const gpt_infer_config *gpt_infer_config_of(const gpt_infer *m) { return &m->cfg; }
+const gpt_config *gpt_infer_config_of(const gpt_infer *m) { return &m->cfg; }
 size_t gpt_infer_pos(const gpt_infer *m) { return m->pos; }
 void gpt_infer_reset(gpt_infer *m) { m->pos = 0; }
 const float *gpt_infer_logits(const gpt_infer *m) { return m->logits; }
 
-/* ---- kernels ---------------------------------------------------------------------------- */
-
-static void layernorm_forward(float *out, const float *inp, const float *w, const float *b, int rows,
-                              int C, float eps) {
-  // out, inp (rows, C); w, b (C)
-  for (int r = 0; r < rows; r++) {
-    const float *x = inp + (size_t)r * C;
-    float *o = out + (size_t)r * C;
-    double mean = 0, var = 0;
-    for (int i = 0; i < C; i++) mean += x[i];
-    mean /= C;
-    for (int i = 0; i < C; i++) var += (x[i] - mean) * (x[i] - mean);
-    var /= C;
-    float rstd = (float)(1.0 / sqrt(var + eps));
-    for (int i = 0; i < C; i++) o[i] = ((float)(x[i] - mean)) * rstd * w[i] + b[i];
-  }
-}
-
-static void gelu_tanh(float *x, size_t n) {
-  // x (n) in place: the tanh approximation GPT-2 was trained with ("gelu_new")
-  const float s = 0.7978845608028654f; /* sqrt(2/pi) */
-  for (size_t i = 0; i < n; i++) {
-    float v = x[i];
-    x[i] = 0.5f * v * (1.0f + tanhf(s * (v + 0.044715f * v * v * v)));
-  }
-}
+/* ---- kernels: layernorm, GELU and the embedding are gpt.h's; the matrix products here
+ * differ from gpt_matmul_forward in splitting columns over the pool (a one-row decode
+ * step is a matrix-vector product that one BLAS call would leave on one core), in
+ * accumulating into the residual stream, and in the transposed LM head. ---- */
 
 /* out (M, N) (+)= inp (M, K) @ W + bias, split over the pool by columns. W is either a
  * Conv1D weight (K, N) row-major or, for the tied LM head, wte (N, K) used transposed.
@@ -347,19 +193,17 @@ static void att_task(void *ctx, size_t task, int worker) {
 
 /* One block of n <= GPT_INFER_BLOCK rows at positions pos .. pos+n-1. */
 static void forward_block(gpt_infer *m, const int32_t *ids, int n, float *all_logits, int want_last) {
-  const gpt_infer_config *c = &m->cfg;
+  const gpt_config *c = &m->cfg;
+  const gpt_weights *w = &m->model->w;
   const int C = c->n_embd, V = c->vocab_size;
   const size_t T = (size_t)c->n_ctx;
-  for (int r = 0; r < n; r++) {
-    const float *te = m->wte + (size_t)ids[r] * C, *pe = m->wpe + (m->pos + (size_t)r) * C;
-    float *x = m->x + (size_t)r * C;
-    for (int i = 0; i < C; i++) x[i] = te[i] + pe[i];
-  }
+  const float eps = c->ln_eps;
+  gpt_encoder_forward(m->x, ids, w->wte, w->wpe + m->pos * C, 1, n, C);
   for (int l = 0; l < c->n_layer; l++) {
-    const infer_layer *L = &m->layer[l];
+    const gpt_layer_w *L = &w->layers[l];
     float *kc = m->kcache + (size_t)l * T * C, *vc = m->vcache + (size_t)l * T * C;
-    layernorm_forward(m->h, m->x, L->ln1_w, L->ln1_b, n, C, c->eps);
-    matmul(m, m->qkv, m->h, L->attn_w, L->attn_b, n, 3 * C, C, 3 * C, 0, 0);
+    gpt_layernorm_forward(m->pool, m->h, NULL, NULL, m->x, L->ln1w, L->ln1b, n, C, eps);
+    matmul(m, m->qkv, m->h, L->qkvw, L->qkvb, n, 3 * C, C, 3 * C, 0, 0);
     for (int r = 0; r < n; r++) {
       const float *row = m->qkv + (size_t)r * 3 * C;
       memcpy(kc + (m->pos + (size_t)r) * C, row + C, (size_t)C * sizeof(float));
@@ -367,24 +211,25 @@ static void forward_block(gpt_infer *m, const int32_t *ids, int n, float *all_lo
     }
     att_job aj = {m, m->att, m->qkv, kc, vc, m->pos, c->n_head, C / c->n_head, C};
     pool_run(m->pool, (size_t)n * (size_t)c->n_head, att_task, &aj);
-    matmul(m, m->x, m->att, L->proj_w, L->proj_b, n, C, C, C, 0, 1);
-    layernorm_forward(m->h, m->x, L->ln2_w, L->ln2_b, n, C, c->eps);
-    matmul(m, m->fc, m->h, L->fc_w, L->fc_b, n, 4 * C, C, 4 * C, 0, 0);
-    gelu_tanh(m->fc, (size_t)n * 4 * C);
-    matmul(m, m->x, m->fc, L->fcproj_w, L->fcproj_b, n, C, 4 * C, C, 0, 1);
+    matmul(m, m->x, m->att, L->attprojw, L->attprojb, n, C, C, C, 0, 1);
+    gpt_layernorm_forward(m->pool, m->h, NULL, NULL, m->x, L->ln2w, L->ln2b, n, C, eps);
+    matmul(m, m->fc, m->h, L->fcw, L->fcb, n, 4 * C, C, 4 * C, 0, 0);
+    gpt_gelu_forward(m->pool, m->fc, m->fc, (size_t)n * 4 * C);
+    matmul(m, m->x, m->fc, L->fcprojw, L->fcprojb, n, C, 4 * C, C, 0, 1);
   }
   if (all_logits) {
-    layernorm_forward(m->h, m->x, m->lnf_w, m->lnf_b, n, C, c->eps);
-    matmul(m, all_logits, m->h, m->wte, NULL, n, V, C, V, 1, 0);
+    gpt_layernorm_forward(m->pool, m->h, NULL, NULL, m->x, w->lnfw, w->lnfb, n, C, eps);
+    matmul(m, all_logits, m->h, w->wte, NULL, n, V, C, V, 1, 0);
     if (want_last) memcpy(m->logits, all_logits + (size_t)(n - 1) * V, (size_t)V * sizeof(float));
   } else if (want_last) {
-    layernorm_forward(m->h, m->x + (size_t)(n - 1) * C, m->lnf_w, m->lnf_b, 1, C, c->eps);
-    matmul(m, m->logits, m->h, m->wte, NULL, 1, V, C, V, 1, 0);
+    gpt_layernorm_forward(m->pool, m->h, NULL, NULL, m->x + (size_t)(n - 1) * C, w->lnfw, w->lnfb, 1, C,
+                          eps);
+    matmul(m, m->logits, m->h, w->wte, NULL, 1, V, C, V, 1, 0);
   }
 }
 
 qv_status gpt_infer_feed(gpt_infer *m, const int32_t *ids, size_t n, float *all_logits, qv_error *err) {
-  const gpt_infer_config *c = &m->cfg;
+  const gpt_config *c = &m->cfg;
   if (n == 0) return qv_fail(err, QV_EINVAL, "no tokens to feed");
   if (n > (size_t)c->n_ctx - m->pos)
     return qv_fail(err, QV_ETOOLONG, "%zu tokens do not fit: %zu of the context of %d are used", n, m->pos,

@@ -1,9 +1,9 @@
 /* GPT-2 inference with a KV cache: the forward pass used for generation and chat.
  *
- * A model is a Hugging Face GPT-2 folder (the checkpoint format of issue 8): config.json
- * and model.safetensors with F32/F16/BF16 tensors named as GPT2Model names them, with or
- * without the "transformer." prefix; Conv1D weights are (in, out). The LM head is tied to
- * wte. Our own checkpoints (quiver gpt train) are the same kind of folder.
+ * It runs on a gpt_model (gpt.h): loaded from a checkpoint folder by gpt_load (ckpt.h),
+ * which reads our `quiver gpt train` checkpoints and Hugging Face GPT-2 folders alike
+ * (names with or without "transformer.", Conv1D (in, out) weights, LM head tied to wte),
+ * or borrowed from a caller that already holds one.
  *
  * gpt_infer_feed appends tokens to the KV cache: a prompt goes in at once (prefill, in
  * blocks of GPT_INFER_BLOCK rows through GEMMs), then one token per call. Every buffer is
@@ -16,26 +16,25 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "gpt/gpt.h"
 #include "quiver.h"
 
 /* Rows of a prefill block: bounds the activation buffers (a long prompt is fed in blocks,
  * each attending to the cache that the previous ones filled). */
 #define GPT_INFER_BLOCK 64
 
-typedef struct gpt_infer_config {
-  int n_layer, n_head, n_embd, n_ctx, vocab_size;
-  float eps;
-} gpt_infer_config;
-
 typedef struct gpt_infer gpt_infer;
 
-/* Loads DIR/config.json and DIR/model.safetensors. QV_NOTFOUND when a file or tensor is
- * missing, QV_EFORMAT on a bad config or a tensor of the wrong shape (the message names
- * it), QV_EUNSUPPORTED for an activation other than gelu_new. */
+/* Loads a checkpoint folder with gpt_load (its errors: QV_NOTFOUND for a missing file,
+ * QV_EFORMAT naming the field or tensor at fault, QV_EUNSUPPORTED for another
+ * activation) and owns the model. */
 qv_status gpt_infer_load(gpt_infer **out, const char *dir, qv_error *err);
+/* Runs on a model the caller keeps (it must outlive the handle and not change while
+ * feeding). */
+qv_status gpt_infer_create(gpt_infer **out, const gpt_model *model, qv_error *err);
 void gpt_infer_free(gpt_infer *m);
 
-const gpt_infer_config *gpt_infer_config_of(const gpt_infer *m);
+const gpt_config *gpt_infer_config_of(const gpt_infer *m);
 /* Tokens in the KV cache (the position the next token takes). */
 size_t gpt_infer_pos(const gpt_infer *m);
 /* Empties the KV cache. */
