@@ -5,38 +5,44 @@ LMDB storage, the id map and float32 rescoring) and with int8 codes (`--collecti
 same M and ef_construction, in one run.
 
 Datasets (generated here, seeded):
-  random-128d-l2     100k x 128 standard normal, 1,000 queries from the same law, squared L2
-  clustered-384d-ip  clustered synthetic 384-d (stand-in for sentence embeddings): 100k
+  random-128d-l2     --n x 128 standard normal, queries from the same law, squared L2
+  random-960d-l2     --n-960 x 960 standard normal (GIST's width), squared L2
+  clustered-384d-ip  clustered synthetic 384-d (stand-in for sentence embeddings): --n
                      points around 256 Gaussian centres, unit-normalized, inner product
 Exact top-10 comes from numpy (BLAS matmul + argpartition).
 
 Method:
   - M = 16, ef_construction = 200 everywhere; every library builds with --threads threads
     (hnswlib num_threads, FAISS OpenMP, usearch threads, Quiver's pool).
-  - Search is single-threaded over an ef sweep (16..256), k = 10. Quiver times each
-    hnsw_search call in C, one query at a time. The Python libraries are called through
-    their batch API with one thread (hnswlib knn_query(num_threads=1), FAISS with
-    omp_set_num_threads(1), usearch search(threads=1)): that loops over the queries one
-    at a time inside C++, so no per-query Python call overhead is charged to them either.
+  - Search sweeps ef (16..1024), k = 10, once per search thread count (--search-threads,
+    default 1 and 2). Every library is called through a batch entry point that loops over
+    the queries in C/C++ (Quiver: `quiver bench ann`, one hnsw_search per query over a
+    pool; hnswlib knn_query(num_threads=t); FAISS with omp_set_num_threads(t); usearch
+    search(threads=t)), and the whole query set is timed, so no per-query Python call is
+    charged to anyone.
   - Recall@10 is |returned ∩ true top-10| / 10, averaged over queries, the same for all.
-  - Memory (bytes/point) is what each library can report: Quiver hnsw_memory_bytes (node
-    blocks at allocated capacity, upper levels, search scratch); usearch memory_usage;
-    hnswlib and FAISS the size of their serialized index (vectors + graph, as held in
-    memory, without allocator slack).
-    A Quiver collection counts everything its search holds: the float32 rows, the graph
-    (which keeps its own copy of the vectors, or int8 codes) and the node map.
+  - Memory (bytes/point) is measured the same way for everyone: each library builds in a
+    process of its own (a fork for the Python libraries, the quiver binary for Quiver),
+    and the growth of that process's resident set (VmRSS) across the build is divided by
+    the point count. The data itself is loaded before the first reading, so it is not
+    counted. For a Quiver collection the reading spans the load and the build, so it also
+    holds the collection's float32 rows (the graph keeps its own copy, or int8 codes).
+    What each library reports about itself is printed too (Quiver hnsw_memory_bytes,
+    usearch memory_usage, hnswlib/FAISS serialized size).
   - usearch is given dtype f32 so that no other library quantizes; Quiver's int8 rows
     are labelled as such.
 
-Prints a markdown table, then for each dataset the smallest ef at which each library
-reaches recall >= 0.95 and Quiver's ratios against each library there. Draws
-recall-vs-QPS curves to docs/ann-<dataset>.png.
+Prints a markdown table, then for each dataset and search thread count the smallest ef at
+which each library reaches recall >= 0.95 and Quiver's ratios against each library there.
+Draws recall-vs-QPS curves (1 search thread) to docs/ann-<dataset>.png.
 
-    python bench/ann.py [--n 100000] [--queries 1000] [--threads 2] [--ef 16,32,64,128,256]
+    python bench/ann.py [--n 100000] [--n-960 50000] [--queries 1000] [--threads 2]
+                        [--search-threads 1,2] [--ef 16,32,...,1024] [--datasets a,b]
 """
 import argparse
 import gc
 import json
+import multiprocessing as mp
 import os
 import subprocess
 import sys
@@ -56,10 +62,14 @@ M, EF_CONSTRUCTION, K = 16, 200, 10
 TARGET = 0.95
 
 
-def random_l2(n, nq, seed=1):
+def random_l2(n, nq, dim=128, seed=1):
     rng = np.random.default_rng(seed)
-    return (rng.standard_normal((n, 128), dtype=np.float32),
-            rng.standard_normal((nq, 128), dtype=np.float32))
+    return (rng.standard_normal((n, dim), dtype=np.float32),
+            rng.standard_normal((nq, dim), dtype=np.float32))
+
+
+def random_960_l2(n, nq):
+    return random_l2(n, nq, dim=960, seed=2)
 
 
 def clustered_ip(n, nq, dim=384, seed=0):
@@ -68,7 +78,8 @@ def clustered_ip(n, nq, dim=384, seed=0):
 
 DATASETS = [
     # (slug, description, metric, generator)
-    ("random-128d-l2", "random 128-d uniform-normal (L2)", "l2", random_l2),
+    ("random-128d-l2", "random 128-d standard normal (L2)", "l2", random_l2),
+    ("random-960d-l2", "random 960-d standard normal (L2)", "l2", random_960_l2),
     ("clustered-384d-ip", "clustered synthetic 384-d (stand-in for sentence embeddings), inner product",
      "ip", clustered_ip),
 ]
@@ -96,25 +107,55 @@ def recall(ids, truth, k):
     return hit / (len(truth) * k)
 
 
-def sweep(search, q, truth, efs):
+def rss():
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmRSS")
+
+
+def sweep(search, q, truth, efs, sthreads):
+    """search(ef, threads) -> ids (nq, K). Per ef: recall, and QPS per thread count."""
     runs = []
     for ef in efs:
-        t = time.perf_counter()
-        ids = search(ef)
-        s = time.perf_counter() - t
-        runs.append({"ef": ef, "qps": len(q) / s, "recall": recall(ids, truth, K)})
+        qps = []
+        for t in sthreads:
+            t0 = time.perf_counter()
+            ids = search(ef, t)
+            qps.append(len(q) / (time.perf_counter() - t0))
+        runs.append({"ef": ef, "qps_by_threads": qps, "qps": qps[0], "recall": recall(ids, truth, K)})
     return runs
 
 
-def run_quiver(paths, metric, threads, efs, collection=None):
+def in_child(fn, *args):
+    """Runs fn(*args) in a forked process and returns its result, so that its memory
+    reading starts from the same state for every library and nothing it allocated stays
+    behind for the next one."""
+    ctx = mp.get_context("fork")
+    parent, child = ctx.Pipe(duplex=False)
+
+    def target():
+        try:
+            child.send(("ok", fn(*args)))
+        except BaseException as e:  # noqa: BLE001 - reported in the parent
+            child.send(("error", repr(e)))
+    p = ctx.Process(target=target)
+    p.start()
+    status, value = parent.recv()
+    p.join()
+    if status != "ok":
+        raise RuntimeError(value)
+    return value
+
+
+def run_quiver(paths, metric, threads, efs, sthreads, collection=None):
     """Quiver's HNSW module alone, or (collection = "float" / "int8") the same data through
-    a collection: LMDB storage, id map, float32 rescoring, optionally int8 codes. For a
-    collection, bytes/point counts what its search holds in memory: the float32 rows, the
-    graph and the codes."""
+    a collection: LMDB storage, id map, float32 rescoring, optionally int8 codes."""
     cmd = [QUIVER, "bench", "ann", "--data", paths["x"], "--queries", paths["q"], "--truth", paths["t"],
            "--distance", "Euclid" if metric == "l2" else "Dot", "--m", str(M),
            "--ef-construct", str(EF_CONSTRUCTION), "--ef", ",".join(map(str, efs)), "--k", str(K),
-           "--threads", str(threads)]
+           "--threads", str(threads), "--search-threads", ",".join(map(str, sthreads))]
     env = None
     if collection:
         cmd.append("--collection")
@@ -122,60 +163,79 @@ def run_quiver(paths, metric, threads, efs, collection=None):
             cmd += ["--quantization", "int8"]
         env = dict(os.environ, QUIVER_THREADS=str(threads))
     r = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True, env=env).stdout)
+    n = r["n"]
+    for run in r["runs"]:
+        run["qps"] = run["qps_by_threads"][0]
     if collection:
-        mem = r["vector_bytes"] + r["graph_bytes"] + r["quantized_bytes"]
-        return {"build_s": r["build_s"], "bytes_per_point": mem / r["n"], "runs": r["runs"]}
-    return {"build_s": r["build_s"], "bytes_per_point": r["bytes_per_point"], "runs": r["runs"]}
+        own = r["vector_bytes"] + r["graph_bytes"] + r["quantized_bytes"]
+        return {"build_s": r["build_s"], "bytes_per_point": (r["rss_load_bytes"] + r["rss_build_bytes"]) / n,
+                "own_bytes_per_point": own / n, "index_bytes_per_point": (r["graph_bytes"] + r["quantized_bytes"]) / n,
+                "runs": r["runs"]}
+    return {"build_s": r["build_s"], "bytes_per_point": r["rss_build_bytes"] / n,
+            "own_bytes_per_point": r["memory_bytes"] / n, "index_bytes_per_point": r["memory_bytes"] / n,
+            "runs": r["runs"]}
 
 
-def run_hnswlib(x, q, truth, metric, threads, efs, tmp):
+def run_hnswlib(x, q, truth, metric, threads, efs, sthreads, tmp):
     import hnswlib
+    gc.collect()
+    r0 = rss()
     p = hnswlib.Index(space="l2" if metric == "l2" else "ip", dim=x.shape[1])
     p.init_index(max_elements=len(x), M=M, ef_construction=EF_CONSTRUCTION, random_seed=42)
     t = time.perf_counter()
     p.add_items(x, np.arange(len(x)), num_threads=threads)
     build_s = time.perf_counter() - t
+    grown = rss() - r0
     path = os.path.join(tmp, "hnswlib.bin")
     p.save_index(path)
-    mem = os.path.getsize(path)
+    own = os.path.getsize(path)
     os.unlink(path)
 
-    def search(ef):
+    def search(ef, t):
         p.set_ef(ef)
-        return p.knn_query(q, k=K, num_threads=1)[0]
-    return {"build_s": build_s, "bytes_per_point": mem / len(x), "runs": sweep(search, q, truth, efs)}
+        return p.knn_query(q, k=K, num_threads=t)[0]
+    return {"build_s": build_s, "bytes_per_point": grown / len(x), "own_bytes_per_point": own / len(x),
+            "runs": sweep(search, q, truth, efs, sthreads)}
 
 
-def run_faiss(x, q, truth, metric, threads, efs):
+def run_faiss(x, q, truth, metric, threads, efs, sthreads):
     import faiss
+    gc.collect()
+    r0 = rss()
     index = faiss.IndexHNSWFlat(x.shape[1], M, faiss.METRIC_L2 if metric == "l2" else faiss.METRIC_INNER_PRODUCT)
     index.hnsw.efConstruction = EF_CONSTRUCTION
     faiss.omp_set_num_threads(threads)
     t = time.perf_counter()
     index.add(x)
     build_s = time.perf_counter() - t
-    mem = faiss.serialize_index(index).nbytes
-    faiss.omp_set_num_threads(1)
+    grown = rss() - r0
+    own = faiss.serialize_index(index).nbytes
 
-    def search(ef):
+    def search(ef, t):
+        faiss.omp_set_num_threads(t)
         index.hnsw.efSearch = ef
         return index.search(q, K)[1]
-    return {"build_s": build_s, "bytes_per_point": mem / len(x), "runs": sweep(search, q, truth, efs)}
+    return {"build_s": build_s, "bytes_per_point": grown / len(x), "own_bytes_per_point": own / len(x),
+            "runs": sweep(search, q, truth, efs, sthreads)}
 
 
-def run_usearch(x, q, truth, metric, threads, efs):
+def run_usearch(x, q, truth, metric, threads, efs, sthreads):
     from usearch.index import Index
+    gc.collect()
+    r0 = rss()
     index = Index(ndim=x.shape[1], metric="l2sq" if metric == "l2" else "ip", dtype="f32",
                   connectivity=M, expansion_add=EF_CONSTRUCTION)
     t = time.perf_counter()
     index.add(np.arange(len(x), dtype=np.uint64), x, threads=threads)
     build_s = time.perf_counter() - t
-    mem = index.memory_usage
+    grown = rss() - r0
+    own = index.memory_usage
 
-    def search(ef):
+    def search(ef, t):
         index.expansion_search = ef
-        return index.search(q, K, threads=1).keys
-    return {"build_s": build_s, "bytes_per_point": mem / len(x), "runs": sweep(search, q, truth, efs)}
+        return index.search(q, K, threads=t).keys
+    return {"build_s": build_s, "bytes_per_point": grown / len(x), "own_bytes_per_point": own / len(x),
+            "runs": sweep(search, q, truth, efs, sthreads)}
 
 
 LIBS = ["quiver", "quiver-collection", "quiver-collection-int8", "hnswlib", "faiss", "usearch"]
@@ -192,43 +252,52 @@ def fmt_qps(v):
     return f"{v:,.0f}"
 
 
-def table(results, efs):
-    head = ["library", "dataset", "build s", "bytes/point"] + [f"ef={ef} recall / QPS" for ef in efs]
+def table(results, efs, sthreads):
+    tl = "/".join(f"{t}t" for t in sthreads)
+    head = ["library", "dataset", "build s", "RSS bytes/point", "own count bytes/point"] + \
+        [f"ef={ef} recall / QPS {tl}" for ef in efs]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * 2 + ["---:"] * (len(head) - 2)) + "|"]
     for slug, libs in results.items():
         for lib in LIBS:
             r = libs[lib]
-            cells = [lib, slug, f"{r['build_s']:.1f}", f"{r['bytes_per_point']:.0f}"]
+            cells = [lib, slug, f"{r['build_s']:.1f}", f"{r['bytes_per_point']:.0f}", f"{r['own_bytes_per_point']:.0f}"]
             by_ef = {run["ef"]: run for run in r["runs"]}
-            cells += [f"{by_ef[ef]['recall']:.3f} / {fmt_qps(by_ef[ef]['qps'])}" for ef in efs]
+            cells += [f"{by_ef[ef]['recall']:.3f} / " + " / ".join(fmt_qps(v) for v in by_ef[ef]["qps_by_threads"])
+                      for ef in efs]
             lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def ratios(results):
+def ratios(results, sthreads):
     out = []
+    peers = ["hnswlib", "faiss", "usearch"]
     for slug, libs in results.items():
-        out.append(f"\n{slug}: smallest ef reaching recall@{K} >= {TARGET}")
         at = {lib: first_at_target(libs[lib]["runs"]) for lib in LIBS}
+        out.append(f"\n{slug}: smallest ef reaching recall@{K} >= {TARGET}")
         for lib in LIBS:
             a = at[lib]
-            out.append(f"  {lib:8s} " + (f"ef={a['ef']:<4d} recall {a['recall']:.3f}  {fmt_qps(a['qps'])} QPS"
+            out.append(f"  {lib:24s} " + (f"ef={a['ef']:<4d} recall {a['recall']:.3f}  QPS " +
+                                          " / ".join(f"{fmt_qps(v)} ({t}t)" for t, v in zip(sthreads, a["qps_by_threads"]))
                                           if a else "never (within the sweep)"))
         if not all(at.values()):
-            # Nobody (or not everybody) reached the target: compare at the largest ef swept,
-            # where the recalls are as close to it as this sweep gets.
             at = {lib: libs[lib]["runs"][-1] for lib in LIBS}
             out.append(f"  not every library reaches {TARGET}; QPS compared at the largest ef, "
-                       f"ef={at['quiver']['ef']} (recall " +
-                       ", ".join(f"{lib} {at[lib]['recall']:.3f}" for lib in LIBS) + ")")
-        out.append("| Quiver vs | QPS ratio | build time ratio | memory ratio |")
-        out.append("|---|---:|---:|---:|")
-        q = libs["quiver"]
-        for lib in LIBS[1:]:
-            o = libs[lib]
-            qps = f"{at['quiver']['qps'] / at[lib]['qps']:.2f}x"
-            out.append(f"| {lib} | {qps} | {q['build_s'] / o['build_s']:.2f}x | "
-                       f"{q['bytes_per_point'] / o['bytes_per_point']:.2f}x |")
+                       f"ef={at['quiver']['ef']} (recall " + ", ".join(f"{lib} {at[lib]['recall']:.3f}" for lib in LIBS) + ")")
+        head = ["Quiver vs"] + [f"QPS ratio {t}t" for t in sthreads] + ["build time ratio", "memory ratio (RSS)"]
+        out.append("| " + " | ".join(head) + " |")
+        out.append("|---|" + "---:|" * (len(head) - 1))
+        for mine in ["quiver", "quiver-collection"]:
+            q = libs[mine]
+            for lib in peers:
+                o = libs[lib]
+                cells = [f"{mine} vs {lib}"]
+                cells += [f"{qa / qb:.2f}x" for qa, qb in zip(at[mine]["qps_by_threads"], at[lib]["qps_by_threads"])]
+                cells += [f"{q['build_s'] / o['build_s']:.2f}x", f"{q['bytes_per_point'] / o['bytes_per_point']:.2f}x"]
+                out.append("| " + " | ".join(cells) + " |")
+        f32 = libs["quiver-collection"]["index_bytes_per_point"]
+        i8 = libs["quiver-collection-int8"]["index_bytes_per_point"]
+        out.append(f"\n  {slug}: collection index (graph + codes) bytes/point: float32 {f32:.0f}, int8 {i8:.0f} "
+                   f"-> int8 / float32 = {i8 / f32:.2f}x")
     out.append("\nQPS ratio > 1: Quiver faster; build time and memory ratio < 1: Quiver faster / smaller.")
     return "\n".join(out)
 
@@ -249,7 +318,7 @@ def plot(slug, desc, libs, path):
     ax.set_ylabel("queries/s (1 thread, log)")
     ax.set_title(f"{desc}\nM={M}, ef_construction={EF_CONSTRUCTION}, labels = ef", fontsize=9)
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend()
+    ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -258,16 +327,24 @@ def plot(slug, desc, libs, path):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=100000)
+    ap.add_argument("--n-960", type=int, default=50000, help="points of the 960-d set")
     ap.add_argument("--queries", type=int, default=1000)
     ap.add_argument("--threads", type=int, default=2, help="build threads, the same for every library")
-    ap.add_argument("--ef", default="16,32,64,128,256")
+    ap.add_argument("--search-threads", default="1,2")
+    ap.add_argument("--ef", default="16,32,64,128,256,512,1024")
+    ap.add_argument("--datasets", default=",".join(d[0] for d in DATASETS))
     ap.add_argument("--docs", default=os.path.join(ROOT, "docs"), help="where the PNGs go")
     a = ap.parse_args()
     efs = [int(e) for e in a.ef.split(",")]
+    sthreads = [int(t) for t in a.search_threads.split(",")]
+    wanted = a.datasets.split(",")
     results = {}
     with tempfile.TemporaryDirectory(prefix="quiver-ann-") as tmp:
         for slug, desc, metric, gen in DATASETS:
-            x, q = gen(a.n, a.queries)
+            if slug not in wanted:
+                continue
+            n = a.n_960 if "960" in slug else a.n
+            x, q = gen(n, a.queries)
             truth = exact_topk(x, q, K, metric)
             paths = {"x": os.path.join(tmp, "x.npy"), "q": os.path.join(tmp, "q.npy"), "t": os.path.join(tmp, "t.npy")}
             np.save(paths["x"], x)
@@ -275,29 +352,28 @@ def main():
             np.save(paths["t"], truth)
             libs = {}
             for lib in LIBS:
-                print(f"{slug}: {lib} ...", file=sys.stderr, flush=True)
+                print(f"{slug} (n={n}): {lib} ...", file=sys.stderr, flush=True)
                 if lib == "quiver":
-                    libs[lib] = run_quiver(paths, metric, a.threads, efs)
+                    libs[lib] = run_quiver(paths, metric, a.threads, efs, sthreads)
                 elif lib == "quiver-collection":
-                    libs[lib] = run_quiver(paths, metric, a.threads, efs, collection="float")
+                    libs[lib] = run_quiver(paths, metric, a.threads, efs, sthreads, collection="float")
                 elif lib == "quiver-collection-int8":
-                    libs[lib] = run_quiver(paths, metric, a.threads, efs, collection="int8")
+                    libs[lib] = run_quiver(paths, metric, a.threads, efs, sthreads, collection="int8")
                 elif lib == "hnswlib":
-                    libs[lib] = run_hnswlib(x, q, truth, metric, a.threads, efs, tmp)
+                    libs[lib] = in_child(run_hnswlib, x, q, truth, metric, a.threads, efs, sthreads, tmp)
                 elif lib == "faiss":
-                    libs[lib] = run_faiss(x, q, truth, metric, a.threads, efs)
+                    libs[lib] = in_child(run_faiss, x, q, truth, metric, a.threads, efs, sthreads)
                 else:
-                    libs[lib] = run_usearch(x, q, truth, metric, a.threads, efs)
-                gc.collect()
-            results[slug] = libs
+                    libs[lib] = in_child(run_usearch, x, q, truth, metric, a.threads, efs, sthreads)
+            results[f"{slug} (n={n})"] = libs
             os.makedirs(a.docs, exist_ok=True)
             png = os.path.join(a.docs, f"ann-{slug}.png")
-            plot(slug, desc, libs, png)
+            plot(slug, f"{desc}, n={n}", libs, png)
             print(f"{slug}: wrote {png}", file=sys.stderr, flush=True)
-    print(f"n={a.n}, queries={a.queries}, k={K}, M={M}, ef_construction={EF_CONSTRUCTION}, "
-          f"build threads={a.threads}, search 1 thread\n")
-    print(table(results, efs))
-    print(ratios(results))
+    print(f"queries={a.queries}, k={K}, M={M}, ef_construction={EF_CONSTRUCTION}, "
+          f"build threads={a.threads}, search threads={sthreads}\n")
+    print(table(results, efs, sthreads))
+    print(ratios(results, sthreads))
 
 
 if __name__ == "__main__":

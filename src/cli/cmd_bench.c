@@ -42,7 +42,8 @@ static int bench_exact(int argc, char **argv) {
   if (!data || !queries) cli_die("bench exact: --data and --queries are required");
   size_t k = (size_t)cli_int(k_s, "--k", 1, 10000);
   int repeat = (int)cli_int(repeat_s, "--repeat", 1, 1000);
-  qv_collection_config cfg;
+  /* exact search only: the graph is never built (full_scan_threshold at its maximum) */
+  qv_collection_config cfg = {.hnsw = {.full_scan_threshold = UINT32_MAX}};
   if (qv_distance_parse(&cfg.distance, dist_s)) cli_die("--distance: unknown \"%s\"", dist_s);
   vecfile_matrix x = cli_read_npy(data), q = cli_read_npy(queries);
   if (x.cols != q.cols) cli_die("data has %zu dimensions, queries %zu", x.cols, q.cols);
@@ -100,17 +101,7 @@ static int bench_exact(int argc, char **argv) {
          best_single * 1e3 / (double)q.rows, (double)q.rows / best_batch, best_batch);
   cli_check(qv_collection_delete(db, "bench", &err), &err, "cleanup");
   qv_db_close(db);
-  char *lock;
-  if (asprintf(&lock, "%s/LOCK", tmpl) > 0) {
-    unlink(lock);
-    free(lock);
-  }
-  char *cdir;
-  if (asprintf(&cdir, "%s/collections", tmpl) > 0) {
-    rmdir(cdir);
-    free(cdir);
-  }
-  rmdir(tmpl);
+  cli_rm_tree(tmpl);
   vecfile_matrix_free(&x);
   vecfile_matrix_free(&q);
   return 0;

@@ -5,16 +5,19 @@
  * the same data goes through a collection in a temporary data directory (LMDB, id map,
  * float32 rescoring, optionally int8 codes), which is what a user's search pays.
  *
- * Build runs over a pool of --threads; searches run one query at a time on the calling
- * thread, the latency-bound case, and the whole query set is timed per ef. */
+ * Build runs over a pool of --threads. Searches run one query per call; the whole query
+ * set is timed per ef, on the calling thread (1) or split over a pool (--search-threads).
+ * Memory is reported twice: what the index counts (hnsw_memory_bytes or the collection's
+ * stats) and the growth of the process's resident set across the build, which is what
+ * bench/ann.py compares across libraries. */
 #define _GNU_SOURCE
 #include <stdio.h>
 #include <stdlib.h>
-#include <ftw.h>
 #include <string.h>
 
 #include <unistd.h>
 
+#include "base/mem.h"
 #include "base/pool.h"
 #include "cli/cli.h"
 #include "index/hnsw.h"
@@ -34,7 +37,8 @@ static const char ann_usage[] =
     "  --k K              neighbours per query (default 10)\n"
     "  --threads N        build threads (default: all CPUs; with --collection, QUIVER_THREADS)\n"
     "  --collection       through a collection in a temporary data directory\n"
-    "  --quantization int8  int8 codes for the graph (with --collection)\n";
+    "  --quantization int8  int8 codes for the graph (with --collection)\n"
+    "  --search-threads LIST  threads the query set is split over, comma-separated (default 1)\n";
 
 /* The ground truth as uint64 ids (rows, cols). vecfile reads only float .npy, so '<i8'
  * (numpy's default for argsort output) is parsed here; anything else goes to vecfile,
@@ -95,17 +99,108 @@ static size_t parse_list(size_t *out, size_t max, const char *s, const char *wha
   return n;
 }
 
-static int rm_cb(const char *path, const struct stat *sb, int flag, struct FTW *ftw) {
-  (void)sb;
-  (void)flag;
-  (void)ftw;
-  return remove(path);
+/* One search of the sweep: the labels of up to k hits for query i into out. */
+typedef size_t (*search_one_fn)(void *ctx, size_t i, size_t ef, uint64_t *out);
+
+typedef struct sweep_job {
+  search_one_fn fn;
+  void *ctx;
+  size_t ef, k;
+  uint64_t *labels; /* (queries, k) */
+  size_t *counts;   /* (queries) */
+} sweep_job;
+
+static void sweep_task(void *ctx, size_t i, int worker) {
+  (void)worker;
+  sweep_job *j = ctx;
+  j->counts[i] = j->fn(j->ctx, i, j->ef, j->labels + i * j->k);
+}
+
+/* For each ef: the whole query set is timed once per search thread count (wall clock from
+ * the first query to the last, as the Python libraries' batch calls are timed), then
+ * recall@k is scored outside the timing. Prints the "runs" array. */
+static void sweep(search_one_fn fn, void *ctx, size_t nq, const uint64_t *gt, size_t tcols, size_t k,
+                  const size_t *efs, size_t nef, const size_t *sthreads, size_t nst) {
+  uint64_t *labels = malloc((nq ? nq : 1) * k * sizeof *labels);
+  size_t *counts = calloc(nq ? nq : 1, sizeof *counts);
+  qv_pool **pools = calloc(nst, sizeof *pools);
+  if (!labels || !counts || !pools) cli_die("out of memory");
+  for (size_t t = 0; t < nst; t++)
+    if (sthreads[t] > 1 && pool_create(&pools[t], (int)sthreads[t])) cli_die("cannot start threads");
+  printf("\"search_threads\":[");
+  for (size_t t = 0; t < nst; t++) printf("%s%zu", t ? "," : "", sthreads[t]);
+  printf("],\"runs\":[");
+  for (size_t e = 0; e < nef; e++) {
+    sweep_job job = {fn, ctx, efs[e], k, labels, counts};
+    printf("%s{\"ef\":%zu,\"qps_by_threads\":[", e ? "," : "", efs[e]);
+    double qps1 = 0;
+    for (size_t t = 0; t < nst; t++) {
+      double t0 = cli_now();
+      if (pools[t]) pool_run(pools[t], nq, sweep_task, &job);
+      else for (size_t i = 0; i < nq; i++) sweep_task(&job, i, 0);
+      double s = cli_now() - t0;
+      double qps = s > 0 ? (double)nq / s : 0.0;
+      if (t == 0) qps1 = qps;
+      printf("%s%.1f", t ? "," : "", qps);
+    }
+    size_t found = 0; /* recall@k: how many of the true k nearest came back */
+    for (size_t i = 0; i < nq; i++)
+      for (size_t a = 0; a < counts[i]; a++)
+        for (size_t b = 0; b < k; b++)
+          if (labels[i * k + a] == gt[i * tcols + b]) {
+            found++;
+            break;
+          }
+    printf("],\"qps\":%.1f,\"recall\":%.4f}", qps1, nq ? (double)found / (double)(nq * k) : 0.0);
+  }
+  printf("]}\n");
+  for (size_t t = 0; t < nst; t++)
+    if (pools[t]) pool_destroy(pools[t]);
+  free(pools);
+  free(labels);
+  free(counts);
+}
+
+typedef struct coll_ctx {
+  qv_collection *c;
+  const vecfile_matrix *q;
+  size_t k;
+} coll_ctx;
+
+static size_t coll_search(void *ctx, size_t i, size_t ef, uint64_t *out) {
+  coll_ctx *cc = ctx;
+  qv_search_params p = {.limit = cc->k, .hnsw_ef = (uint32_t)ef};
+  qv_records r;
+  qv_error err = {0};
+  cli_check(qv_collection_search(cc->c, cc->q->data + i * cc->q->cols, 1, &p, &r, &err), &err,
+            "bench ann: search");
+  for (size_t a = 0; a < r.count; a++) out[a] = r.items[a].id.num;
+  size_t n = r.count;
+  qv_records_free(&r);
+  return n;
+}
+
+typedef struct index_ctx {
+  hnsw *h;
+  const vecfile_matrix *q;
+  size_t k;
+  hnsw_hit *hits; /* (queries, k): hnsw_search's output, one row per query */
+} index_ctx;
+
+static size_t index_search(void *ctx, size_t i, size_t ef, uint64_t *out) {
+  index_ctx *ic = ctx;
+  hnsw_hit *hits = ic->hits + i * ic->k;
+  size_t count;
+  qv_status st = hnsw_search(ic->h, ic->q->data + i * ic->q->cols, ic->k, ef, NULL, hits, &count);
+  if (st) cli_die("bench ann: search failed: %s", qv_strerror(st));
+  for (size_t a = 0; a < count; a++) out[a] = hits[a].label;
+  return count;
 }
 
 /* The --collection run: load, build, then the same ef sweep through qv_collection_search. */
 static void bench_collection(const vecfile_matrix *x, const vecfile_matrix *q, const uint64_t *gt,
                              size_t tcols, qv_distance dist, size_t M, size_t efc, size_t k,
-                             const size_t *efs, size_t nef, int int8) {
+                             const size_t *efs, size_t nef, const size_t *sthreads, size_t nst, int int8) {
   char dir[] = "/tmp/quiver-bench-ann-XXXXXX";
   if (!mkdtemp(dir)) cli_die("bench ann: cannot make a temporary directory");
   qv_error err = {0};
@@ -115,6 +210,7 @@ static void bench_collection(const vecfile_matrix *x, const vecfile_matrix *q, c
   qv_collection_config cfg = {.size = (uint32_t)x->cols, .distance = dist,
                               .hnsw = {(uint32_t)M, (uint32_t)efc, UINT32_MAX}};
   if (int8) cfg.quant = (qv_quant_config){QV_QUANT_INT8, 0, 1};
+  long rss0 = qv_resident_bytes();
   cli_check(qv_db_open(&db, dir, &err), &err, dir);
   cli_check(qv_collection_create(db, "bench", &cfg, &err), &err, "bench ann");
   cli_check(qv_collection_open(db, "bench", &c, &err), &err, "bench ann");
@@ -130,52 +226,37 @@ static void bench_collection(const vecfile_matrix *x, const vecfile_matrix *q, c
   }
   double load_s = cli_now() - t0;
   free(pts);
+  long rss1 = qv_resident_bytes();
   t0 = cli_now();
   cli_check(collection_index_build(c, &err), &err, "bench ann: build");
   double build_s = cli_now() - t0;
+  long rss2 = qv_resident_bytes();
   cfg.hnsw.full_scan_threshold = 1; /* from now on every search goes through the graph */
   cli_check(qv_collection_update_config(c, &cfg, &err), &err, "bench ann");
   qv_collection_stats s;
   qv_collection_stats_get(c, &s);
   printf("{\"n\":%zu,\"dim\":%zu,\"queries\":%zu,\"k\":%zu,\"m\":%zu,\"ef_construct\":%zu,"
          "\"collection\":true,\"quantization\":%s,\"threads\":%d,\"load_s\":%.3f,\"build_s\":%.3f,"
-         "\"vector_bytes\":%zu,\"graph_bytes\":%zu,\"quantized_bytes\":%zu,\"runs\":[",
+         "\"vector_bytes\":%zu,\"graph_bytes\":%zu,\"quantized_bytes\":%zu,\"rss_load_bytes\":%ld,"
+         "\"rss_build_bytes\":%ld,",
          x->rows, x->cols, q->rows, k, M, efc, int8 ? "\"int8\"" : "null", pool_size(pool_default()), load_s,
-         build_s, s.vector_bytes, s.graph_bytes, s.quantized_bytes);
-  for (size_t e = 0; e < nef; e++) {
-    size_t found = 0;
-    double search_s = 0;
-    qv_search_params p = {.limit = k, .hnsw_ef = (uint32_t)efs[e]};
-    for (size_t i = 0; i < q->rows; i++) {
-      qv_records r;
-      t0 = cli_now();
-      cli_check(qv_collection_search(c, q->data + i * q->cols, 1, &p, &r, &err), &err, "bench ann: search");
-      search_s += cli_now() - t0;
-      const uint64_t *want = gt + i * tcols;
-      for (size_t a = 0; a < r.count; a++)
-        for (size_t b = 0; b < k; b++)
-          if (r.items[a].id.num == want[b]) {
-            found++;
-            break;
-          }
-      qv_records_free(&r);
-    }
-    printf("%s{\"ef\":%zu,\"qps\":%.1f,\"recall\":%.4f}", e ? "," : "", efs[e],
-           search_s > 0 ? (double)q->rows / search_s : 0.0, q->rows ? (double)found / (double)(q->rows * k) : 0.0);
-  }
-  printf("]}\n");
+         build_s, s.vector_bytes, s.graph_bytes, s.quantized_bytes, rss1 - rss0, rss2 - rss1);
+  coll_ctx cc = {c, q, k};
+  sweep(coll_search, &cc, q->rows, gt, tcols, k, efs, nef, sthreads, nst);
   qv_db_close(db);
-  nftw(dir, rm_cb, 16, FTW_DEPTH | FTW_PHYS);
+  cli_rm_tree(dir);
 }
 
 int cmd_bench_ann(int argc, char **argv) {
   const char *data = NULL, *queries = NULL, *truth = NULL, *dist_s = "Dot", *m_s = "16", *efc_s = "200",
-             *ef_s = "16,32,64,128,256", *k_s = "10", *threads_s = "0", *quant_s = NULL;
+             *ef_s = "16,32,64,128,256", *k_s = "10", *threads_s = "0", *quant_s = NULL,
+             *sthreads_s = "1";
   int through_collection = 0;
   cli_opt opts[] = {{"data", &data, NULL},         {"queries", &queries, NULL}, {"truth", &truth, NULL},
                     {"distance", &dist_s, NULL},   {"m", &m_s, NULL},           {"ef-construct", &efc_s, NULL},
                     {"ef", &ef_s, NULL},           {"k", &k_s, NULL},           {"threads", &threads_s, NULL},
                     {"collection", NULL, &through_collection}, {"quantization", &quant_s, NULL},
+                    {"search-threads", &sthreads_s, NULL},
                     {0}};
   cli_parse(argc, argv, opts, NULL, 0, ann_usage);
   if (!data || !queries || !truth) cli_die("bench ann: --data, --queries and --truth are required");
@@ -187,6 +268,8 @@ int cmd_bench_ann(int argc, char **argv) {
   int threads = (int)cli_int(threads_s, "--threads", 0, 1024);
   size_t efs[64];
   size_t nef = parse_list(efs, 64, ef_s, "--ef");
+  size_t sthreads[8];
+  size_t nst = parse_list(sthreads, 8, sthreads_s, "--search-threads");
 
   vecfile_matrix x = cli_read_npy(data), q = cli_read_npy(queries);
   if (x.cols != q.cols) cli_die("data has %zu dimensions, queries %zu", x.cols, q.cols);
@@ -198,7 +281,7 @@ int cmd_bench_ann(int argc, char **argv) {
   if (quant_s && !through_collection) cli_die("--quantization needs --collection");
   if (through_collection) {
     if (efc < 4) cli_die("--ef-construct must be at least 4 with --collection");
-    bench_collection(&x, &q, gt, tcols, dist, M, efc, k, efs, nef, quant_s != NULL);
+    bench_collection(&x, &q, gt, tcols, dist, M, efc, k, efs, nef, sthreads, nst, quant_s != NULL);
     free(gt);
     vecfile_matrix_free(&x);
     vecfile_matrix_free(&q);
@@ -212,42 +295,22 @@ int cmd_bench_ann(int argc, char **argv) {
   uint64_t *labels = malloc((x.rows ? x.rows : 1) * sizeof *labels);
   if (!labels) cli_die("out of memory");
   for (size_t i = 0; i < x.rows; i++) labels[i] = i;
+  long rss0 = qv_resident_bytes();
   double t0 = cli_now();
   qv_status st = hnsw_add_batch(h, labels, x.data, x.rows, pool, NULL);
   double build_s = cli_now() - t0;
+  long rss1 = qv_resident_bytes();
   if (st) cli_die("bench ann: build failed: %s", qv_strerror(st));
   free(labels);
   size_t mem = hnsw_memory_bytes(h);
-
-  hnsw_hit *hits = malloc(k * sizeof *hits);
-  if (!hits) cli_die("out of memory");
   printf("{\"n\":%zu,\"dim\":%zu,\"queries\":%zu,\"k\":%zu,\"m\":%zu,\"ef_construct\":%zu,\"threads\":%d,"
-         "\"build_s\":%.3f,\"memory_bytes\":%zu,\"bytes_per_point\":%.1f,\"runs\":[",
+         "\"build_s\":%.3f,\"memory_bytes\":%zu,\"bytes_per_point\":%.1f,\"rss_build_bytes\":%ld,",
          x.rows, x.cols, q.rows, k, M, efc, pool_size(pool), build_s, mem,
-         x.rows ? (double)mem / (double)x.rows : 0.0);
-  for (size_t e = 0; e < nef; e++) {
-    size_t found = 0;
-    double search_s = 0;
-    for (size_t i = 0; i < q.rows; i++) {
-      size_t count;
-      t0 = cli_now();
-      st = hnsw_search(h, q.data + i * q.cols, k, efs[e], NULL, hits, &count);
-      search_s += cli_now() - t0;
-      if (st) cli_die("bench ann: search failed: %s", qv_strerror(st));
-      /* recall@k: how many of the true k nearest came back, scored outside the timing */
-      const uint64_t *want = gt + i * tcols;
-      for (size_t a = 0; a < count; a++)
-        for (size_t b = 0; b < k; b++)
-          if (hits[a].label == want[b]) {
-            found++;
-            break;
-          }
-    }
-    printf("%s{\"ef\":%zu,\"qps\":%.1f,\"recall\":%.4f}", e ? "," : "", efs[e],
-           search_s > 0 ? (double)q.rows / search_s : 0.0, q.rows ? (double)found / (double)(q.rows * k) : 0.0);
-  }
-  printf("]}\n");
-  free(hits);
+         x.rows ? (double)mem / (double)x.rows : 0.0, rss1 - rss0);
+  index_ctx ic = {h, &q, k, malloc((q.rows ? q.rows : 1) * k * sizeof(hnsw_hit))};
+  if (!ic.hits) cli_die("out of memory");
+  sweep(index_search, &ic, q.rows, gt, tcols, k, efs, nef, sthreads, nst);
+  free(ic.hits);
   free(gt);
   hnsw_free(h);
   pool_destroy(pool);

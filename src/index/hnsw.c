@@ -1151,10 +1151,27 @@ size_t hnsw_code_bytes(const hnsw *h) {
   return h->quant ? hnsw_count(h) * (h->q_sum_off + 4) : 0;
 }
 
+/* Node blocks count as resident where they can be: a chunk from the heap counts whole,
+ * but a chunk mapped by chunk_alloc is anonymous memory that the kernel backs only where
+ * it is written, so only its used part counts, rounded up to the huge page that a first
+ * write faults in. (The last chunk is up to half the capacity; counting it whole would
+ * report address space, not memory.) */
 size_t hnsw_memory_bytes(const hnsw *h) {
-  uint64_t cap = LOAD_ACQ(&h->cap);
-  return sizeof *h + (size_t)cap * h->stride + (size_t)LOAD_RLX(&h->upper_bytes) +
-         (size_t)LOAD_RLX(&h->scratch_bytes);
+  uint64_t used = LOAD_ACQ(&h->next);
+  size_t blocks = 0;
+  for (unsigned c = 0; c < MAX_CHUNKS && LOAD_ACQ(&h->chunks[c]); c++) {
+    size_t bytes = chunk_bytes(h, c);
+    uint64_t first = cap_after(h, c) - ((uint64_t)1 << (c + h->cshift));
+    if (bytes < HUGE_BYTES) {
+      blocks += bytes;
+    } else if (used > first) {
+      uint64_t in = used - first < ((uint64_t)1 << (c + h->cshift)) ? used - first
+                                                                      : (uint64_t)1 << (c + h->cshift);
+      size_t touched = align_up((size_t)in * h->stride, HUGE_BYTES);
+      blocks += touched < bytes ? touched : bytes;
+    }
+  }
+  return sizeof *h + blocks + (size_t)LOAD_RLX(&h->upper_bytes) + (size_t)LOAD_RLX(&h->scratch_bytes);
 }
 
 /* ---- Persistence --------------------------------------------------------------------- */

@@ -116,7 +116,9 @@ qv_status hnsw_quantize_int8(hnsw *h, float lo, float hi);
 int hnsw_quantized(const hnsw *h);
 size_t hnsw_code_bytes(const hnsw *h); /* bytes of codes (0 without quantization) */
 
-/* Bytes the index holds: node blocks (allocated capacity), upper-level lists, scratch. */
+/* Bytes the index holds in memory: node blocks (the used part of mapped chunks, rounded
+ * up to the 2 MiB page a write faults in; heap chunks whole), upper-level lists, scratch.
+ * Reserved address space that was never written is not counted. */
 size_t hnsw_memory_bytes(const hnsw *h);
 
 /* Writes the index to path atomically: a temporary file beside it (path.tmp-XXXXXX) is

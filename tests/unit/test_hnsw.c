@@ -191,6 +191,30 @@ TEST(empty_index) {
   hnsw_free(h);
 }
 
+/* Memory counts what is written, not the capacity: the chunk holding the last node is up
+ * to half the capacity, and most of it is never touched. 5,000 x 384 floats needs 8,160
+ * slots of 1,728 bytes (14.1 MB); the used blocks are 8.6 MB. */
+TEST(memory_counts_used_blocks) {
+  enum { N = 5000, D = 384 };
+  hnsw *h;
+  ASSERT_OK(hnsw_new(&h, D, QV_DIST_DOT, 16, 16, 1));
+  float *v = malloc(sizeof(float) * D);
+  ASSERT(v != NULL);
+  uint64_t r = 7;
+  for (int i = 0; i < N; i++) {
+    for (int j = 0; j < D; j++) {
+      r = r * 6364136223846793005ull + 1442695040888963407ull;
+      v[j] = (float)(r >> 40) / (float)(1u << 24) - 0.5f;
+    }
+    ASSERT_OK(hnsw_add(h, (uint64_t)i, v, NULL));
+  }
+  free(v);
+  size_t mem = hnsw_memory_bytes(h);
+  ASSERT(mem >= (size_t)N * D * sizeof(float));
+  ASSERT(mem <= (size_t)N * (D * sizeof(float) + 256) + ((size_t)4 << 20));
+  hnsw_free(h);
+}
+
 TEST(one_node) {
   hnsw *h;
   ASSERT_OK(hnsw_new(&h, 3, QV_DIST_EUCLID, 4, 10, 1));
@@ -678,7 +702,7 @@ TEST(int8_quantized_graph) {
   free(q);
 }
 
-TEST_MAIN(T(int8_quantized_graph), T(recall_cosine), T(recall_dot), T(recall_euclid), T(recall_manhattan),
+TEST_MAIN(T(int8_quantized_graph), T(memory_counts_used_blocks), T(recall_cosine), T(recall_dot), T(recall_euclid), T(recall_manhattan),
           T(rejects_bad_arguments), T(empty_index), T(one_node), T(dim_one_and_duplicates),
           T(dim_4096), T(deleted_never_returned), T(filtered_exact), T(save_load_round_trip),
           T(corrupt_and_truncated_files), T(crash_during_save), T(concurrent_adds_and_searches))
