@@ -1,4 +1,5 @@
 /* quiver info: the backend in use, the GPU (or why there is none), versions. */
+#include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -54,6 +55,16 @@ int cmd_info(int argc, char **argv) {
     json_t *o = json_pack("{s:s, s:s, s:s, s:s, s:s}", "version", QV_VERSION, "backend", r.backend, "gpu_mode",
                           qv_gpu_mode_name(r.mode), "cpu_isa", backend_cpu_isa(), "breaker",
                           s.breaker_state_name);
+    /* exact search (and batched search) runs where new GPU work goes: the device unless
+     * there is none or its breaker is open */
+    json_object_set_new(o, "exact_search", json_string(s.backend));
+    qv_gpu_config g;
+    device_config(&g);
+    json_object_set_new(o, "gpu_settings",
+                        json_pack("{s:i, s:i, s:f, s:b, s:i, s:f, s:f}", "device_id", g.device_id, "batch_size",
+                                  g.batch_size, "memory_fraction", g.memory_fraction, "fallback_to_cpu",
+                                  g.fallback_to_cpu, "breaker_failures", g.breaker_failures, "breaker_cooldown_s",
+                                  g.breaker_cooldown_s, "timeout_s", g.timeout_s));
     json_object_set_new(o, "reason", r.reason[0] ? json_string(r.reason) : json_null());
     json_object_set_new(o, "plugin", r.plugin[0] ? json_string(r.plugin) : json_null());
     if (r.have_device) {
@@ -84,10 +95,12 @@ int cmd_info(int argc, char **argv) {
     printf("memory:    %.1f GiB used of %.1f GiB\n", (double)r.info.mem_used / (1 << 30),
            (double)r.info.mem_total / (1 << 30));
     printf("cuda:      driver %s, runtime %s\n", drv, rt);
-    printf("breaker:   %s\n", s.breaker_state_name);
+    printf("breaker:   %s (%" PRIu64 " opened, %" PRIu64 " fallbacks)\n", s.breaker_state_name, s.breaker_opens_total,
+           s.fallbacks_total);
   } else {
     printf("gpu:       not used: %s\n", r.reason);
   }
+  printf("exact search: %s\n", s.backend);
   if (r.plugin[0]) printf("plugin:    %s\n", r.plugin);
   return 0;
 }

@@ -335,9 +335,34 @@ char *metrics_render(metrics *m, struct server *s, size_t *len) {
   put(&b, "# HELP process_resident_memory_bytes Resident memory size in bytes.\n"
           "# TYPE process_resident_memory_bytes gauge\n");
   if (rss >= 0) put(&b, "process_resident_memory_bytes %ld\n", rss);
-  put(&b, "# HELP quiver_backend_info The compute backend in use.\n"
+  /* The device layer's counters (compute/device.h): where new work goes first ("cpu" also
+   * while the breaker is open), the breaker, and how often work fell back. */
+  qv_gpu_stats g;
+  qv_gpu_stats_get(&g);
+  put(&b, "# HELP quiver_backend_info The compute backend new work goes to first.\n"
           "# TYPE quiver_backend_info gauge\n"
-          "quiver_backend_info{backend=\"cpu\"} 1\n");
+          "quiver_backend_info{backend=\"%s\"} 1\n", g.backend);
+  put(&b, "# HELP quiver_gpu_breaker_state GPU circuit breaker: 0 closed, 1 open, 2 half-open.\n"
+          "# TYPE quiver_gpu_breaker_state gauge\n"
+          "quiver_gpu_breaker_state %d\n", g.breaker_state);
+  put(&b, "# HELP quiver_gpu_breaker_opens_total Times the GPU circuit breaker opened.\n"
+          "# TYPE quiver_gpu_breaker_opens_total counter\n"
+          "quiver_gpu_breaker_opens_total %llu\n", (unsigned long long)g.breaker_opens_total);
+  put(&b, "# HELP quiver_gpu_fallbacks_total Units of work meant for the GPU that ran on the CPU.\n"
+          "# TYPE quiver_gpu_fallbacks_total counter\n"
+          "quiver_gpu_fallbacks_total %llu\n", (unsigned long long)g.fallbacks_total);
+  put(&b, "# HELP quiver_gpu_failures_total GPU errors and timeouts.\n"
+          "# TYPE quiver_gpu_failures_total counter\n"
+          "quiver_gpu_failures_total %llu\n", (unsigned long long)g.gpu_failures_total);
+  put(&b, "# HELP quiver_compute_units_total Units of GPU-bound work (forward passes, search batches) by where they ran; counted only where a GPU is in use.\n"
+          "# TYPE quiver_compute_units_total counter\n"
+          "quiver_compute_units_total{backend=\"gpu\"} %llu\n"
+          "quiver_compute_units_total{backend=\"cpu\"} %llu\n",
+      (unsigned long long)g.gpu_runs_total, (unsigned long long)g.cpu_runs_total);
+  put(&b, "# HELP quiver_gpu_memory_bytes GPU memory, as the driver reports it (0 without a GPU).\n"
+          "# TYPE quiver_gpu_memory_bytes gauge\n"
+          "quiver_gpu_memory_bytes{kind=\"total\"} %zu\n"
+          "quiver_gpu_memory_bytes{kind=\"used\"} %zu\n", g.mem_total, g.mem_used);
   if (b.oom) {
     free(b.p);
     return NULL;

@@ -92,3 +92,39 @@ def test_embeddings_unchanged_when_the_gpu_fails_every_unit():
                  env={"QUIVER_CUDA_PLUGIN": FAKE, "QV_FAKE_PLUGIN_MODE": "broken", "QUIVER_LOG": "warn"})
     assert broken.stdout == cpu.stdout
     assert "rerunning on the CPU" in broken.stderr
+
+
+def test_searches_unchanged_when_the_gpu_fails_every_unit(tmp_path):
+    """Exact searches of a collection go to the device when there is one (the broken test
+    plugin takes the copy, then fails every search): the answers are the CPU's, the
+    fallback is logged, and the process reports the breaker it opened."""
+    import numpy as np
+
+    rng = np.random.default_rng(7)
+    base = rng.standard_normal((500, 24)).astype(np.float32)
+    queries = rng.standard_normal((20, 24)).astype(np.float32)
+    np.save(tmp_path / "base.npy", base)
+    np.save(tmp_path / "q.npy", queries)
+    data = str(tmp_path / "data")
+    run("collection", "create", "c", "--size", "24", "--distance", "Euclid", "--data-dir", data)
+    run("load", "c", str(tmp_path / "base.npy"), "--data-dir", data)
+    args = ("search", "c", "--queries", str(tmp_path / "q.npy"), "--limit", "7", "--data-dir", data)
+    cpu = run(*args, env={"QUIVER_GPU": "off"})
+    broken_env = {"QUIVER_CUDA_PLUGIN": FAKE, "QV_FAKE_PLUGIN_MODE": "broken", "QUIVER_LOG": "warn"}
+    broken = run(*args, env=broken_env)
+    assert broken.stdout == cpu.stdout
+    assert "rerunning on the CPU" in broken.stderr
+    got = [[p["id"] for p in json.loads(line)] for line in cpu.stdout.splitlines()]
+    d = ((queries[:, None, :] - base[None, :, :]) ** 2).sum(-1)
+    assert got == np.argsort(d, axis=1, kind="stable")[:, :7].tolist()
+    # in units of 4 queries: the first unit fails and the rest of the batch goes straight
+    # to the CPU (one failure per search, not five)
+    small = run(*args, env={**broken_env, "QUIVER_GPU_BATCH_SIZE": "4"})
+    assert small.stdout == cpu.stdout
+    assert small.stderr.count("rerunning on the CPU") == 1
+    j = info({"QUIVER_CUDA_PLUGIN": FAKE, "QV_FAKE_PLUGIN_MODE": "broken"})
+    assert j["exact_search"] == "cuda" and j["breaker"] == "closed"
+    assert j["gpu_settings"]["batch_size"] == 64 and j["gpu_settings"]["breaker_failures"] == 3
+    assert info({"QUIVER_GPU_BREAKER_FAILURES": "5"})["gpu_settings"]["breaker_failures"] == 5
+    p = run("info", env={"QUIVER_GPU_MEMORY_FRACTION": "0"}, check=False)
+    assert p.returncode != 0 and "QUIVER_GPU_MEMORY_FRACTION" in p.stderr and len(p.stderr.splitlines()) == 1

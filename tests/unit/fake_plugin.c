@@ -3,8 +3,10 @@
  *   nodevice (default)  refuses with "fake: no CUDA device"
  *   badversion          claims plugin API 99
  *   broken              gives a "device" whose every unit of work fails (status()
- *                       reports QV_EDEVICE, ops write nothing), so the dispatch must rerun
- *                       everything on the CPU. */
+ *                       reports QV_EDEVICE, ops write nothing, search_exact fails), so the
+ *                       dispatch must rerun everything on the CPU. Mapping succeeds and
+ *                       the budget is 1 GiB, so collections do get a "resident" copy and
+ *                       their searches reach the device (and fail there). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -23,6 +25,14 @@ static size_t op_scratch(void *c, int B, int T, int NH) { return 0; }
 static void op_embed(void *c, float *o, const int32_t *ids, const int32_t *t, const float *w, const float *p,
                      const float *ty, const int *lens, int B, int T, int C) {}
 static qv_status op_status(void *c) { return QV_EDEVICE; }
+static qv_status op_map(void *c, const void *host, size_t bytes, int kind) { return QV_OK; }
+static void op_unmap(void *c, const void *host) {}
+static qv_status op_map_update(void *c, const void *host, size_t bytes) { return QV_OK; }
+static qv_status op_search(void *c, float *scores, uint32_t *rows, size_t *counts, const float *queries, size_t nq,
+                           const float *base, size_t n, size_t dim, size_t stride, int metric, size_t k,
+                           const uint64_t *mask) {
+  return QV_EDEVICE;
+}
 static void fake_info(void *c, qv_device_info *out) {
   memset(out, 0, sizeof *out);
   snprintf(out->name, sizeof out->name, "Fake GPU");
@@ -33,7 +43,7 @@ static void fake_info(void *c, qv_device_info *out) {
   out->driver_version = 13000;
   out->runtime_version = 13000;
 }
-static size_t fake_budget(void *c) { return 0; }
+static size_t fake_budget(void *c) { return (size_t)1 << 30; }
 static void fake_close(void *c) {}
 
 __attribute__((visibility("default"))) int quiver_plugin_open(int api_version, const qv_plugin_config *cfg,
@@ -57,6 +67,10 @@ __attribute__((visibility("default"))) int quiver_plugin_open(int api_version, c
   be->attention_scratch = op_scratch;
   be->embed = op_embed;
   be->status = op_status;
+  be->map = op_map;
+  be->unmap = op_unmap;
+  be->map_update = op_map_update;
+  be->search_exact = op_search;
   out->info = fake_info;
   out->budget_left = fake_budget;
   out->close = fake_close;
