@@ -83,5 +83,7 @@ int cmd_gpt(int argc, char **argv);
 int cmd_gpt_tokenizer(int argc, char **argv);
 int cmd_gpt_generate(int argc, char **argv);
 int cmd_gpt_chat(int argc, char **argv);
+int cmd_gpt_train(int argc, char **argv);
+int cmd_gpt_list(int argc, char **argv);
 
 #endif

@@ -15,6 +15,8 @@ static const gpt_sub subs[] = {
     {"tokenizer", cmd_gpt_tokenizer, "train|encode|decode  byte-level BPE tokenizers"},
     {"generate", cmd_gpt_generate, "continue a prompt with a GPT-2 model (streams to stdout)"},
     {"chat", cmd_gpt_chat, "a REPL over a GPT-2 model (/temp /tokens /reset /explain)"},
+    {"train", cmd_gpt_train, "train a GPT-2 on documents (checkpoints, --resume)"},
+    {"list", cmd_gpt_list, "show checkpoints with their metadata; * marks the best"},
     {NULL, NULL, NULL},
 };
 

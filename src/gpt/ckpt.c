@@ -11,6 +11,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <time.h>
+#include <dirent.h>
 #include <unistd.h>
 
 #include "base/error.h"
@@ -272,20 +273,16 @@ static qv_status cfg_int(json_t *j, const char *k1, const char *k2, int *out, qv
 
 static double json_loss(json_t *v) { return json_is_number(v) ? json_number_value(v) : NAN; }
 
-qv_status gpt_load(gpt_model **out, const char *dir, gpt_ckpt_meta *meta, qv_error *err) {
-  *out = NULL;
+qv_status gpt_ckpt_read_config(const char *dir, gpt_config *cfg, gpt_ckpt_meta *meta, qv_error *err) {
   if (meta) {
     memset(meta, 0, sizeof *meta);
     meta->train_loss = meta->val_loss = NAN;
   }
   qv_status st = QV_OK;
-  gpt_model *m = NULL;
-  st_file *f = NULL;
-  json_t *j = NULL;
   char *path = path_join(dir, "config.json");
   if (!path) return qv_fail(err, QV_ENOMEM, "out of memory");
   json_error_t je;
-  j = json_load_file(path, 0, &je);
+  json_t *j = json_load_file(path, 0, &je);
   if (!j) {
     st = access(path, F_OK) ? QV_NOTFOUND : QV_EJSON;
     qv_fail(err, st, "%s: %s", path, st == QV_NOTFOUND ? "not found" : je.text);
@@ -310,11 +307,17 @@ qv_status gpt_load(gpt_model **out, const char *dir, gpt_ckpt_meta *meta, qv_err
   if ((st = cfg_int(j, "n_layer", NULL, &c.n_layer, err)) || (st = cfg_int(j, "n_head", NULL, &c.n_head, err)) ||
       (st = cfg_int(j, "n_embd", NULL, &c.n_embd, err)) ||
       (st = cfg_int(j, "n_positions", "n_ctx", &c.n_ctx, err)) ||
-      (st = cfg_int(j, "vocab_size", NULL, &c.vocab_size, err)))
+      (st = cfg_int(j, "vocab_size", NULL, &c.vocab_size, err))) {
+    qv_error_prefix(err, "%s", path);
     goto done;
+  }
   json_t *eps = json_object_get(j, "layer_norm_epsilon");
   if (json_is_number(eps)) c.ln_eps = (float)json_number_value(eps);
-  if ((st = gpt_create(&m, &c, err))) goto done;
+  if ((st = gpt_config_check(&c, err))) {
+    qv_error_prefix(err, "%s", path);
+    goto done;
+  }
+  *cfg = c;
   json_t *q = json_object_get(j, "quiver");
   if (meta && json_is_object(q)) {
     json_t *v;
@@ -326,10 +329,25 @@ qv_status gpt_load(gpt_model **out, const char *dir, gpt_ckpt_meta *meta, qv_err
     if (json_is_integer(v = json_object_get(q, "seed"))) meta->seed = (uint64_t)json_integer_value(v);
     if (json_is_integer(v = json_object_get(q, "tokens_seen")))
       meta->tokens_seen = (uint64_t)json_integer_value(v);
-    if (json_is_object(v = json_object_get(q, "chunking")))
-      meta->chunking = json_dumps(v, JSON_COMPACT | JSON_PRESERVE_ORDER);
+    if (json_is_object(v = json_object_get(q, "chunking")) &&
+        !(meta->chunking = json_dumps(v, JSON_COMPACT | JSON_PRESERVE_ORDER)))
+      st = qv_fail(err, QV_ENOMEM, "out of memory");
   }
+done:
+  json_decref(j);
   free(path);
+  return st;
+}
+
+qv_status gpt_load(gpt_model **out, const char *dir, gpt_ckpt_meta *meta, qv_error *err) {
+  *out = NULL;
+  gpt_model *m = NULL;
+  st_file *f = NULL;
+  char *path = NULL;
+  gpt_config c;
+  qv_status st = gpt_ckpt_read_config(dir, &c, meta, err);
+  if (st) goto done;
+  if ((st = gpt_create(&m, &c, err))) goto done;
   if (!(path = path_join(dir, "model.safetensors"))) {
     st = qv_fail(err, QV_ENOMEM, "out of memory");
     goto done;
@@ -354,15 +372,88 @@ qv_status gpt_load(gpt_model **out, const char *dir, gpt_ckpt_meta *meta, qv_err
 done:
   if (st && meta) gpt_ckpt_meta_free(meta);
   st_close(f);
-  json_decref(j);
   free(path);
   gpt_free(m);
   return st;
 }
 
+/* ---- Listing ------------------------------------------------------------------------- */
+
+static int by_step(const void *a, const void *b) {
+  const gpt_ckpt_entry *x = a, *y = b;
+  if (x->meta.step != y->meta.step) return x->meta.step < y->meta.step ? -1 : 1;
+  return strcmp(x->dir, y->dir);
+}
+
+void gpt_ckpt_list_free(gpt_ckpt_entry *e, size_t n) {
+  for (size_t i = 0; e && i < n; i++) {
+    free(e[i].dir);
+    gpt_ckpt_meta_free(&e[i].meta);
+  }
+  free(e);
+}
+
+static qv_status list_add(gpt_ckpt_entry **v, size_t *n, size_t *cap, const char *dir, qv_error *err) {
+  gpt_ckpt_entry e = {0};
+  qv_error ignored = {0};
+  /* a folder without a readable config.json is simply not a checkpoint */
+  if (gpt_ckpt_read_config(dir, &e.cfg, &e.meta, &ignored)) return QV_OK;
+  e.nparams = gpt_param_count(&e.cfg);
+  if (!(e.dir = strdup(dir))) goto oom;
+  if (*n == *cap) {
+    size_t nc = *cap ? *cap * 2 : 16;
+    gpt_ckpt_entry *nv = realloc(*v, nc * sizeof *nv);
+    if (!nv) goto oom;
+    *v = nv;
+    *cap = nc;
+  }
+  (*v)[(*n)++] = e;
+  return QV_OK;
+oom:
+  free(e.dir);
+  gpt_ckpt_meta_free(&e.meta);
+  return qv_fail(err, QV_ENOMEM, "out of memory");
+}
+
+qv_status gpt_ckpt_list(const char *dir, gpt_ckpt_entry **out, size_t *n, long *best, qv_error *err) {
+  *out = NULL;
+  *n = 0;
+  *best = -1;
+  gpt_ckpt_entry *v = NULL;
+  size_t nv = 0, cap = 0;
+  qv_status st = list_add(&v, &nv, &cap, dir, err);
+  DIR *d = opendir(dir);
+  if (!d) {
+    gpt_ckpt_list_free(v, nv);
+    return qv_fail(err, errno == ENOENT ? QV_NOTFOUND : errno, "%s: %s", dir, strerror(errno));
+  }
+  struct dirent *de;
+  while (!st && (de = readdir(d))) {
+    if (de->d_name[0] == '.') continue;
+    char *p = path_join(dir, de->d_name);
+    struct stat sb;
+    if (!p) st = qv_fail(err, QV_ENOMEM, "out of memory");
+    else if (!stat(p, &sb) && S_ISDIR(sb.st_mode)) st = list_add(&v, &nv, &cap, p, err);
+    free(p);
+  }
+  closedir(d);
+  if (st) {
+    gpt_ckpt_list_free(v, nv);
+    return st;
+  }
+  if (!nv) return qv_fail(err, QV_NOTFOUND, "%s: no checkpoints (folders with config.json)", dir);
+  qsort(v, nv, sizeof *v, by_step);
+  for (size_t i = 0; i < nv; i++)
+    if (isfinite(v[i].meta.val_loss) && (*best < 0 || v[i].meta.val_loss < v[*best].meta.val_loss)) *best = (long)i;
+  *out = v;
+  *n = nv;
+  return QV_OK;
+}
+
 /* ---- Optimizer state ----------------------------------------------------------------- */
 
-qv_status gpt_save_optimizer(const gpt_model *m, const char *dir, long step, uint64_t rng, qv_error *err) {
+qv_status gpt_save_optimizer(const gpt_model *m, const char *dir, long step, uint64_t rng, const char *args_json,
+                             qv_error *err) {
   if (!m->m || !m->v) return qv_fail(err, QV_EINVAL, "the model has no optimizer state");
   size_t nt = gpt_tensor_count(&m->cfg);
   gpt_st_entry *ents = calloc(2 * nt, sizeof *ents);
@@ -384,8 +475,8 @@ qv_status gpt_save_optimizer(const gpt_model *m, const char *dir, long step, uin
   char s_step[32], s_rng[32];
   snprintf(s_step, sizeof s_step, "%ld", step);
   snprintf(s_rng, sizeof s_rng, "%llu", (unsigned long long)rng);
-  const char *kv[] = {"step", s_step, "rng", s_rng};
-  st = gpt_st_write(path, ents, 2 * nt, kv, 2, err);
+  const char *kv[] = {"step", s_step, "rng", s_rng, "args", args_json ? args_json : "{}"};
+  st = gpt_st_write(path, ents, 2 * nt, kv, 3, err);
 done:
   free(ents);
   free(names);
@@ -393,7 +484,9 @@ done:
   return st;
 }
 
-qv_status gpt_load_optimizer(gpt_model *m, const char *dir, long *step, uint64_t *rng, qv_error *err) {
+qv_status gpt_load_optimizer(gpt_model *m, const char *dir, long *step, uint64_t *rng, char **args_json,
+                             qv_error *err) {
+  if (args_json) *args_json = NULL;
   if (!m->m || !m->v) return qv_fail(err, QV_EINVAL, "the model has no optimizer state allocated");
   char *path = path_join(dir, "optimizer.safetensors");
   if (!path) return qv_fail(err, QV_ENOMEM, "out of memory");
@@ -432,6 +525,8 @@ qv_status gpt_load_optimizer(gpt_model *m, const char *dir, long *step, uint64_t
   }
   if (step) *step = sv;
   if (rng) *rng = (uint64_t)rv;
+  const char *a = st_metadata(f, "args");
+  if (args_json && a && !(*args_json = strdup(a))) st = qv_fail(err, QV_ENOMEM, "out of memory");
 done:
   if (st) qv_error_prefix(err, "optimizer state");
   st_close(f);

@@ -9,7 +9,7 @@
  *                               __metadata__ carries the "quiver" fields as strings
  *   DIR/tokenizer.json          the BPE (gpt_bpe_to_json), when one was given
  *   DIR/optimizer.safetensors   (training only) "m.<name>", "v.<name>" per tensor;
- *                               __metadata__: step, rng, seed
+ *                               __metadata__: step, rng, args (the training options)
  *
  * Invariants:
  *   1. Every file is written to DIR/.name.tmp-XXXXXX, fsynced, renamed over DIR/name, and
@@ -45,15 +45,36 @@ void gpt_ckpt_meta_free(gpt_ckpt_meta *m); /* frees chunking only */
  * QV_NOTFOUND for a missing file, QV_EFORMAT naming the field or tensor at fault. */
 qv_status gpt_load(gpt_model **out, const char *dir, gpt_ckpt_meta *meta, qv_error *err);
 
+/* Reads config.json only: the model config and (meta may be NULL) the "quiver" block. */
+qv_status gpt_ckpt_read_config(const char *dir, gpt_config *cfg, gpt_ckpt_meta *meta, qv_error *err);
+
+/* One checkpoint of a folder, for `quiver gpt list`. */
+typedef struct gpt_ckpt_entry {
+  char *dir;
+  gpt_config cfg;
+  gpt_ckpt_meta meta;
+  size_t nparams;
+} gpt_ckpt_entry;
+
+/* The checkpoints in dir: dir itself if it holds a config.json, and its subfolders that
+ * do, ordered by step then name. *best is the index with the lowest finite val_loss, or
+ * -1 when none has one. QV_NOTFOUND when dir holds no checkpoint. */
+qv_status gpt_ckpt_list(const char *dir, gpt_ckpt_entry **out, size_t *n, long *best, qv_error *err);
+void gpt_ckpt_list_free(gpt_ckpt_entry *e, size_t n);
+
 /* Writes config.json, model.safetensors and (tokenizer_json != NULL) tokenizer.json into dir,
  * creating it. */
 qv_status gpt_save(const gpt_model *m, const char *dir, const gpt_ckpt_meta *meta,
                    const char *tokenizer_json, qv_error *err);
 
-/* optimizer.safetensors: m->m and m->v plus the step and an RNG state. */
-qv_status gpt_save_optimizer(const gpt_model *m, const char *dir, long step, uint64_t rng, qv_error *err);
-/* Reads them back into m (which must have gpt_train_alloc'd state of the same config). */
-qv_status gpt_load_optimizer(gpt_model *m, const char *dir, long *step, uint64_t *rng, qv_error *err);
+/* optimizer.safetensors: m->m and m->v plus the step, an RNG state and the training
+ * arguments (a JSON object's text, may be NULL) that --resume starts from. */
+qv_status gpt_save_optimizer(const gpt_model *m, const char *dir, long step, uint64_t rng, const char *args_json,
+                             qv_error *err);
+/* Reads them back into m (which must have gpt_train_alloc'd state of the same config);
+ * *args_json (may be NULL) gets a malloc'd copy of the arguments, or NULL. */
+qv_status gpt_load_optimizer(gpt_model *m, const char *dir, long *step, uint64_t *rng, char **args_json,
+                             qv_error *err);
 
 /* A safetensors writer: n F32 tensors with names, shapes and data, plus string metadata
  * (nmeta key/value pairs, may be 0), written atomically (invariant 1). */

@@ -490,7 +490,7 @@ TEST(checkpoint_round_trip_is_bit_exact) {
   gpt_ckpt_meta meta = {.step = 17, .train_loss = 2.5, .val_loss = 2.75, .seed = 5, .tokens_seen = 12345};
   meta.chunking = (char *)"{\"chunker\":\"fixed\",\"size\":256}";
   ASSERT_OK(gpt_save(m, dir, &meta, "{\"model\":{}}", &err));
-  ASSERT_OK(gpt_save_optimizer(m, dir, 17, 0xdeadbeefcafef00dull, &err));
+  ASSERT_OK(gpt_save_optimizer(m, dir, 17, 0xdeadbeefcafef00dull, "{\"batch\":4}", &err));
   gpt_ckpt_meta got;
   ASSERT_OK(gpt_load(&back, dir, &got, &err));
   ASSERT_EQ(back->nparams, m->nparams);
@@ -504,7 +504,10 @@ TEST(checkpoint_round_trip_is_bit_exact) {
   ASSERT_OK(gpt_train_alloc(back, 1, 2, &err));
   long step = 0;
   uint64_t rng = 0;
-  ASSERT_OK(gpt_load_optimizer(back, dir, &step, &rng, &err));
+  char *args = NULL;
+  ASSERT_OK(gpt_load_optimizer(back, dir, &step, &rng, &args, &err));
+  ASSERT_STR_EQ(args, "{\"batch\":4}");
+  free(args);
   ASSERT_EQ(step, 17);
   ASSERT_U64_EQ(rng, 0xdeadbeefcafef00dull);
   ASSERT_EQ(memcmp(back->m, m->m, m->nparams * sizeof(float)), 0);

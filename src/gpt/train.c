@@ -1,0 +1,520 @@
+/* The training loop (see train.h for the corpus pipeline and the determinism contract).
+ *
+ * Invariants:
+ *   1. Everything random in a run comes from two generators: gpt_init(seed) for the
+ *      weights and `sampler` (seeded from seed) for batch offsets. A checkpoint stores the
+ *      sampler's state with the optimizer, so --resume draws the same batches.
+ *   2. Validation never touches a generator: it reads fixed windows of the held-out stream.
+ *   3. The step loop allocates nothing: buffers are sized before the first step.
+ */
+#define _GNU_SOURCE /* strdup */
+#include "gpt/train.h"
+
+#include <errno.h>
+#include <jansson.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+
+#include "base/error.h"
+#include "base/log.h"
+#include "gpt/bpe.h"
+#include "gpt/ckpt.h"
+#include "text/ingest.h"
+
+void gpt_train_defaults(gpt_train_opts *o) {
+  memset(o, 0, sizeof *o);
+  o->vocab_size = 512;
+  o->model = (gpt_config){.n_layer = 4, .n_head = 4, .n_embd = 128, .n_ctx = 128, .vocab_size = 0, .ln_eps = 1e-5f};
+  o->batch = 8;
+  o->accum = 1;
+  o->steps = 1000;
+  o->warmup = 100;
+  o->lr = 6e-4f;
+  o->min_lr = -1; /* lr / 10 */
+  o->weight_decay = 0.1f;
+  o->clip = 1.0f;
+  o->beta1 = 0.9f;
+  o->beta2 = 0.95f;
+  o->seed = 1337;
+  o->eval_every = 100;
+  o->save_every = 0;
+  o->eval_batches = 8;
+  o->val_fraction = 0.05;
+  o->chunk = (text_chunk_config){.kind = TEXT_CHUNK_STRUCTURE, .size = 256, .min = 64, .max = 254, .overlap = 0};
+}
+
+static double now_s(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+/* ---- Corpus -------------------------------------------------------------------------- */
+
+typedef struct ids {
+  int32_t *v;
+  size_t n, cap;
+} ids;
+
+static int ids_push(ids *s, const int32_t *x, size_t n) {
+  if (s->n + n > s->cap) {
+    size_t cap = s->cap ? s->cap : 4096;
+    while (cap < s->n + n) cap *= 2;
+    int32_t *nv = realloc(s->v, cap * sizeof *nv);
+    if (!nv) return -1;
+    s->v = nv;
+    s->cap = cap;
+  }
+  memcpy(s->v + s->n, x, n * sizeof *x);
+  s->n += n;
+  return 0;
+}
+
+static qv_status count_bpe(void *ctx, const char *s, size_t n, uint32_t *out, qv_error *err) {
+  int32_t *v = NULL;
+  size_t k = 0;
+  qv_status st = gpt_bpe_encode(ctx, s, n, &v, &k);
+  free(v);
+  if (st) return qv_fail(err, st, "tokenizer failed");
+  *out = (uint32_t)k;
+  return QV_OK;
+}
+
+static uint64_t fnv1a(const char *s, size_t n) {
+  uint64_t h = 0xcbf29ce484222325ull;
+  for (size_t i = 0; i < n; i++) h = (h ^ (unsigned char)s[i]) * 0x100000001b3ull;
+  return h;
+}
+
+static qv_status read_file(const char *path, char **out, size_t *n, qv_error *err) {
+  FILE *f = fopen(path, "rb");
+  if (!f) return qv_fail(err, errno == ENOENT ? QV_NOTFOUND : errno, "%s: %s", path, strerror(errno));
+  size_t cap = 1 << 16, len = 0, r;
+  char *buf = malloc(cap);
+  while (buf && (r = fread(buf + len, 1, cap - len, f)) > 0) {
+    if ((len += r) == cap) {
+      char *nb = realloc(buf, cap *= 2);
+      if (!nb) free(buf);
+      buf = nb;
+    }
+  }
+  int bad = ferror(f);
+  fclose(f);
+  if (!buf) return qv_fail(err, QV_ENOMEM, "%s: out of memory", path);
+  if (bad) {
+    free(buf);
+    return qv_fail(err, QV_EINVAL, "%s: read error", path);
+  }
+  *out = buf;
+  *n = len;
+  return QV_OK;
+}
+
+typedef struct corpus {
+  char **srcs;       /* (ndocs) file contents */
+  size_t *src_lens;
+  text_doc *docs;    /* (ndocs) parsed */
+  size_t ndocs;
+  ids train, val;
+  size_t nchunks, nval_chunks;
+} corpus;
+
+static void corpus_free(corpus *c) {
+  for (size_t i = 0; i < c->ndocs; i++) {
+    free(c->srcs[i]);
+    text_doc_free(&c->docs[i]);
+  }
+  free(c->srcs);
+  free(c->src_lens);
+  free(c->docs);
+  free(c->train.v);
+  free(c->val.v);
+  memset(c, 0, sizeof *c);
+}
+
+/* Reads and parses every document under the data paths. */
+static qv_status corpus_read(corpus *c, const char *const *paths, size_t npaths, qv_error *err) {
+  char **files = NULL;
+  size_t nfiles = 0;
+  qv_status st = text_find_documents(paths, npaths, &files, &nfiles, err);
+  if (st) return st;
+  if (!nfiles) {
+    st = qv_fail(err, QV_NOTFOUND, "no documents (.md .mdx .txt .rst .html) under the data paths");
+    goto done;
+  }
+  c->srcs = calloc(nfiles, sizeof *c->srcs);
+  c->src_lens = calloc(nfiles, sizeof *c->src_lens);
+  c->docs = calloc(nfiles, sizeof *c->docs);
+  if (!c->srcs || !c->src_lens || !c->docs) {
+    st = qv_fail(err, QV_ENOMEM, "out of memory");
+    goto done;
+  }
+  for (size_t i = 0; i < nfiles && !st; i++) {
+    if ((st = read_file(files[i], &c->srcs[i], &c->src_lens[i], err))) break;
+    st = text_parse(&c->docs[i], c->srcs[i], c->src_lens[i], (text_format)text_format_for_path(files[i]), err);
+    if (st) {
+      free(c->srcs[i]);
+      qv_error_prefix(err, "%s", files[i]);
+    } else {
+      c->ndocs++;
+    }
+  }
+done:
+  for (size_t i = 0; i < nfiles; i++) free(files[i]);
+  free(files);
+  return st;
+}
+
+/* Chunks every document, encodes each chunk and appends it with <|endoftext|> to the
+ * training or the validation stream (by a hash of its text). */
+static qv_status corpus_encode(corpus *c, const gpt_bpe *bpe, const text_chunk_config *cc, double val_fraction,
+                               qv_error *err) {
+  int32_t eot = gpt_bpe_eot(bpe);
+  if (eot < 0) return qv_fail(err, QV_EINVAL, "the tokenizer has no <|endoftext|> token");
+  uint64_t cut = (uint64_t)(val_fraction * 1e6);
+  qv_status st = QV_OK;
+  for (size_t d = 0; d < c->ndocs && !st; d++) {
+    text_chunk *ch = NULL;
+    size_t nc = 0;
+    if ((st = text_chunk_doc(&c->docs[d], c->srcs[d], c->src_lens[d], cc, count_bpe, (void *)bpe, &ch, &nc, err)))
+      break;
+    for (size_t k = 0; k < nc && !st; k++) {
+      const char *s = c->docs[d].text + ch[k].start;
+      size_t n = ch[k].end - ch[k].start;
+      int32_t *v = NULL;
+      size_t nv = 0;
+      if ((st = gpt_bpe_encode(bpe, s, n, &v, &nv))) {
+        qv_fail(err, st, "tokenizer failed on a chunk");
+        break;
+      }
+      int is_val = fnv1a(s, n) % 1000000 < cut;
+      ids *dst = is_val ? &c->val : &c->train;
+      if ((nv && ids_push(dst, v, nv)) || ids_push(dst, &eot, 1)) st = qv_fail(err, QV_ENOMEM, "out of memory");
+      free(v);
+      c->nchunks++;
+      c->nval_chunks += (size_t)is_val;
+    }
+    free(ch);
+  }
+  return st;
+}
+
+/* ---- Arguments kept for --resume ------------------------------------------------------- */
+
+static char *args_to_json(const gpt_train_opts *o) {
+  json_t *data = json_array();
+  for (size_t i = 0; data && i < o->ndata; i++) json_array_append_new(data, json_string(o->data[i]));
+  json_t *j = json_pack("{s:o, s:i, s:i, s:I, s:I, s:f, s:f, s:f, s:f, s:f, s:f, s:I, s:i, s:f}", "data",
+                        data ? data : json_array(), "batch", o->batch, "accum", o->accum, "steps",
+                        (json_int_t)o->steps, "warmup", (json_int_t)o->warmup, "lr", (double)o->lr, "min_lr",
+                        (double)o->min_lr, "weight_decay", (double)o->weight_decay, "clip", (double)o->clip, "beta1",
+                        (double)o->beta1, "beta2", (double)o->beta2, "seed", (json_int_t)o->seed, "eval_batches",
+                        o->eval_batches, "val_fraction", o->val_fraction);
+  char *s = j ? json_dumps(j, JSON_COMPACT | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(17)) : NULL;
+  json_decref(j);
+  return s;
+}
+
+/* Float options went out as the double of a float: reading them back as float is exact. */
+static qv_status args_from_json(gpt_train_opts *o, const char *text, json_t **keep, qv_error *err) {
+  json_error_t je;
+  json_t *j = json_loads(text, 0, &je);
+  if (!json_is_object(j)) {
+    json_decref(j);
+    return qv_fail(err, QV_EFORMAT, "checkpoint: training arguments are not a JSON object");
+  }
+  json_t *v;
+#define GETI(k, dst) \
+  if (json_is_integer(v = json_object_get(j, k))) dst = json_integer_value(v)
+#define GETF(k, dst) \
+  if (json_is_number(v = json_object_get(j, k))) dst = (float)json_number_value(v)
+  GETI("batch", o->batch);
+  GETI("accum", o->accum);
+  GETI("warmup", o->warmup);
+  GETI("seed", o->seed);
+  GETI("eval_batches", o->eval_batches);
+  GETF("lr", o->lr);
+  GETF("min_lr", o->min_lr);
+  GETF("weight_decay", o->weight_decay);
+  GETF("clip", o->clip);
+  GETF("beta1", o->beta1);
+  GETF("beta2", o->beta2);
+  if (json_is_number(v = json_object_get(j, "val_fraction"))) o->val_fraction = json_number_value(v);
+  if (!o->steps) GETI("steps", o->steps);
+#undef GETI
+#undef GETF
+  json_t *data = json_object_get(j, "data");
+  if (!o->ndata && json_array_size(data)) {
+    /* the strings live in *keep until the run ends */
+    size_t n = json_array_size(data);
+    const char **paths = calloc(n, sizeof *paths);
+    if (!paths) {
+      json_decref(j);
+      return qv_fail(err, QV_ENOMEM, "out of memory");
+    }
+    for (size_t i = 0; i < n; i++) {
+      const char *p = json_string_value(json_array_get(data, i));
+      paths[i] = p ? p : "";
+    }
+    o->data = paths;
+    o->ndata = n;
+  }
+  *keep = j;
+  return QV_OK;
+}
+
+static char *chunking_to_json(const text_chunk_config *c, double val_fraction) {
+  json_t *j = json_pack("{s:s, s:i, s:i, s:i, s:f, s:f}", "chunker", text_chunker_name(c->kind), "size", (int)c->size,
+                        "min", (int)c->min, "max", (int)c->max, "overlap", c->overlap, "val_fraction", val_fraction);
+  char *s = j ? json_dumps(j, JSON_COMPACT | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(17)) : NULL;
+  json_decref(j);
+  return s;
+}
+
+static qv_status chunking_from_json(text_chunk_config *c, const char *text, qv_error *err) {
+  json_error_t je;
+  json_t *j = text ? json_loads(text, 0, &je) : NULL;
+  qv_status st = QV_OK;
+  json_t *v;
+  if (!json_is_object(j)) {
+    st = qv_fail(err, QV_EFORMAT, "checkpoint: no chunking configuration");
+  } else if (!json_is_string(v = json_object_get(j, "chunker")) || text_chunker_parse(&c->kind, json_string_value(v))) {
+    st = qv_fail(err, QV_EFORMAT, "checkpoint: bad chunker");
+  } else {
+    if (json_is_integer(v = json_object_get(j, "size"))) c->size = (uint32_t)json_integer_value(v);
+    if (json_is_integer(v = json_object_get(j, "min"))) c->min = (uint32_t)json_integer_value(v);
+    if (json_is_integer(v = json_object_get(j, "max"))) c->max = (uint32_t)json_integer_value(v);
+    if (json_is_number(v = json_object_get(j, "overlap"))) c->overlap = json_number_value(v);
+  }
+  json_decref(j);
+  return st;
+}
+
+/* ---- The run ------------------------------------------------------------------------- */
+
+/* Mean loss over the fixed validation windows (invariant 2); NaN without a held-out stream. */
+static double validate(gpt_model *m, const ids *val, int B, int T, int nbatches) {
+  if (val->n < 2) return NAN;
+  size_t nwin = (val->n - 1) / (size_t)T;
+  int Tv = T;
+  if (nwin == 0) {
+    nwin = 1;
+    Tv = (int)(val->n - 1);
+  }
+  if (nwin > (size_t)B * (size_t)nbatches) nwin = (size_t)B * (size_t)nbatches;
+  double sum = 0;
+  size_t ntok = 0;
+  for (size_t w = 0; w < nwin; w += (size_t)B) {
+    int b = (int)(nwin - w < (size_t)B ? nwin - w : (size_t)B);
+    /* consecutive windows are contiguous: inputs and targets point into the stream */
+    const int32_t *inp = val->v + w * (size_t)T;
+    if (gpt_forward(m, inp, inp + 1, b, Tv)) return NAN;
+    sum += (double)m->loss * b * Tv;
+    ntok += (size_t)b * Tv;
+  }
+  return sum / (double)ntok;
+}
+
+static qv_status ensure_dir(const char *dir, qv_error *err) {
+  if (mkdir(dir, 0755) && errno != EEXIST)
+    return qv_fail(err, errno, "%s: cannot create the folder: %s", dir, strerror(errno));
+  return QV_OK;
+}
+
+qv_status gpt_train_run(const gpt_train_opts *opts, qv_error *err) {
+  gpt_train_opts o = *opts;
+  qv_status st = QV_OK;
+  corpus c = {0};
+  gpt_bpe *bpe = NULL;
+  gpt_model *m = NULL;
+  json_t *resume_args = NULL;
+  char *args_json = NULL, *chunk_json = NULL, *tok_json = NULL, *rargs = NULL;
+  int32_t *inp = NULL, *tgt = NULL;
+  const char **owned_data = NULL;
+  gpt_ckpt_meta rmeta = {0};
+  long start = 0;
+  gpt_rng sampler;
+  gpt_rng_seed(&sampler, o.seed ^ 0x5A3C1E2D4B6F7081ull);
+
+  if (!o.out) return qv_fail(err, QV_EINVAL, "no output folder");
+  if (o.resume) {
+    /* the model, tokenizer, chunking and optimizer arguments come from the checkpoint */
+    if ((st = gpt_load(&m, o.resume, &rmeta, err))) goto done;
+    char tp[4096];
+    snprintf(tp, sizeof tp, "%s/tokenizer.json", o.resume);
+    if ((st = gpt_bpe_load(&bpe, tp, err))) goto done;
+    if ((st = chunking_from_json(&o.chunk, rmeta.chunking, err))) goto done;
+    char op[4096];
+    snprintf(op, sizeof op, "%s/optimizer.safetensors", o.resume);
+    /* read the arguments first: batch size sizes the activations */
+    {
+      gpt_model *probe = NULL;
+      if ((st = gpt_create(&probe, &m->cfg, err))) goto done;
+      if ((st = gpt_train_alloc(probe, 1, 1, err)) ||
+          (st = gpt_load_optimizer(probe, o.resume, &start, &sampler.s, &rargs, err))) {
+        gpt_free(probe);
+        goto done;
+      }
+      gpt_free(probe);
+    }
+    size_t ndata_given = o.ndata;
+    if ((st = args_from_json(&o, rargs ? rargs : "{}", &resume_args, err))) goto done;
+    if (!ndata_given && o.ndata) owned_data = (const char **)o.data;
+    o.model = m->cfg;
+  }
+  if (!o.ndata) {
+    st = qv_fail(err, QV_EINVAL, "no training data (--data PATH)");
+    goto done;
+  }
+  if (o.batch <= 0 || o.accum <= 0 || o.steps <= 0 || o.warmup < 0 || o.eval_batches <= 0 || !(o.lr > 0) ||
+      o.val_fraction < 0 || o.val_fraction >= 1) {
+    st = qv_fail(err, QV_EINVAL, "batch, accum, steps, eval batches and lr must be positive, val fraction in [0, 1)");
+    goto done;
+  }
+  if (o.min_lr < 0) o.min_lr = o.lr / 10;
+  if (start >= o.steps) {
+    st = qv_fail(err, QV_EINVAL, "the checkpoint is at step %ld; --steps %ld leaves nothing to do", start, o.steps);
+    goto done;
+  }
+
+  if ((st = corpus_read(&c, o.data, o.ndata, err))) goto done;
+  if (!bpe) {
+    if (o.tokenizer) {
+      if ((st = gpt_bpe_load(&bpe, o.tokenizer, err))) goto done;
+    } else {
+      const char **texts = calloc(c.ndocs, sizeof *texts);
+      size_t *lens = calloc(c.ndocs, sizeof *lens);
+      if (!texts || !lens) {
+        free(texts);
+        free(lens);
+        st = qv_fail(err, QV_ENOMEM, "out of memory");
+        goto done;
+      }
+      for (size_t i = 0; i < c.ndocs; i++) texts[i] = c.docs[i].text, lens[i] = c.docs[i].len;
+      st = gpt_bpe_train(&bpe, texts, lens, c.ndocs, o.vocab_size, o.on_tok, o.ctx, err);
+      free(texts);
+      free(lens);
+      if (st) goto done;
+    }
+  }
+  if ((st = corpus_encode(&c, bpe, &o.chunk, o.val_fraction, err))) goto done;
+  if (!(tok_json = gpt_bpe_to_json(bpe)) || !(args_json = args_to_json(&o)) ||
+      !(chunk_json = chunking_to_json(&o.chunk, o.val_fraction))) {
+    st = qv_fail(err, QV_ENOMEM, "out of memory");
+    goto done;
+  }
+
+  if (!m) {
+    o.model.vocab_size = (int)gpt_bpe_vocab_size(bpe);
+    o.model.ln_eps = 1e-5f;
+    if ((st = gpt_create(&m, &o.model, err))) goto done;
+    gpt_init(m, o.seed);
+  } else if ((size_t)m->cfg.vocab_size < gpt_bpe_vocab_size(bpe)) {
+    st = qv_fail(err, QV_EFORMAT, "the checkpoint's vocabulary (%d) is smaller than its tokenizer's (%zu)",
+                 m->cfg.vocab_size, gpt_bpe_vocab_size(bpe));
+    goto done;
+  }
+  m->pool = o.pool;
+  int B = o.batch, T = m->cfg.n_ctx;
+  if (c.train.n < (size_t)T + 1) {
+    st = qv_fail(err, QV_EINVAL, "the corpus has %zu training tokens; a context of %d needs at least %d", c.train.n, T,
+                 T + 1);
+    goto done;
+  }
+  if ((st = gpt_train_alloc(m, B, T, err))) goto done;
+  if (o.resume && (st = gpt_load_optimizer(m, o.resume, NULL, NULL, NULL, err))) goto done;
+  inp = malloc((size_t)B * T * sizeof *inp);
+  tgt = malloc((size_t)B * T * sizeof *tgt);
+  if (!inp || !tgt) {
+    st = qv_fail(err, QV_ENOMEM, "out of memory");
+    goto done;
+  }
+  if ((st = ensure_dir(o.out, err))) goto done;
+  LOG_INFO("gpt train: %zu documents, %zu chunks (%zu held out), %zu training and %zu validation tokens, "
+           "%zu parameters",
+           c.ndocs, c.nchunks, c.nval_chunks, c.train.n, c.val.n, m->nparams);
+
+  gpt_adamw adam = {o.lr, o.beta1, o.beta2, 1e-8f, o.weight_decay};
+  uint64_t tokens_seen = o.resume ? rmeta.tokens_seen : 0;
+  size_t span = c.train.n - (size_t)T; /* window starts in [0, span) */
+  double t0 = now_s();
+  double last_val = NAN;
+  for (long step = start; step < o.steps; step++) {
+    float lr = gpt_lr_at(step, o.warmup, o.steps, o.lr, o.min_lr);
+    adam.lr = lr;
+    gpt_zero_grad(m);
+    double loss = 0;
+    for (int a = 0; a < o.accum; a++) {
+      for (int b = 0; b < B; b++) {
+        size_t s0 = (size_t)(gpt_rng_u64(&sampler) % span);
+        memcpy(inp + (size_t)b * T, c.train.v + s0, (size_t)T * sizeof *inp);
+        memcpy(tgt + (size_t)b * T, c.train.v + s0 + 1, (size_t)T * sizeof *tgt);
+      }
+      if ((st = gpt_forward(m, inp, tgt, B, T))) {
+        qv_fail(err, st, "forward pass failed at step %ld", step + 1);
+        goto done;
+      }
+      gpt_backward(m, 1.0f / (float)o.accum);
+      loss += m->loss / (double)o.accum;
+    }
+    double norm = gpt_clip_grad(m, o.clip);
+    gpt_adamw_step(m, &adam, step + 1);
+    tokens_seen += (uint64_t)B * T * o.accum;
+    long done_steps = step + 1;
+    int last = done_steps == o.steps;
+    int save = last || (o.save_every > 0 && done_steps % o.save_every == 0);
+    int eval = save || (o.eval_every > 0 && done_steps % o.eval_every == 0);
+    double val = NAN;
+    if (eval) last_val = val = validate(m, &c.val, B, T, o.eval_batches);
+    char dir[4096];
+    const char *saved = NULL;
+    if (save) {
+      snprintf(dir, sizeof dir, "%s/step-%06ld", o.out, done_steps);
+      gpt_ckpt_meta meta = {.step = done_steps, .train_loss = (float)loss, .val_loss = last_val,
+                            .chunking = chunk_json, .seed = o.seed, .tokens_seen = tokens_seen};
+      /* the optimizer state first: a folder whose model is written is complete (ckpt.h 1) */
+      if ((st = ensure_dir(dir, err)) || (st = gpt_save_optimizer(m, dir, done_steps, sampler.s, args_json, err)) ||
+          (st = gpt_save(m, dir, &meta, tok_json, err)))
+        goto done;
+      saved = dir;
+    }
+    double el = now_s() - t0;
+    long ran = done_steps - start;
+    gpt_train_stats s = {.step = done_steps, .steps = o.steps, .loss = (float)loss, .lr = lr, .grad_norm = norm,
+                         .val_loss = val, .tokens_per_s = el > 0 ? (double)ran * B * T * o.accum / el : 0,
+                         .eta_s = el / (double)ran * (double)(o.steps - done_steps), .tokens_seen = tokens_seen,
+                         .saved = saved, .ndocs = c.ndocs, .nchunks = c.nchunks, .nval_chunks = c.nval_chunks,
+                         .train_tokens = c.train.n, .val_tokens = c.val.n, .nparams = m->nparams,
+                         .first = step == start};
+    if (o.on_step && o.on_step(o.ctx, &s) && !last) {
+      if (!save) {
+        snprintf(dir, sizeof dir, "%s/step-%06ld", o.out, done_steps);
+        gpt_ckpt_meta meta = {.step = done_steps, .train_loss = (float)loss, .val_loss = last_val,
+                              .chunking = chunk_json, .seed = o.seed, .tokens_seen = tokens_seen};
+        if ((st = ensure_dir(dir, err)) ||
+            (st = gpt_save_optimizer(m, dir, done_steps, sampler.s, args_json, err)) ||
+            (st = gpt_save(m, dir, &meta, tok_json, err)))
+          goto done;
+      }
+      break;
+    }
+  }
+done:
+  free(inp);
+  free(tgt);
+  free(args_json);
+  free(chunk_json);
+  free(tok_json);
+  free(rargs);
+  free(owned_data);
+  json_decref(resume_args);
+  gpt_ckpt_meta_free(&rmeta);
+  gpt_free(m);
+  gpt_bpe_free(bpe);
+  corpus_free(&c);
+  return st;
+}
