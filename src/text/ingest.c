@@ -22,6 +22,7 @@
 
 #include "base/error.h"
 #include "base/hash.h"
+#include "base/log.h"
 
 /* ---- what the collection holds, by source ------------------------------------------- */
 
@@ -38,6 +39,7 @@ typedef struct source_entry {
   stored_chunk *chunks;
   size_t n, cap;
   int seen;
+  int removing; /* its chunks are queued for deletion by text_ingester_sync */
 } source_entry;
 
 typedef struct pending {
@@ -486,11 +488,25 @@ qv_status text_ingester_sync(text_ingester *ing, const char *const *roots, size_
     for (size_t r = 0; r < nroots && !in; r++) in = under(e->source, roots[r]);
     if (!in) continue;
     for (size_t k = 0; k < e->n; k++)
-      if (stale_push(&ing->p, e->chunks[k].id)) return qv_fail(err, QV_ENOMEM, "out of memory");
+      if (stale_push(&ing->p, e->chunks[k].id)) {
+        st = qv_fail(err, QV_ENOMEM, "out of memory");
+        break;
+      }
+    e->removing = 1;
+    if (st) break;
+  }
+  if (!st) st = text_ingester_flush(ing, err);
+  /* The map forgets a file's chunks only once their deletion is committed; after a
+   * failure it still lists them, so the next sync deletes them again. */
+  for (size_t i = 0; i <= ing->mask; i++) {
+    source_entry *e = &ing->map[i];
+    if (!e->removing) continue;
+    e->removing = 0;
+    if (st) continue;
     e->n = 0;
     ing->stats.files_removed++;
   }
-  return text_ingester_flush(ing, err);
+  return st;
 }
 
 /* ---- finding documents --------------------------------------------------------------- */
@@ -518,8 +534,16 @@ static int list_push(path_list *l, char *s) {
 
 static int by_name(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
 
-static qv_status walk(const char *dir, path_list *l, int depth, qv_error *err) {
-  if (depth > 64) return qv_fail(err, QV_ERANGE, "%s: directories nested over 64 deep", dir);
+/* The directories on the path from the root being walked, to tell a symlink loop (a link
+ * back to one of them) from a deep tree. */
+typedef struct dir_stack {
+  dev_t dev[65];
+  ino_t ino[65];
+  int n;
+} dir_stack;
+
+static qv_status walk(const char *dir, path_list *l, dir_stack *up, qv_error *err) {
+  if (up->n > 64) return qv_fail(err, QV_ERANGE, "%s: directories nested over 64 deep", dir);
   DIR *d = opendir(dir);
   if (!d) return qv_fail(err, errno, "%s: %s", dir, strerror(errno));
   path_list names = {0};
@@ -548,7 +572,16 @@ static qv_status walk(const char *dir, path_list *l, int depth, qv_error *err) {
       continue;
     }
     if (S_ISDIR(sb.st_mode)) {
-      st = walk(p, l, depth + 1, err);
+      int loop = 0;
+      for (int k = 0; k < up->n && !loop; k++) loop = up->dev[k] == sb.st_dev && up->ino[k] == sb.st_ino;
+      if (loop) {
+        LOG_WARN("%s: a link back to a directory above it; skipped", p);
+      } else {
+        up->dev[up->n] = sb.st_dev;
+        up->ino[up->n++] = sb.st_ino;
+        st = walk(p, l, up, err);
+        up->n--;
+      }
       free(p);
     } else if (S_ISREG(sb.st_mode) && text_format_for_path(p) >= 0) {
       if (list_push(l, p)) st = qv_fail(err, QV_ENOMEM, "out of memory");
@@ -567,7 +600,10 @@ qv_status text_find_documents(const char *const *paths, size_t npaths, char ***o
   for (size_t i = 0; !st && i < npaths; i++) {
     struct stat sb;
     if (stat(paths[i], &sb) != 0) st = qv_fail(err, QV_NOTFOUND, "%s: %s", paths[i], strerror(errno));
-    else if (S_ISDIR(sb.st_mode)) st = walk(paths[i], &l, 0, err);
+    else if (S_ISDIR(sb.st_mode)) {
+      dir_stack up = {.dev = {sb.st_dev}, .ino = {sb.st_ino}, .n = 1};
+      st = walk(paths[i], &l, &up, err);
+    }
     else if (text_format_for_path(paths[i]) < 0)
       st = qv_fail(err, QV_EINVAL, "%s: not a document (.md .mdx .txt .rst .html)", paths[i]);
     else if (list_push(&l, strdup(paths[i])))

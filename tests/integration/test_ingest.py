@@ -194,6 +194,20 @@ def test_errors(qv, tmp_path):
     assert qv.json("points", "scroll", "small", "--limit", "10")["points"] == []
 
 
+def test_symlink_loops_are_skipped_not_fatal(qv, tmp_path):
+    docs = tmp_path / "docs"
+    (docs / "a" / "b").mkdir(parents=True)
+    (docs / "a" / "b" / "deep.md").write_text("# Deep\n\nA page about loops in directory trees.\n")
+    (docs / "top.txt").write_text("Top level notes about symlinks.\n")
+    (docs / "a" / "b" / "up").symlink_to(docs)  # a loop back to the root
+    (docs / "a" / "self").symlink_to(docs / "a")  # a loop to its own parent
+    (docs / "a" / "linked.md").symlink_to(docs / "top.txt")  # a file link is still read
+    out = ingest(qv, docs, "--collection", "kb")
+    assert out["files"] == 3
+    sources = {p["source"] for p in scroll_all(qv, "kb").values()}
+    assert sources == {str(docs / "a" / "b" / "deep.md"), str(docs / "top.txt"), str(docs / "a" / "linked.md")}
+
+
 def test_missing_model_says_how_to_get_it(qv, tmp_path):
     docs = tmp_path / "docs"
     make_docs(docs)
