@@ -20,9 +20,10 @@
  *     counted in `unindexed` and scored by the exact scan every graph search adds; a
  *     tombstoned node maps to no row. So a point not yet in the graph is still found, and
  *     a deleted one is never returned (unlink_row, remove_row, index_rows, build_locked).
- *  7. The graph file is trusted only when it names the version stored in LMDB, which
- *     moves in the same transaction as every write (write_txn); anything else is
- *     rebuilt (load_graph). A crash during a build or a save costs a rebuild, never data.
+ *  7. The graph file is trusted only when it names the points version stored in LMDB,
+ *     which moves in the same transaction as every write that changes points or vectors
+ *     (write_txn; payload-only edits move only `version`); anything else is rebuilt
+ *     (load_graph). A crash during a build or a save costs a rebuild, never data.
  *  8. The GPU copy is derived data too, and is brought in step before every device search
  *     (see "device path" below, invariants D1-D4).
  */
@@ -84,6 +85,9 @@ struct qv_collection {
   idmap map;                      /* id -> row */
   size_t corrupt;                 /* records skipped at open; read-only after open */
   uint64_t version;               /* committed writes; stored in meta "version"; atomic */
+  uint64_t points_version;        /* committed writes that changed points or vectors (not
+                                   * payload-only edits); meta "points_version"; names the
+                                   * graph file; under write_mu */
 
   /* The HNSW index (see "index" below). Rows move (swap-remove) and UUIDs do not fit a
    * graph label, so the graph's internal node ids are the stable names and two arrays
@@ -299,6 +303,14 @@ static qv_status read_config(qv_collection *c, MDB_txn *txn, qv_error *err) {
     rc = mdb_get(txn, c->meta, &vk, &vv);
     if (rc == 0 && vv.mv_size == 8) memcpy(&c->version, vv.mv_data, 8);
     else if (rc != MDB_NOTFOUND) st = qv_fail(err, QV_ECORRUPT, "%s: unreadable version", c->dir);
+  }
+  if (!st) {
+    /* Collections written before points_version existed named the graph file by version. */
+    MDB_val vk = {14, "points_version"}, vv;
+    c->points_version = c->version;
+    rc = mdb_get(txn, c->meta, &vk, &vv);
+    if (rc == 0 && vv.mv_size == 8) memcpy(&c->points_version, vv.mv_data, 8);
+    else if (rc != MDB_NOTFOUND) st = qv_fail(err, QV_ECORRUPT, "%s: unreadable points version", c->dir);
   }
   return st;
 }
@@ -657,12 +669,13 @@ out:
  *
  * The graph is saved beside the LMDB environment as GRAPH_FILE by hnsw_save_ex (temporary
  * file, fsync, rename, directory fsync), with a map appended under the same checksum:
- *   "QVGMAP01" | u64 collection version | u64 points | u64 nodes | u32 m | u32 ef_construct |
+ *   "QVGMAP01" | u64 points version | u64 points | u64 nodes | u32 m | u32 ef_construct |
  *   per node: u8 kind (0 integer, 1 UUID, 0xFF tombstone) | 16 bytes (u64 LE or UUID)
  * At open the file is used only when it reads back whole (magic, format version,
- * checksums, graph validation) and names the stored version and point count: the
- * version moves in the same LMDB transaction as every write (write_txn), so equal
- * versions mean the same points. Anything else, including a file from before a crash
+ * checksums, graph validation) and names the stored points version and point count: that
+ * version moves in the same LMDB transaction as every upsert and delete (write_txn), so
+ * equal versions mean the same points and vectors. Payload edits leave it, and so the
+ * file, alone. Anything else, including a file from before a crash
  * that followed later writes, is ignored and the graph rebuilt: it is derived data, so
  * a kill -9 during a build or a save costs a rebuild, never the collection. */
 
@@ -686,7 +699,7 @@ static qv_status save_graph_locked(qv_collection *c) {
   char *path = graph_path(c);
   qv_status st = m && path ? QV_OK : QV_ENOMEM;
   if (!st) {
-    uint64_t head[4] = {c->version, c->n, nodes, (uint64_t)c->graph_cfg.ef_construct << 32 | c->graph_cfg.m};
+    uint64_t head[4] = {c->points_version, c->n, nodes, (uint64_t)c->graph_cfg.ef_construct << 32 | c->graph_cfg.m};
     memcpy(m, GMAP_MAGIC, 8);
     memcpy(m + 8, head, sizeof head);
     for (size_t i = 0; i < nodes; i++) {
@@ -735,7 +748,7 @@ static void load_graph(qv_collection *c) {
     why = "no valid point map";
     goto out;
   }
-  if (head[0] != c->version || head[1] != c->n) {
+  if (head[0] != c->points_version || head[1] != c->n) {
     why = "it was saved before later writes";
     goto out;
   }
@@ -1006,16 +1019,21 @@ static void prepared_free(prepared *p, size_t n) {
  * commit makes the handle sticky (invariant 5). Caller holds write_mu. */
 typedef int (*txn_fill_fn)(qv_collection *c, MDB_txn *txn, void *ctx);
 
-static qv_status write_txn(qv_collection *c, txn_fill_fn fill, void *ctx, qv_error *err) {
+static qv_status write_txn(qv_collection *c, txn_fill_fn fill, void *ctx, int points, qv_error *err) {
   MDB_txn *txn;
   int rc = mdb_txn_begin(c->env, NULL, 0, &txn);
   if (rc) return lmdb_fail(err, rc, "mdb_txn_begin");
   rc = fill(c, txn, ctx);
   if (!rc) {
-    /* The version moves with the data in the same transaction, so a saved graph that
-     * names a version matches exactly the points stored under it. */
+    /* The versions move with the data in the same transaction, so a saved graph that
+     * names a points version matches exactly the points stored under it. */
     uint64_t next = c->version + 1;
     MDB_val k = {7, "version"}, v = {8, &next};
+    rc = mdb_put(txn, c->meta, &k, &v, 0);
+  }
+  if (!rc && points) {
+    uint64_t next = c->points_version + 1;
+    MDB_val k = {14, "points_version"}, v = {8, &next};
     rc = mdb_put(txn, c->meta, &k, &v, 0);
   }
   if (rc) {
@@ -1033,8 +1051,12 @@ static qv_status write_txn(qv_collection *c, txn_fill_fn fill, void *ctx, qv_err
 }
 
 /* Called with write_mu and rw held for writing, after the memory side of a committed
- * write is applied: write_txn stored version + 1 in the same transaction. */
-static void bump_version(qv_collection *c) { __atomic_store_n(&c->version, c->version + 1, __ATOMIC_RELEASE); }
+ * write is applied: write_txn stored version + 1 (and points_version + 1 when points is
+ * set) in the same transaction. */
+static void bump_version(qv_collection *c, int points) {
+  __atomic_store_n(&c->version, c->version + 1, __ATOMIC_RELEASE);
+  if (points) c->points_version++;
+}
 
 uint64_t qv_collection_version(const qv_collection *c) {
   return __atomic_load_n(&c->version, __ATOMIC_ACQUIRE);
@@ -1099,7 +1121,7 @@ qv_status qv_collection_upsert(qv_collection *c, const qv_point *points, size_t 
   }
   if (!st) {
     upsert_ctx u = {points, prep, n};
-    st = write_txn(c, fill_upsert, &u, err);
+    st = write_txn(c, fill_upsert, &u, 1, err);
   }
   if (!st) {
     pthread_rwlock_wrlock(&c->rw);
@@ -1107,7 +1129,7 @@ qv_status qv_collection_upsert(qv_collection *c, const qv_point *points, size_t 
       set_row(c, &points[i].id, prep[i].vec, prep[i].json);
       prep[i].json = NULL; /* the row owns it now */
     }
-    bump_version(c);
+    bump_version(c, 1);
     pthread_rwlock_unlock(&c->rw);
     if (c->graph) index_batch(c, points, n);
     if (needs_build(c)) request_build(c);
@@ -1144,7 +1166,7 @@ static qv_status delete_locked(qv_collection *c, qv_point_id *ids, size_t n, siz
   if (present == 0) return QV_OK;
   if (c->sticky) return qv_fail(err, QV_ESTICKY, "collection %s: an earlier write failed; reopen it", c->name);
   delete_ctx d = {ids, present};
-  qv_status st = write_txn(c, fill_delete, &d, err);
+  qv_status st = write_txn(c, fill_delete, &d, 1, err);
   if (st) return st;
   pthread_rwlock_wrlock(&c->rw);
   size_t removed = 0;
@@ -1155,7 +1177,7 @@ static qv_status delete_locked(qv_collection *c, qv_point_id *ids, size_t n, siz
       removed++;
     }
   }
-  bump_version(c);
+  bump_version(c, 1);
   pthread_rwlock_unlock(&c->rw);
   if (c->graph) c->graph_dirty = 1;
   if (needs_build(c)) request_build(c);
@@ -1297,7 +1319,7 @@ static qv_status payload_change(qv_collection *c, const qv_point_id *ids, size_t
   }
   if (changed) {
     payload_ctx u = {rows, texts, changed};
-    st = write_txn(c, fill_payload, &u, err);
+    st = write_txn(c, fill_payload, &u, 0, err);
     if (st) goto out;
     pthread_rwlock_wrlock(&c->rw);
     for (size_t i = 0; i < changed; i++) {
@@ -1305,10 +1327,9 @@ static qv_status payload_change(qv_collection *c, const qv_point_id *ids, size_t
       c->payloads[rows[i]] = newp[i];
       newp[i] = NULL;
     }
-    bump_version(c);
+    bump_version(c, 0);
     pthread_rwlock_unlock(&c->rw);
-    /* the graph is unchanged, but its file must name the new version to be trusted */
-    if (c->graph) c->graph_dirty = 1;
+    /* the graph and the points version are unchanged, so its file stays valid */
   }
   if (updated) *updated = changed;
   goto out;

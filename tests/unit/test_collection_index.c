@@ -386,13 +386,20 @@ TEST(a_saved_index_reloads_to_identical_results_and_a_damaged_one_is_rebuilt) {
   qv_point_id extra = num(n + 1);
   ASSERT_OK(qv_collection_delete_ids(c, &extra, 1, NULL, NULL));
   qv_db_close(db); /* saves the rebuilt graph, at the version after this delete */
-  /* a payload change moves the version too; the file saved at close follows it */
+  /* a payload change leaves the points, and so the graph file, as they were: the file is
+   * not rewritten at close (a rewrite renames a new file in: a new inode) and still loads */
+  struct stat before_edit, after_edit;
+  ASSERT_EQ(stat(path, &before_edit), 0);
   ASSERT_OK(qv_db_open(&db, dir, NULL));
   ASSERT_OK(qv_collection_open(db, "t", &c, NULL));
   ASSERT_EQ(collection_index_loaded(c), 1);
+  uint64_t v0 = qv_collection_version(c);
   qv_point_id one = num(1);
   ASSERT_OK(qv_collection_set_payload(c, &one, 1, NULL, "{\"k\":1}", QV_PAYLOAD_SET, NULL, NULL));
+  ASSERT(qv_collection_version(c) > v0); /* what the BM25 index and the query cache follow */
   qv_db_close(db);
+  ASSERT_EQ(stat(path, &after_edit), 0);
+  ASSERT_EQ(after_edit.st_ino, before_edit.st_ino);
   ASSERT_OK(qv_db_open(&db, dir, NULL));
   ASSERT_OK(qv_collection_open(db, "t", &c, NULL));
   ASSERT_EQ(collection_index_loaded(c), 1);
