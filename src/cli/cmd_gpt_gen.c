@@ -6,6 +6,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "base/pool.h"
 #include "cli/cli.h"
 #include "gpt/bpe.h"
 #include "gpt/generate.h"
@@ -138,13 +139,16 @@ static void write_json_ids(FILE *f, const char *key, const int32_t *ids, size_t 
 /* ---- generate ---------------------------------------------------------------------------- */
 
 typedef struct trace {
-  float *rows; /* (n_prompt + max_tokens, V) */
+  float *rows; /* (n_prompt + max_tokens, V), or NULL without --trace */
   size_t n, V;
+  double first; /* when the first token was chosen: the prompt's prefill is done */
 } trace;
 
 static void trace_step(void *ctx, int32_t id, const float *logits) {
   (void)id;
   trace *t = ctx;
+  if (!t->first) t->first = cli_now();
+  if (!t->rows) return;
   memcpy(t->rows + t->n * t->V, logits, t->V * sizeof(float));
   t->n++;
 }
@@ -167,11 +171,15 @@ static const char *GEN_USAGE =
     "  --no-cache                recompute the whole sequence at each step (checks the KV cache)\n"
     "  --trace PREFIX            write PREFIX.json (prompt and generated ids, stop reason) and\n"
     "                            PREFIX.npy (float32 logits at every position fed, prompt first)\n"
-    "Generation ends at end-of-text too. A summary goes to stderr when it is a terminal.\n";
+    "  --stats                   print one JSON line of timings to stderr (prefill and decode\n"
+    "                            seconds, tokens/s); without it a summary goes to stderr when it\n"
+    "                            is a terminal\n"
+    "Generation ends at end-of-text too. QUIVER_THREADS sets the thread count.\n";
 
 int cmd_gpt_generate(int argc, char **argv) {
   gen_cli c = {0};
   const char *prompt = NULL, *trace_prefix = NULL;
+  int stats = 0;
   argc = take_stops(argc, argv, &c);
   cli_opt opts[] = {{"model", &c.model, NULL},
                     {"prompt", &prompt, NULL},
@@ -183,6 +191,7 @@ int cmd_gpt_generate(int argc, char **argv) {
                     {"seed", &c.seed, NULL},
                     {"no-cache", NULL, &c.no_cache},
                     {"trace", &trace_prefix, NULL},
+                    {"stats", NULL, &stats},
                     {NULL, NULL, NULL}};
   cli_parse(argc, argv, opts, NULL, 0, GEN_USAGE);
   if (!c.model) cli_die("gpt generate: --model DIR is required");
@@ -221,7 +230,7 @@ int cmd_gpt_generate(int argc, char **argv) {
                     .token_bytes = token_bytes,
                     .tok = bpe,
                     .on_text = write_text,
-                    .on_step = trace_prefix ? trace_step : NULL,
+                    .on_step = trace_step,
                     .ctx = &t,
                     .prompt_logits = t.rows};
   /* step logits land after the prompt's rows; step 0's are the prompt's last row again */
@@ -233,7 +242,16 @@ int cmd_gpt_generate(int argc, char **argv) {
   cli_check(st, &err, "generate");
   if (isatty(STDOUT_FILENO)) fputc('\n', stdout);
   if (fflush(stdout)) cli_die("gpt generate: cannot write to stdout");
-  if (isatty(STDERR_FILENO))
+  /* prefill: until the first token is chosen; decode: the rest, one token per step */
+  double prefill = t.first ? t.first - t0 : dt, decode = dt - prefill;
+  double rate = res.n_tokens > 1 && decode > 0 ? (double)(res.n_tokens - 1) / decode : 0.0;
+  if (stats)
+    fprintf(stderr,
+            "{\"prompt_tokens\": %zu, \"prefill_s\": %.6f, \"generated\": %zu, \"decode_s\": %.6f, "
+            "\"decode_tokens_per_s\": %.3f, \"threads\": %d, \"stop\": \"%s\"}\n",
+            n, prefill, res.n_tokens, decode, rate, pool_default() ? pool_size(pool_default()) : 1,
+            gpt_stop_name(res.reason));
+  else if (isatty(STDERR_FILENO))
     fprintf(stderr, "[%zu prompt tokens, %zu generated in %.2fs (%.1f tokens/s), stopped: %s]\n", n,
             res.n_tokens, dt, dt > 0 ? (double)res.n_tokens / dt : 0.0, gpt_stop_name(res.reason));
   if (trace_prefix) {
