@@ -17,6 +17,15 @@ static inline uint64_t qv_mix64(uint64_t x) {
   return x;
 }
 
+/* FNV-1a over n bytes, then qv_mix64: a hash-table key for strings and byte runs. Not for
+ * anything stored: use qv_crc32c or SHA-256 there. */
+static inline uint64_t qv_hash_bytes(const void *p, size_t n) {
+  const unsigned char *s = p;
+  uint64_t h = 0xcbf29ce484222325ULL;
+  for (size_t i = 0; i < n; i++) h = (h ^ s[i]) * 0x100000001b3ULL;
+  return qv_mix64(h);
+}
+
 #endif
 
 /* SHA-256 of a whole file as 64 lower-case hex digits plus NUL. */

@@ -67,14 +67,9 @@ void bm25_free(bm25_index *ix) {
 
 size_t bm25_count(const bm25_index *ix) { return ix->ndocs; }
 
-static uint64_t hash_term(const char *s, size_t n) {
-  uint64_t h = 0xcbf29ce484222325ULL;
-  for (size_t i = 0; i < n; i++) h = (h ^ (unsigned char)s[i]) * 0x100000001b3ULL;
-  return qv_mix64(h);
-}
 
 static term *find(const bm25_index *ix, const char *s, size_t n) {
-  size_t i = hash_term(s, n) & ix->mask;
+  size_t i = qv_hash_bytes(s, n) & ix->mask;
   while (ix->terms[i].text) {
     if (ix->terms[i].len == n && !memcmp(ix->terms[i].text, s, n)) return &ix->terms[i];
     i = (i + 1) & ix->mask;
@@ -89,7 +84,7 @@ static int grow_terms(bm25_index *ix) {
   for (size_t i = 0; i <= ix->mask; i++) {
     term *t = &ix->terms[i];
     if (!t->text) continue;
-    size_t j = hash_term(t->text, t->len) & nmask;
+    size_t j = qv_hash_bytes(t->text, t->len) & nmask;
     while (nt[j].text) j = (j + 1) & nmask;
     nt[j] = *t;
   }

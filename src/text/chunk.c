@@ -82,15 +82,10 @@ typedef struct count_cache {
   void *ctx;
 } count_cache;
 
-static uint64_t hash_bytes(const char *s, size_t n) {
-  uint64_t h = 0xcbf29ce484222325ULL;
-  for (size_t i = 0; i < n; i++) h = (h ^ (unsigned char)s[i]) * 0x100000001b3ULL;
-  return qv_mix64(h);
-}
 
 static qv_status count_words(count_cache *c, const char *s, size_t n, uint32_t *out, qv_error *err) {
   if (n > 64 || !c->slots) return c->fn(c->ctx, s, n, out, err);
-  size_t i = hash_bytes(s, n) & c->mask;
+  size_t i = qv_hash_bytes(s, n) & c->mask;
   while (c->slots[i].s) {
     if (c->slots[i].len == n && !memcmp(c->slots[i].s, s, n)) {
       *out = c->slots[i].tokens;

@@ -66,11 +66,7 @@ struct text_ingester {
   text_ingest_stats stats;
 };
 
-static uint64_t hash_str(const char *s) {
-  uint64_t h = 0xcbf29ce484222325ULL;
-  for (; *s; s++) h = (h ^ (unsigned char)*s) * 0x100000001b3ULL;
-  return qv_mix64(h);
-}
+static uint64_t hash_str(const char *s) { return qv_hash_bytes(s, strlen(s)); }
 
 static source_entry *lookup(text_ingester *ing, const char *source, int create) {
   if (create && (ing->used + 1) * 2 > ing->mask) {
