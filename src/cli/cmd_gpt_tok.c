@@ -99,7 +99,7 @@ static int tok_train(int argc, char **argv) {
     if (S_ISDIR(st.st_mode)) {
       size_t first = c.n;
       if (nftw(pos[i], walk_entry, 16, FTW_PHYS)) cli_die("%s: cannot walk: %s", pos[i], strerror(errno));
-      qsort(c.paths + first, c.n - first, sizeof *c.paths, cmp_str); /* the same order on every run */
+      if (c.n > first) qsort(c.paths + first, c.n - first, sizeof *c.paths, cmp_str); /* the same order on every run */
     } else {
       corpus_add(&c, pos[i]);
     }
