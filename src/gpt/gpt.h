@@ -25,8 +25,10 @@
  *
  * Nothing allocates inside a step: gpt_train_alloc(m, B, T) sizes the activations,
  * gradients and optimizer state once; gpt_forward / gpt_backward / gpt_adamw then only
- * write into them. Reductions over rows run in a fixed order, so at a fixed OpenBLAS
- * thread count the same inputs give bit-identical results (training determinism). */
+ * write into them. Reductions over rows run in a fixed order and OpenBLAS runs
+ * single-threaded (gpt_create sets it; the pool does the slicing), so the same inputs give
+ * bit-identical results at a fixed pool size (training determinism); across pool sizes
+ * they agree to float rounding. */
 #ifndef QV_GPT_GPT_H
 #define QV_GPT_GPT_H
 
@@ -154,7 +156,7 @@ void gpt_matmul_backward(qv_pool *pool, float *dinp, float *dw, float *db, const
 /* qkv (B, T, 3C) -> out (B, T, C); preatt, att (B, H, T, T) kept for the backward. */
 void gpt_attention_forward(qv_pool *pool, float *out, float *preatt, float *att, const float *qkv, int B,
                            int T, int C, int H);
-/* scratch: (B, H, 2T) floats, overwritten. */
+/* scratch: (B, H, T, T) floats, overwritten. */
 void gpt_attention_backward(qv_pool *pool, float *dqkv, float *scratch, const float *dout, const float *qkv,
                             const float *att, int B, int T, int C, int H);
 void gpt_gelu_forward(qv_pool *pool, float *out, const float *inp, size_t n);
