@@ -61,6 +61,12 @@ static int take_stops(int argc, char **argv, gen_cli *c) {
   return out;
 }
 
+/* The options both commands take (besides --model and the repeatable --stop). */
+#define SAMPLING_OPTS(c)                                                                           \
+  {"max-tokens", &(c).max_tokens, NULL}, {"temperature", &(c).temperature, NULL},                  \
+      {"top-k", &(c).top_k, NULL}, {"top-p", &(c).top_p, NULL}, {"repetition-penalty", &(c).rep, NULL}, \
+      {"seed", &(c).seed, NULL}
+
 static void free_stops(gen_cli *c) {
   for (size_t i = 0; i < c->n_stops; i++) free(c->stops[i]);
   free(c->stops);
@@ -92,6 +98,35 @@ static gpt_bpe *load_tokenizer(const char *dir) {
 
 static const char *token_bytes(void *tok, int32_t id, size_t *len) {
   return gpt_bpe_token_bytes(tok, id, len);
+}
+
+/* The model, its tokenizer, a sampler and a generation loop, as both commands need them. */
+typedef struct gen_setup {
+  gpt_infer *m;
+  gpt_bpe *bpe;
+  gpt_sampler *s;
+  gpt_gen *g;
+  size_t V;
+} gen_setup;
+
+static void setup(gen_setup *st, const gen_cli *c, const char *who) {
+  gpt_sample_params sp = sample_params(c);
+  qv_error err = {0};
+  cli_check(gpt_infer_load(&st->m, c->model, &err), &err, "model");
+  st->bpe = load_tokenizer(c->model);
+  st->V = (size_t)gpt_infer_config_of(st->m)->vocab_size;
+  if (gpt_bpe_vocab_size(st->bpe) > st->V)
+    cli_die("%s: the tokenizer has %zu tokens but the model only %zu", who, gpt_bpe_vocab_size(st->bpe), st->V);
+  cli_check(gpt_sampler_create(&st->s, st->V, &sp, &err), &err, "sampler");
+  cli_check(gpt_gen_create(&st->g, st->m, &err), &err, who);
+}
+
+static void teardown(gen_setup *st, gen_cli *c) {
+  gpt_gen_free(st->g);
+  gpt_sampler_free(st->s);
+  gpt_bpe_free(st->bpe);
+  gpt_infer_free(st->m);
+  free_stops(c);
 }
 
 static int write_text(void *ctx, const char *text, size_t len) {
@@ -183,12 +218,7 @@ int cmd_gpt_generate(int argc, char **argv) {
   argc = take_stops(argc, argv, &c);
   cli_opt opts[] = {{"model", &c.model, NULL},
                     {"prompt", &prompt, NULL},
-                    {"max-tokens", &c.max_tokens, NULL},
-                    {"temperature", &c.temperature, NULL},
-                    {"top-k", &c.top_k, NULL},
-                    {"top-p", &c.top_p, NULL},
-                    {"repetition-penalty", &c.rep, NULL},
-                    {"seed", &c.seed, NULL},
+                    SAMPLING_OPTS(c),
                     {"no-cache", NULL, &c.no_cache},
                     {"trace", &trace_prefix, NULL},
                     {"stats", NULL, &stats},
@@ -197,24 +227,17 @@ int cmd_gpt_generate(int argc, char **argv) {
   if (!c.model) cli_die("gpt generate: --model DIR is required");
   if (!prompt) cli_die("gpt generate: --prompt TEXT is required");
   size_t max_tokens = c.max_tokens ? (size_t)cli_int(c.max_tokens, "--max-tokens", 0, 1 << 24) : 128;
-  gpt_sample_params sp = sample_params(&c);
-
+  gen_setup su = {0};
+  setup(&su, &c, "gpt generate");
+  gpt_bpe *bpe = su.bpe;
+  const size_t V = su.V;
   qv_error err = {0};
-  gpt_infer *m = NULL;
-  cli_check(gpt_infer_load(&m, c.model, &err), &err, "model");
-  gpt_bpe *bpe = load_tokenizer(c.model);
-  const size_t V = (size_t)gpt_infer_config_of(m)->vocab_size;
-  if (gpt_bpe_vocab_size(bpe) > V)
-    cli_die("gpt generate: the tokenizer has %zu tokens but the model only %zu", gpt_bpe_vocab_size(bpe), V);
   int32_t *ids = NULL;
   size_t n = 0;
   cli_check(gpt_bpe_encode(bpe, prompt, strlen(prompt), &ids, &n), NULL, "tokenizer");
   if (n == 0) cli_die("gpt generate: the prompt is empty");
 
-  gpt_sampler *s = NULL;
-  gpt_gen *g = NULL;
-  cli_check(gpt_sampler_create(&s, V, &sp, &err), &err, "sampler");
-  cli_check(gpt_gen_create(&g, m, &err), &err, "generate");
+  gpt_gen *g = su.g;
   trace t = {0};
   t.V = V;
   if (trace_prefix) {
@@ -237,7 +260,7 @@ int cmd_gpt_generate(int argc, char **argv) {
   t.n = n;
   gpt_gen_result res;
   double t0 = cli_now();
-  qv_status st = gpt_gen_run(g, s, ids, n, &o, &res, &err);
+  qv_status st = gpt_gen_run(g, su.s, ids, n, &o, &res, &err);
   double dt = cli_now() - t0;
   cli_check(st, &err, "generate");
   if (isatty(STDOUT_FILENO)) fputc('\n', stdout);
@@ -274,11 +297,7 @@ int cmd_gpt_generate(int argc, char **argv) {
   }
   free(t.rows);
   free(ids);
-  gpt_gen_free(g);
-  gpt_sampler_free(s);
-  gpt_bpe_free(bpe);
-  gpt_infer_free(m);
-  free_stops(&c);
+  teardown(&su, &c);
   return 0;
 }
 
@@ -349,30 +368,19 @@ int cmd_gpt_chat(int argc, char **argv) {
   gen_cli c = {0};
   argc = take_stops(argc, argv, &c);
   cli_opt opts[] = {{"model", &c.model, NULL},
-                    {"max-tokens", &c.max_tokens, NULL},
-                    {"temperature", &c.temperature, NULL},
-                    {"top-k", &c.top_k, NULL},
-                    {"top-p", &c.top_p, NULL},
-                    {"repetition-penalty", &c.rep, NULL},
-                    {"seed", &c.seed, NULL},
+                    SAMPLING_OPTS(c),
                     {NULL, NULL, NULL}};
   cli_parse(argc, argv, opts, NULL, 0, CHAT_USAGE);
   if (!c.model) cli_die("gpt chat: --model DIR is required");
   size_t max_tokens = c.max_tokens ? (size_t)cli_int(c.max_tokens, "--max-tokens", 1, 1 << 24) : 64;
-  gpt_sample_params sp = sample_params(&c);
-
+  gen_setup su = {0};
+  setup(&su, &c, "gpt chat");
+  gpt_bpe *bpe = su.bpe;
+  gpt_sampler *s = su.s;
+  gpt_gen *g = su.g;
+  chat ch = {.bpe = bpe, .V = su.V};
   qv_error err = {0};
-  gpt_infer *m = NULL;
-  cli_check(gpt_infer_load(&m, c.model, &err), &err, "model");
-  gpt_bpe *bpe = load_tokenizer(c.model);
-  chat ch = {.bpe = bpe, .V = (size_t)gpt_infer_config_of(m)->vocab_size};
-  if (gpt_bpe_vocab_size(bpe) > ch.V)
-    cli_die("gpt chat: the tokenizer has %zu tokens but the model only %zu", gpt_bpe_vocab_size(bpe), ch.V);
-  gpt_sampler *s = NULL;
-  gpt_gen *g = NULL;
-  cli_check(gpt_sampler_create(&s, ch.V, &sp, &err), &err, "sampler");
-  cli_check(gpt_gen_create(&g, m, &err), &err, "chat");
-  const gpt_config *cfg = gpt_infer_config_of(m);
+  const gpt_config *cfg = gpt_infer_config_of(su.m);
   printf("quiver gpt chat: %d layers, %d heads, width %d, context %d, vocabulary %d. /help for commands.\n",
          cfg->n_layer, cfg->n_head, cfg->n_embd, cfg->n_ctx, cfg->vocab_size);
 
@@ -484,10 +492,6 @@ int cmd_gpt_chat(int argc, char **argv) {
   }
   free(line);
   free(ch.reply);
-  gpt_gen_free(g);
-  gpt_sampler_free(s);
-  gpt_bpe_free(bpe);
-  gpt_infer_free(m);
-  free_stops(&c);
+  teardown(&su, &c);
   return 0;
 }
