@@ -1,25 +1,23 @@
 /* quiver gpt tokenizer train|encode|decode: the small GPT's byte-level BPE tokenizer. */
-#define _XOPEN_SOURCE 700 /* nftw */
 #include <errno.h>
-#include <ftw.h>
 #include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 
 #include "cli/cli.h"
 #include "gpt/bpe.h"
+#include "text/ingest.h"
 
 static const char usage[] =
     "usage: quiver gpt tokenizer train --vocab-size N --out tokenizer.json PATH...\n"
     "       quiver gpt tokenizer encode --tokenizer F [--jsonl FILE|-] [TEXT]\n"
     "       quiver gpt tokenizer decode --tokenizer F [--jsonl FILE|-] [IDS]\n"
-    "train learns a byte-level BPE (GPT-2's scheme) from .md and .txt files (folders are\n"
-    "walked) and writes a Hugging Face tokenizer.json. encode prints the ids of TEXT (or of\n"
-    "stdin) as a JSON array; decode prints the text of a JSON array of ids (or of stdin).\n"
-    "With --jsonl, each line of FILE (- for stdin) is one input (a JSON string for encode, an\n"
-    "array of ids for decode) and each output is one JSON line.\n"
+    "train learns a byte-level BPE (GPT-2's scheme) from documents (.md .mdx .txt .rst .html;\n"
+    "folders are walked) and writes a Hugging Face tokenizer.json. encode prints the ids of\n"
+    "TEXT (or of stdin) as a JSON array; decode prints the text of a JSON array of ids (or of\n"
+    "stdin). With --jsonl, each line of FILE (- for stdin) is one input (a JSON string for\n"
+    "encode, an array of ids for decode) and each output is one JSON line.\n"
     "options:\n"
     "  --tokenizer F      tokenizer.json, a folder holding one, or a folder with GPT-2's\n"
     "                     vocab.json + merges.txt\n"
@@ -30,36 +28,6 @@ static const char usage[] =
 #define MAX_PATHS 256
 
 /* ---- train ------------------------------------------------------------------------------ */
-
-typedef struct corpus {
-  char **paths;
-  size_t n, cap;
-} corpus;
-
-static corpus *walk_corpus; /* nftw gives no context pointer */
-
-static int has_ext(const char *p) {
-  size_t n = strlen(p);
-  return (n > 3 && !strcmp(p + n - 3, ".md")) || (n > 4 && !strcmp(p + n - 4, ".txt"));
-}
-
-static void corpus_add(corpus *c, const char *p) {
-  if (c->n == c->cap) {
-    c->cap = c->cap ? c->cap * 2 : 64;
-    c->paths = realloc(c->paths, c->cap * sizeof *c->paths);
-    if (!c->paths) cli_die("gpt tokenizer: out of memory");
-  }
-  if (!(c->paths[c->n++] = strdup(p))) cli_die("gpt tokenizer: out of memory");
-}
-
-static int walk_entry(const char *path, const struct stat *sb, int flag, struct FTW *ftw) {
-  (void)sb;
-  (void)ftw;
-  if (flag == FTW_F && has_ext(path)) corpus_add(walk_corpus, path);
-  return 0;
-}
-
-static int cmp_str(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
 
 static char *slurp(const char *path, size_t *len) {
   FILE *f = fopen(path, "rb");
@@ -91,44 +59,35 @@ static int tok_train(int argc, char **argv) {
   int npos = cli_parse(argc, argv, opts, pos, MAX_PATHS, usage);
   if (!vocab || !out || !npos) cli_die("gpt tokenizer train: --vocab-size, --out and a PATH are required (see --help)");
   size_t vocab_size = (size_t)cli_int(vocab, "--vocab-size", 257, 1 << 24);
-  corpus c = {0};
-  walk_corpus = &c;
-  for (int i = 0; i < npos; i++) {
-    struct stat st;
-    if (stat(pos[i], &st)) cli_die("%s: %s", pos[i], strerror(errno));
-    if (S_ISDIR(st.st_mode)) {
-      size_t first = c.n;
-      if (nftw(pos[i], walk_entry, 16, FTW_PHYS)) cli_die("%s: cannot walk: %s", pos[i], strerror(errno));
-      if (c.n > first) qsort(c.paths + first, c.n - first, sizeof *c.paths, cmp_str); /* the same order on every run */
-    } else {
-      corpus_add(&c, pos[i]);
-    }
-  }
-  if (!c.n) cli_die("gpt tokenizer train: no .md or .txt files under the given paths");
-  char **texts = malloc(c.n * sizeof *texts);
-  size_t *lens = malloc(c.n * sizeof *lens), bytes = 0;
+  /* the documents `quiver ingest` and `gpt train` read: sorted, so runs repeat exactly */
+  char **paths = NULL;
+  size_t npaths = 0;
+  qv_error err;
+  cli_check(text_find_documents(pos, (size_t)npos, &paths, &npaths, &err), &err, "gpt tokenizer train");
+  if (!npaths) cli_die("gpt tokenizer train: no documents (.md .mdx .txt .rst .html) under the given paths");
+  char **texts = malloc(npaths * sizeof *texts);
+  size_t *lens = malloc(npaths * sizeof *lens), bytes = 0;
   if (!texts || !lens) cli_die("gpt tokenizer train: out of memory");
-  for (size_t i = 0; i < c.n; i++) {
-    texts[i] = slurp(c.paths[i], &lens[i]);
+  for (size_t i = 0; i < npaths; i++) {
+    texts[i] = slurp(paths[i], &lens[i]);
     bytes += lens[i];
   }
   cli_progress prog;
   cli_progress_start(&prog, "merges", "merges", vocab_size - 257);
   gpt_bpe *b = NULL;
-  qv_error err;
-  cli_check(gpt_bpe_train(&b, (const char *const *)texts, lens, c.n, vocab_size, train_progress, &prog, &err), &err,
+  cli_check(gpt_bpe_train(&b, (const char *const *)texts, lens, npaths, vocab_size, train_progress, &prog, &err), &err,
             "gpt tokenizer train");
   cli_progress_end(&prog, gpt_bpe_vocab_size(b) - 257);
   cli_check(gpt_bpe_save(b, out, &err), &err, "gpt tokenizer train");
-  fprintf(stderr, "%s: %zu tokens learned from %zu files (%zu bytes)\n", out, gpt_bpe_vocab_size(b), c.n, bytes);
+  fprintf(stderr, "%s: %zu tokens learned from %zu files (%zu bytes)\n", out, gpt_bpe_vocab_size(b), npaths, bytes);
   gpt_bpe_free(b);
-  for (size_t i = 0; i < c.n; i++) {
+  for (size_t i = 0; i < npaths; i++) {
     free(texts[i]);
-    free(c.paths[i]);
+    free(paths[i]);
   }
   free(texts);
   free(lens);
-  free(c.paths);
+  free(paths);
   return 0;
 }
 

@@ -214,5 +214,5 @@ def test_bad_input_is_one_clear_line(trained, tmp_path):
     assert "vocab-size" in fail("train", "--vocab-size", "10", "--out", tmp_path / "t.json", tmp_path)
     empty = tmp_path / "empty"
     empty.mkdir()
-    assert "no .md or .txt" in fail("train", "--vocab-size", 300, "--out", tmp_path / "t.json", empty)
+    assert "no documents" in fail("train", "--vocab-size", 300, "--out", tmp_path / "t.json", empty)
     assert "unknown action" in fail("bogus")
