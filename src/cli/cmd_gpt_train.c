@@ -38,7 +38,7 @@ static const char train_usage[] =
     "  --eval-batches N   batches of held-out windows per validation (default 8)\n"
     "  --val-fraction X   share of chunks held out (default 0.05)\n"
     "  --save-every N     checkpoint every N steps (default: only at the end)\n"
-    "  --log FILE         one JSON line per step: step, loss, lr, grad_norm, val_loss\n" TCLI_CHUNK_USAGE
+    "  --log FILE         one JSON line per step: step, loss, lr, grad_norm, elapsed_s, val_loss\n" TCLI_CHUNK_USAGE
     "Progress (step, loss, lr, tokens/s, ETA) shows on a terminal; a line per evaluation\n"
     "goes to stdout.\n";
 
@@ -64,8 +64,8 @@ static int on_step(void *c, const gpt_train_stats *s) {
     fflush(stdout);
   }
   if (x->log) {
-    fprintf(x->log, "{\"step\":%ld,\"loss\":%.9g,\"lr\":%.9g,\"grad_norm\":%.9g", s->step, (double)s->loss,
-            (double)s->lr, s->grad_norm);
+    fprintf(x->log, "{\"step\":%ld,\"loss\":%.9g,\"lr\":%.9g,\"grad_norm\":%.9g,\"elapsed_s\":%.6f", s->step,
+            (double)s->loss, (double)s->lr, s->grad_norm, s->elapsed_s);
     if (isfinite(s->val_loss)) fprintf(x->log, ",\"val_loss\":%.9g", s->val_loss);
     if (s->saved) fprintf(x->log, ",\"saved\":\"%s\"", s->saved);
     fputs("}\n", x->log);

@@ -485,7 +485,8 @@ qv_status gpt_train_run(const gpt_train_opts *opts, qv_error *err) {
     double el = now_s() - t0;
     long ran = done_steps - start;
     gpt_train_stats s = {.step = done_steps, .steps = o.steps, .loss = (float)loss, .lr = lr, .grad_norm = norm,
-                         .val_loss = val, .tokens_per_s = el > 0 ? (double)ran * B * T * o.accum / el : 0,
+                         .val_loss = val, .elapsed_s = el,
+                         .tokens_per_s = el > 0 ? (double)ran * B * T * o.accum / el : 0,
                          .eta_s = el / (double)ran * (double)(o.steps - done_steps), .tokens_seen = tokens_seen,
                          .saved = saved, .ndocs = c.ndocs, .nchunks = c.nchunks, .nval_chunks = c.nval_chunks,
                          .train_tokens = c.train.n, .val_tokens = c.val.n, .nparams = m->nparams,

@@ -29,6 +29,7 @@ typedef struct gpt_train_stats {
   double grad_norm;
   double val_loss;         /* NaN unless this step evaluated */
   double tokens_per_s;     /* over this run so far */
+  double elapsed_s;        /* since this run's first step started (corpus loading excluded) */
   double eta_s;
   uint64_t tokens_seen;
   const char *saved;       /* the checkpoint folder written at this step, or NULL */
