@@ -1170,6 +1170,29 @@ static void trainer_free(trainer *t) {
   free(t->heap);
 }
 
+typedef struct touched_list {
+  int64_t *pairs;
+  size_t n, cap;
+} touched_list;
+
+/* A merge turned pair (a, b) of word wi (count times) into (c, d): moves the count and
+ * notes (c, d) in tl for the heap. 0 or -1 on no memory. */
+static int move_pair(trainer *t, int32_t a, int32_t b, int32_t c, int32_t d, int64_t count, size_t wi,
+                     touched_list *tl) {
+  if (pair_add(t, a, b, -count, wi) < 0) return -1;
+  int64_t np = pair_add(t, c, d, count, wi);
+  if (np < 0) return -1;
+  if (tl->n == tl->cap) {
+    size_t cap = tl->cap ? tl->cap * 2 : 64;
+    int64_t *p = realloc(tl->pairs, cap * sizeof *p);
+    if (!p) return -1;
+    tl->pairs = p;
+    tl->cap = cap;
+  }
+  tl->pairs[tl->n++] = np;
+  return 0;
+}
+
 /* Merges pair index pi into new id z in every word holding it; pairs whose count rose are
  * (re)pushed on the heap. */
 static int apply_merge(trainer *t, size_t pi, int32_t z, size_t merge_no) {
@@ -1178,8 +1201,7 @@ static int apply_merge(trainer *t, size_t pi, int32_t z, size_t merge_no) {
   size_t *ws = t->pairs[pi].words;
   t->pairs[pi].words = NULL;
   t->pairs[pi].nw = t->pairs[pi].cw = 0;
-  int64_t *touched = NULL;
-  size_t ntouched = 0, ctouched = 0;
+  touched_list tl = {0};
   int rc = -1;
   for (size_t k = 0; k < nw; k++) {
     size_t wi = ws[k];
@@ -1189,32 +1211,8 @@ static int apply_merge(trainer *t, size_t pi, int32_t z, size_t merge_no) {
     size_t o = 0;
     for (size_t i = 0; i < w->n; i++) {
       if (i + 1 < w->n && w->sym[i] == a && w->sym[i + 1] == bb) {
-        if (o > 0) {
-          if (pair_add(t, w->sym[o - 1], a, -w->count, wi) < 0) goto done;
-          int64_t np = pair_add(t, w->sym[o - 1], z, w->count, wi);
-          if (np < 0) goto done;
-          if (ntouched == ctouched) {
-            size_t c = ctouched ? ctouched * 2 : 64;
-            int64_t *tp = realloc(touched, c * sizeof *tp);
-            if (!tp) goto done;
-            touched = tp;
-            ctouched = c;
-          }
-          touched[ntouched++] = np;
-        }
-        if (i + 2 < w->n) {
-          if (pair_add(t, bb, w->sym[i + 2], -w->count, wi) < 0) goto done;
-          int64_t np = pair_add(t, z, w->sym[i + 2], w->count, wi);
-          if (np < 0) goto done;
-          if (ntouched == ctouched) {
-            size_t c = ctouched ? ctouched * 2 : 64;
-            int64_t *tp = realloc(touched, c * sizeof *tp);
-            if (!tp) goto done;
-            touched = tp;
-            ctouched = c;
-          }
-          touched[ntouched++] = np;
-        }
+        if (o > 0 && move_pair(t, w->sym[o - 1], a, w->sym[o - 1], z, w->count, wi, &tl)) goto done;
+        if (i + 2 < w->n && move_pair(t, bb, w->sym[i + 2], z, w->sym[i + 2], w->count, wi, &tl)) goto done;
         t->pairs[pi].count -= w->count;
         w->sym[o++] = z;
         i++;
@@ -1225,17 +1223,17 @@ static int apply_merge(trainer *t, size_t pi, int32_t z, size_t merge_no) {
     w->n = o;
   }
   /* new pairs (all hold z) enter the heap once, with their final count */
-  for (size_t i = 0; i < ntouched; i++) {
-    tpair *p = &t->pairs[touched[i]];
+  for (size_t i = 0; i < tl.n; i++) {
+    tpair *p = &t->pairs[tl.pairs[i]];
     if (p->count > 0 && p->mark != merge_no + 1) {
       p->mark = merge_no + 1;
-      if (theap_push(t, p->count, (int32_t)touched[i])) goto done;
+      if (theap_push(t, p->count, (int32_t)tl.pairs[i])) goto done;
     }
   }
   rc = 0;
 done:
   free(ws);
-  free(touched);
+  free(tl.pairs);
   return rc;
 }
 
