@@ -140,6 +140,7 @@ struct hnsw {
    * with x ~ q_lo + q_step * c, then (at q_sum_off) the float sum of its codes. */
   int quant;
   float q_lo, q_hi, q_step;
+  uint32_t (*q8_fn)(const uint8_t *, const uint8_t *, size_t); /* the metric's code kernel */
   size_t q_sum_off;
 
   unsigned char *chunks[MAX_CHUNKS]; /* atomic */
@@ -235,6 +236,8 @@ static inline void prefetch_rest(const hnsw *h, const float *v) {
  * scratch area), and dist() sends them here. Codes are unsigned so that the integer sums
  * fit u32 up to QV_MAX_VECTOR_SIZE dimensions (255^2 * 65536 < 2^32). */
 
+typedef uint32_t (*u8_fn)(const uint8_t *, const uint8_t *, size_t);
+
 static uint32_t u8_dot_c(const uint8_t *a, const uint8_t *b, size_t n) {
   uint32_t s = 0;
   for (size_t i = 0; i < n; i++) s += (uint32_t)a[i] * b[i];
@@ -296,17 +299,28 @@ __attribute__((target("avx2"))) static uint32_t u8_l1_avx2(const uint8_t *a, con
 }
 #endif
 
-typedef uint32_t (*u8_fn)(const uint8_t *, const uint8_t *, size_t);
-static u8_fn u8_dot = u8_dot_c, u8_l2 = u8_l2_c, u8_l1 = u8_l1_c;
-static pthread_once_t u8_once = PTHREAD_ONCE_INIT;
-static void u8_pick(void) {
 #if defined(__x86_64__)
-  if (__builtin_cpu_supports("avx2")) {
-    u8_dot = u8_dot_avx2;
-    u8_l2 = u8_l2_avx2;
-    u8_l1 = u8_l1_avx2;
-  }
+#define U8_AVX2(name) name##_avx2
+#else
+#define U8_AVX2(name) name##_c
 #endif
+
+/* The code kernel for a metric: AVX2 where the CPU has it, unless the float kernels were
+ * capped to the portable ones (QUIVER_ISA=portable, dist_force_isa), so that one setting
+ * selects the portable path everywhere and tests can run it on AVX2 machines. */
+static u8_fn u8_kernel(qv_distance metric) {
+  int avx2 = 0;
+#if defined(__x86_64__)
+  avx2 = strcmp(dist_isa(), "portable") != 0 && __builtin_cpu_supports("avx2");
+#endif
+  switch (metric) {
+  case QV_DIST_EUCLID:
+    return avx2 ? U8_AVX2(u8_l2) : u8_l2_c;
+  case QV_DIST_MANHATTAN:
+    return avx2 ? U8_AVX2(u8_l1) : u8_l1_c;
+  default:
+    return avx2 ? U8_AVX2(u8_dot) : u8_dot_c;
+  }
 }
 
 /* The internal distance (lower is closer) between two code vectors, in the units of the
@@ -317,15 +331,15 @@ static float q8_dist(const hnsw *h, const float *fa, const float *fb) {
   float st = h->q_step;
   switch (h->metric) {
   case QV_DIST_EUCLID:
-    return st * st * (float)u8_l2(a, b, n);
+    return st * st * (float)h->q8_fn(a, b, n);
   case QV_DIST_MANHATTAN:
-    return st * (float)u8_l1(a, b, n);
+    return st * (float)h->q8_fn(a, b, n);
   default: {
     float sa, sb;
     memcpy(&sa, a + h->q_sum_off, 4);
     memcpy(&sb, b + h->q_sum_off, 4);
     float lo = h->q_lo;
-    return -((float)n * lo * lo + lo * st * (sa + sb) + st * st * (float)u8_dot(a, b, n));
+    return -((float)n * lo * lo + lo * st * (sa + sb) + st * st * (float)h->q8_fn(a, b, n));
   }
   }
 }
@@ -1132,8 +1146,8 @@ const float *hnsw_vector(const hnsw *h, uint32_t id) {
 qv_status hnsw_quantize_int8(hnsw *h, float lo, float hi) {
   if (!h || !isfinite(lo) || !isfinite(hi) || !(hi >= lo)) return QV_EINVAL;
   if (LOAD_ACQ(&h->cap) || LOAD_ACQ(&h->next)) return QV_EINVAL;
-  pthread_once(&u8_once, u8_pick);
   h->quant = 1;
+  h->q8_fn = u8_kernel(h->metric);
   h->q_lo = lo;
   h->q_hi = hi;
   h->q_step = hi > lo ? (hi - lo) / 255.0f : 1.0f;

@@ -702,7 +702,43 @@ TEST(int8_quantized_graph) {
   free(q);
 }
 
-TEST_MAIN(T(int8_quantized_graph), T(memory_counts_used_blocks), T(recall_cosine), T(recall_dot), T(recall_euclid), T(recall_manhattan),
+/* QUIVER_ISA=portable (dist_force_isa) selects the portable code kernels as well, and they
+ * agree exactly with the SIMD ones: code distances are integer sums, so the same inserts
+ * give the same graph and the same hits. */
+TEST(int8_portable_kernels_match_simd) {
+  size_t n = 1500, dim = 40, nq = 50; /* 40: a SIMD body plus a scalar tail */
+  qv_distance ds[3] = {QV_DIST_DOT, QV_DIST_EUCLID, QV_DIST_MANHATTAN};
+  float *x = clustered(n, dim, 9), *q = queries(nq, dim, 9);
+  uint64_t *labels = iota_labels(n);
+  for (int di = 0; di < 3; di++) {
+    hnsw *idx[2];
+    for (int v = 0; v < 2; v++) {
+      dist_force_isa(v == 0 ? "portable" : NULL);
+      ASSERT_OK(hnsw_new(&idx[v], dim, ds[di], 8, 40, 3));
+      ASSERT_OK(hnsw_quantize_int8(idx[v], -3, 3));
+      ASSERT_OK(hnsw_add_batch(idx[v], labels, x, n, NULL, NULL)); /* one thread: one order */
+    }
+    dist_force_isa(NULL);
+    for (size_t i = 0; i < nq; i++) {
+      hnsw_hit a[K], b[K];
+      size_t ca, cb;
+      ASSERT_OK(hnsw_search(idx[0], q + i * dim, K, 32, NULL, a, &ca));
+      ASSERT_OK(hnsw_search(idx[1], q + i * dim, K, 32, NULL, b, &cb));
+      ASSERT_EQ(ca, cb);
+      for (size_t j = 0; j < ca; j++) {
+        ASSERT_U64_EQ(a[j].label, b[j].label);
+        ASSERT_EQ(a[j].score, b[j].score);
+      }
+    }
+    hnsw_free(idx[0]);
+    hnsw_free(idx[1]);
+  }
+  free(labels);
+  free(x);
+  free(q);
+}
+
+TEST_MAIN(T(int8_quantized_graph), T(int8_portable_kernels_match_simd), T(memory_counts_used_blocks), T(recall_cosine), T(recall_dot), T(recall_euclid), T(recall_manhattan),
           T(rejects_bad_arguments), T(empty_index), T(one_node), T(dim_one_and_duplicates),
           T(dim_4096), T(deleted_never_returned), T(filtered_exact), T(save_load_round_trip),
           T(corrupt_and_truncated_files), T(crash_during_save), T(concurrent_adds_and_searches))
