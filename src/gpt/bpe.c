@@ -509,6 +509,11 @@ static qv_status from_json_value(gpt_bpe *b, const json_t *root, qv_error *err) 
         return qv_fail(err, QV_EFORMAT, "added_tokens[%zu]: expected \"id\" and \"content\"", i);
       json_int_t n = json_integer_value(id);
       if (n < 0 || n >= (1 << 24)) return qv_fail(err, QV_EFORMAT, "added_tokens[%zu]: id out of range", i);
+      /* matching is exact and leftmost-longest; HF's whitespace-eating variants are not done */
+      static const char *const flags[] = {"single_word", "lstrip", "rstrip"};
+      for (size_t f = 0; f < 3; f++)
+        if (json_is_true(json_object_get(a, flags[f])))
+          return qv_fail(err, QV_EUNSUPPORTED, "added_tokens[%zu].%s: only false is supported", i, flags[f]);
       const char *s = json_string_value(content);
       size_t len = json_string_length(content);
       if ((size_t)n < b->n_ids && b->tok[n]) {
@@ -866,8 +871,8 @@ static size_t next_added(const gpt_bpe *b, const char *s, size_t len, size_t i, 
   for (; i < len; i++) {
     for (size_t k = 0; k < b->n_added; k++) {
       const added_token *a = &b->added[k];
-      if (a->len <= len - i && a->text[0] == s[i] && !memcmp(a->text, s + i, a->len) && (!*which || a->len > (*which)->len))
-        *which = a;
+      int here = a->len <= len - i && a->text[0] == s[i] && !memcmp(a->text, s + i, a->len);
+      if (here && (!*which || a->len > (*which)->len)) *which = a;
     }
     if (*which) return i;
   }
@@ -998,8 +1003,9 @@ char *gpt_bpe_to_json(const gpt_bpe *b) {
                     "continuing_subword_prefix", "", "end_of_word_suffix", "", "fuse_unk", 0, "byte_fallback", 0,
                     "ignore_merges", b->ignore_merges, "vocab", vocab, "merges", merges);
   if (!model) goto done;
-  if (json_object_set_new(root, "version", json_string("1.0")) || json_object_set_new(root, "truncation", json_null()) ||
-      json_object_set_new(root, "padding", json_null()) || json_object_set(root, "added_tokens", added) ||
+  if (json_object_set_new(root, "version", json_string("1.0")) ||
+      json_object_set_new(root, "truncation", json_null()) || json_object_set_new(root, "padding", json_null()) ||
+      json_object_set(root, "added_tokens", added) ||
       json_object_set_new(root, "normalizer", json_null()) ||
       json_object_set_new(root, "pre_tokenizer", byte_level(0, 1)) ||
       json_object_set_new(root, "post_processor", byte_level(1, 0)) ||

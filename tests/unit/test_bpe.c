@@ -101,7 +101,8 @@ TEST(byte_mapping_is_gpt2s) {
 
 /* a=0 b=1 c=2 "Ġ"=3 ab=4 bc=5 abc=6 Ġa=7 aa=8 */
 static const char VOCAB[] =
-    "{\"a\":0,\"b\":1,\"c\":2,\"\xc4\xa0\":3,\"ab\":4,\"bc\":5,\"abc\":6,\"\xc4\xa0" "a\":7,\"aa\":8,\"'\":9,\"s\":10,\"'s\":11}";
+    "{\"a\":0,\"b\":1,\"c\":2,\"\xc4\xa0\":3,\"ab\":4,\"bc\":5,\"abc\":6,"
+    "\"\xc4\xa0" "a\":7,\"aa\":8,\"'\":9,\"s\":10,\"'s\":11}";
 
 TEST(merges_apply_by_rank) {
   gpt_bpe *b = load_doc(VOCAB, "[\"b c\", \"a b\", \"a bc\", \"\xc4\xa0 a\", \"a a\", \"' s\"]", "[]");
@@ -223,7 +224,8 @@ TEST(training_merges_the_most_frequent_pair) {
 
 TEST(save_and_load_round_trip) {
   const char *texts[] = {"The quick brown fox jumps over the lazy dog. It's 2026; don't panic!\n\n  indented\tcode()\n",
-                         "caf\xc3\xa9 na\xc3\xafve \xe4\xb8\xad\xe6\x96\x87 \xf0\x9f\x98\x80 r\xc3\xa9sum\xc3\xa9s the the the"};
+                         "caf\xc3\xa9 na\xc3\xafve \xe4\xb8\xad\xe6\x96\x87 \xf0\x9f\x98\x80 "
+                         "r\xc3\xa9sum\xc3\xa9s the the the"};
   size_t lens[] = {strlen(texts[0]), strlen(texts[1])};
   gpt_bpe *b = NULL, *c = NULL;
   qv_error err;
@@ -338,9 +340,11 @@ TEST(bad_json_gets_a_clear_error) {
     if (st != cases[i].want || !strstr(err.msg, cases[i].says))
       TEST_FAIL_("case %zu: status %d, \"%s\" (want %d and \"%s\")", i, st, err.msg, cases[i].want, cases[i].says);
   }
-  ASSERT_STATUS(from("{\"model\":{\"type\":\"WordPiece\",\"vocab\":{}},\"pre_tokenizer\":{\"type\":\"ByteLevel\"}}", &err),
-                QV_EUNSUPPORTED);
-  ASSERT_STATUS(from("{\"model\":{\"type\":\"BPE\",\"vocab\":{},\"merges\":[]},\"pre_tokenizer\":{\"type\":\"Whitespace\"}}",
+  ASSERT_STATUS(
+      from("{\"model\":{\"type\":\"WordPiece\",\"vocab\":{}},\"pre_tokenizer\":{\"type\":\"ByteLevel\"}}", &err),
+      QV_EUNSUPPORTED);
+  ASSERT_STATUS(from("{\"model\":{\"type\":\"BPE\",\"vocab\":{},\"merges\":[]},"
+                     "\"pre_tokenizer\":{\"type\":\"Whitespace\"}}",
                      &err),
                 QV_EUNSUPPORTED);
   ASSERT_STATUS(from("{\"model\":{\"type\":\"BPE\",\"vocab\":{},\"merges\":[]},"
@@ -348,6 +352,10 @@ TEST(bad_json_gets_a_clear_error) {
                      &err),
                 QV_EUNSUPPORTED);
   ASSERT(strstr(err.msg, "add_prefix_space"));
+  s = doc("{\"a\":0}", "[]", "[{\"id\":1,\"content\":\"<s>\",\"lstrip\":true}]");
+  ASSERT_STATUS(from(s, &err), QV_EUNSUPPORTED);
+  ASSERT(strstr(err.msg, "added_tokens[0].lstrip"));
+  free(s);
   gpt_bpe *b = (gpt_bpe *)1;
   ASSERT_STATUS(gpt_bpe_load(&b, "/nonexistent/tokenizer.json", &err), ENOENT);
   ASSERT(b == NULL);
