@@ -289,12 +289,22 @@ def test_bad_input_is_one_clear_line(model, tmp_path):
     assert "temperature" in fail("--model", d, "--prompt", "x", "--temperature", "-1")
     assert "top-p" in fail("--model", d, "--prompt", "x", "--top-p", "1.5")
     assert "context" in fail("--model", d, "--prompt", "word " * 400)
+    assert "empty" in fail("--model", d, "--prompt", "")
+    assert "max-tokens" in fail("--model", d, "--prompt", "x", "--max-tokens", "-2")
+    assert "--stop" in fail("--model", d, "--prompt", "x", "--stop", "")
     bad = tmp_path / "bad"
     shutil.copytree(d, bad)
     cfg = json.loads((bad / "config.json").read_text())
     cfg["n_embd"] = 48
     (bad / "config.json").write_text(json.dumps(cfg))
     assert "wte.weight" in fail("--model", bad, "--prompt", "x")
+    shutil.copy(os.path.join(d, "config.json"), bad / "config.json")
+    big = ByteLevelBPETokenizer(add_prefix_space=False)  # more tokens than the model has rows
+    big.train_from_iterator(TEXTS * 3 + [" ".join(TEXTS)], vocab_size=600, min_frequency=1, show_progress=False)
+    assert big.get_vocab_size() > json.loads((bad / "config.json").read_text())["vocab_size"]
+    big.save(str(bad / "tokenizer.json"))
+    assert "tokenizer" in fail("--model", bad, "--prompt", "x")
+    shutil.copy(os.path.join(d, "tokenizer.json"), bad / "tokenizer.json")
     (bad / "config.json").write_text("{not json")
     assert "config.json" in fail("--model", bad, "--prompt", "x")
     shutil.copy(os.path.join(d, "config.json"), bad / "config.json")
@@ -394,3 +404,13 @@ def test_chat_greedy_reply_matches_generate(model):
     assert p.returncode == 0, p.stderr
     want = gen(d, "Streams are", "--max-tokens", 10, "--temperature", 0).stdout
     assert b"> " + want + b"\n" in p.stdout
+
+
+def test_chat_reports_a_turn_that_does_not_fit_and_goes_on(model):
+    d, _, _ = model
+    p = subprocess.run([QUIVER, "gpt", "chat", "--model", d, "--max-tokens", "4"],
+                       input=("word " * 400 + "\nStreams are\n").encode(), capture_output=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    out = p.stdout.decode("utf-8", "replace")
+    assert "error: the prompt has" in out and "context" in out
+    assert out.count("> ") == 3  # two turns, then end of input
