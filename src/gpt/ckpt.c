@@ -273,33 +273,28 @@ static qv_status cfg_int(json_t *j, const char *k1, const char *k2, int *out, qv
 
 static double json_loss(json_t *v) { return json_is_number(v) ? json_number_value(v) : NAN; }
 
-qv_status gpt_ckpt_read_config(const char *dir, gpt_config *cfg, gpt_ckpt_meta *meta, qv_error *err) {
+qv_status gpt_ckpt_parse_config(const char *text, size_t len, gpt_config *cfg, gpt_ckpt_meta *meta,
+                                qv_error *err) {
   if (meta) {
     memset(meta, 0, sizeof *meta);
     meta->train_loss = meta->val_loss = NAN;
   }
   qv_status st = QV_OK;
-  char *path = path_join(dir, "config.json");
-  if (!path) return qv_fail(err, QV_ENOMEM, "out of memory");
   json_error_t je;
-  json_t *j = json_load_file(path, 0, &je);
-  if (!j) {
-    st = access(path, F_OK) ? QV_NOTFOUND : QV_EJSON;
-    qv_fail(err, st, "%s: %s", path, st == QV_NOTFOUND ? "not found" : je.text);
-    goto done;
-  }
+  json_t *j = json_loadb(text, len, 0, &je);
+  if (!j) return qv_fail(err, QV_EJSON, "line %d: %s", je.line, je.text);
   if (!json_is_object(j)) {
-    st = qv_fail(err, QV_EFORMAT, "%s: not a JSON object", path);
+    st = qv_fail(err, QV_EFORMAT, "not a JSON object");
     goto done;
   }
   json_t *mt = json_object_get(j, "model_type");
   if (mt && (!json_is_string(mt) || strcmp(json_string_value(mt), "gpt2"))) {
-    st = qv_fail(err, QV_EUNSUPPORTED, "%s: model_type is not \"gpt2\"", path);
+    st = qv_fail(err, QV_EUNSUPPORTED, "model_type is not \"gpt2\"");
     goto done;
   }
   json_t *act = json_object_get(j, "activation_function");
   if (act && (!json_is_string(act) || strcmp(json_string_value(act), "gelu_new"))) {
-    st = qv_fail(err, QV_EUNSUPPORTED, "%s: activation_function must be \"gelu_new\"", path);
+    st = qv_fail(err, QV_EUNSUPPORTED, "activation_function must be \"gelu_new\"");
     goto done;
   }
   gpt_config c = {0};
@@ -307,16 +302,11 @@ qv_status gpt_ckpt_read_config(const char *dir, gpt_config *cfg, gpt_ckpt_meta *
   if ((st = cfg_int(j, "n_layer", NULL, &c.n_layer, err)) || (st = cfg_int(j, "n_head", NULL, &c.n_head, err)) ||
       (st = cfg_int(j, "n_embd", NULL, &c.n_embd, err)) ||
       (st = cfg_int(j, "n_positions", "n_ctx", &c.n_ctx, err)) ||
-      (st = cfg_int(j, "vocab_size", NULL, &c.vocab_size, err))) {
-    qv_error_prefix(err, "%s", path);
+      (st = cfg_int(j, "vocab_size", NULL, &c.vocab_size, err)))
     goto done;
-  }
   json_t *eps = json_object_get(j, "layer_norm_epsilon");
   if (json_is_number(eps)) c.ln_eps = (float)json_number_value(eps);
-  if ((st = gpt_config_check(&c, err))) {
-    qv_error_prefix(err, "%s", path);
-    goto done;
-  }
+  if ((st = gpt_config_check(&c, err))) goto done;
   *cfg = c;
   json_t *q = json_object_get(j, "quiver");
   if (meta && json_is_object(q)) {
@@ -335,6 +325,43 @@ qv_status gpt_ckpt_read_config(const char *dir, gpt_config *cfg, gpt_ckpt_meta *
   }
 done:
   json_decref(j);
+  return st;
+}
+
+qv_status gpt_ckpt_read_config(const char *dir, gpt_config *cfg, gpt_ckpt_meta *meta, qv_error *err) {
+  if (meta) {
+    memset(meta, 0, sizeof *meta);
+    meta->train_loss = meta->val_loss = NAN;
+  }
+  char *path = path_join(dir, "config.json");
+  if (!path) return qv_fail(err, QV_ENOMEM, "out of memory");
+  FILE *f = fopen(path, "rb");
+  qv_status st = QV_OK;
+  char *buf = NULL;
+  if (!f) {
+    st = qv_fail(err, errno == ENOENT ? QV_NOTFOUND : errno, "%s: %s", path, strerror(errno));
+    goto done;
+  }
+  size_t cap = 1 << 14, n = 0, r;
+  buf = malloc(cap);
+  while (buf && (r = fread(buf + n, 1, cap - n, f)) > 0) {
+    n += r;
+    if (n == cap) {
+      if (cap >= (size_t)64 << 20) { /* a config.json is a few hundred bytes */
+        st = qv_fail(err, QV_ERANGE, "%s: over 64 MiB", path);
+        goto done;
+      }
+      char *nb = realloc(buf, cap *= 2);
+      if (!nb) free(buf);
+      buf = nb;
+    }
+  }
+  if (!buf) st = qv_fail(err, QV_ENOMEM, "out of memory");
+  else if (ferror(f)) st = qv_fail(err, QV_EINVAL, "%s: read error", path);
+  else if ((st = gpt_ckpt_parse_config(buf, n, cfg, meta, err))) qv_error_prefix(err, "%s", path);
+done:
+  if (f) fclose(f);
+  free(buf);
   free(path);
   return st;
 }

@@ -45,7 +45,11 @@ void gpt_ckpt_meta_free(gpt_ckpt_meta *m); /* frees chunking only */
  * QV_NOTFOUND for a missing file, QV_EFORMAT naming the field or tensor at fault. */
 qv_status gpt_load(gpt_model **out, const char *dir, gpt_ckpt_meta *meta, qv_error *err);
 
-/* Reads config.json only: the model config and (meta may be NULL) the "quiver" block. */
+/* Parses config.json text (the fuzz target's entry): the model config and (meta may be
+ * NULL) the "quiver" block. QV_EJSON, QV_EFORMAT or QV_EUNSUPPORTED naming the field. */
+qv_status gpt_ckpt_parse_config(const char *text, size_t len, gpt_config *cfg, gpt_ckpt_meta *meta,
+                                qv_error *err);
+/* Reads dir/config.json with gpt_ckpt_parse_config; QV_NOTFOUND when it is missing. */
 qv_status gpt_ckpt_read_config(const char *dir, gpt_config *cfg, gpt_ckpt_meta *meta, qv_error *err);
 
 /* One checkpoint of a folder, for `quiver gpt list`. */
