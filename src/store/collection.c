@@ -1586,19 +1586,20 @@ static int cmp_ranked(const void *a, const void *b) {
 /* One query through the graph, with an exact scan of the rows the graph does not hold
  * yet, merged; falls back to an exact scan when the graph found fewer than k of the
  * `allowed` rows (a selective filter can strand the beam). hits (k). Caller holds rw. */
+/* extra (xn): the best rows among those not in the graph yet, for this query (see
+ * unindexed_search); merged with the graph's hits. */
 static qv_status graph_search(const qv_collection *c, const float *q, size_t k, size_t ef,
-                              const uint64_t *mask, size_t allowed, flat_hit *hits, size_t *count) {
+                              const uint64_t *mask, size_t allowed, const flat_hit *extra, size_t xn,
+                              flat_hit *hits, size_t *count) {
   size_t dim = c->cfg.size;
   int higher = dist_higher_is_better(c->cfg.distance);
   /* On int8 codes the graph's order is approximate: take the whole beam and let the
    * float32 rescoring below pick the k best. */
   size_t kq = hnsw_quantized(c->graph) && ef > k ? ef : k;
   hnsw_hit *hh = malloc(kq * sizeof *hh);
-  ranked *all = malloc((kq + k) * sizeof *all);
-  flat_hit *extra = malloc(k * sizeof *extra);
-  uint64_t *umask = NULL;
-  size_t got = 0, m = 0, xn = 0;
-  qv_status st = hh && all && extra ? QV_OK : QV_ENOMEM;
+  ranked *all = malloc((kq + xn) * sizeof *all);
+  size_t got = 0, m = 0;
+  qv_status st = hh && all ? QV_OK : QV_ENOMEM;
   if (!st) {
     /* Without a filter no callback: tombstones are the graph's own deleted nodes, and a
      * node not mapped yet (an insert in flight) is dropped below, the exact fallback
@@ -1614,19 +1615,8 @@ static qv_status graph_search(const qv_collection *c, const float *q, size_t k, 
     float sc = dist_score(c->cfg.distance, q, row_vec(c, row), dim);
     all[m++] = (ranked){higher ? sc : -sc, row, sc};
   }
-  if (!st && c->unindexed) {
-    size_t words = (c->n + 63) / 64 + 1;
-    if (!(umask = calloc(words, sizeof *umask))) st = QV_ENOMEM;
-    for (size_t r = 0; !st && r < c->n; r++)
-      if (c->row2node[r] == NODE_NONE && (!mask || (mask[r / 64] >> (r % 64) & 1)))
-        umask[r / 64] |= 1ULL << (r % 64);
-    if (!st) {
-      flat_matrix fm = {c->vecs, c->sqnorms, c->n, dim, c->stride};
-      st = flat_search(extra, &xn, q, 1, &fm, c->cfg.distance, k, umask, NULL);
-    }
-    for (size_t i = 0; !st && i < xn; i++)
-      all[m++] = (ranked){higher ? extra[i].score : -extra[i].score, extra[i].row, extra[i].score};
-  }
+  for (size_t i = 0; !st && i < xn; i++)
+    all[m++] = (ranked){higher ? extra[i].score : -extra[i].score, extra[i].row, extra[i].score};
   if (!st) {
     qsort(all, m, sizeof *all, cmp_ranked);
     if (m > k) m = k;
@@ -1642,7 +1632,22 @@ static qv_status graph_search(const qv_collection *c, const float *q, size_t k, 
   }
   free(hh);
   free(all);
-  free(extra);
+  return st;
+}
+
+/* The rows not in the graph yet (and allowed by mask) scored exactly for queries
+ * [0, nq), at most k each into extra (nq, k) / xn (nq): one mask and one batched scan for
+ * the whole batch, since finding those rows walks every row. */
+static qv_status unindexed_search(const qv_collection *c, const float *qs, size_t nq, size_t k,
+                                  const uint64_t *mask, flat_hit *extra, size_t *xn) {
+  size_t words = (c->n + 63) / 64 + 1;
+  uint64_t *umask = calloc(words, sizeof *umask);
+  if (!umask) return QV_ENOMEM;
+  for (size_t r = 0; r < c->n; r++)
+    if (c->row2node[r] == NODE_NONE && (!mask || (mask[r / 64] >> (r % 64) & 1)))
+      umask[r / 64] |= 1ULL << (r % 64);
+  flat_matrix fm = {c->vecs, c->sqnorms, c->n, c->cfg.size, c->stride};
+  qv_status st = flat_search(extra, xn, qs, nq, &fm, c->cfg.distance, k, umask, nq > 1 ? pool_default() : NULL);
   free(umask);
   return st;
 }
@@ -1828,8 +1833,18 @@ qv_status qv_collection_search(qv_collection *c, const float *queries, size_t nq
     if (!st && use_graph) {
       size_t ef = p->hnsw_ef ? p->hnsw_ef : DEFAULT_EF;
       if (ef < k) ef = k;
+      flat_hit *extra = NULL;
+      size_t *xn = NULL;
+      if (c->unindexed) {
+        extra = malloc((nq - q0) * k * sizeof *extra);
+        xn = calloc(nq - q0, sizeof *xn);
+        st = extra && xn ? unindexed_search(c, qs + q0 * dim, nq - q0, k, mask, extra, xn) : QV_ENOMEM;
+      }
       for (size_t q = q0; q < nq && !st; q++)
-        st = graph_search(c, qs + q * dim, k, ef, mask, allowed, hits + q * k, &counts[q]);
+        st = graph_search(c, qs + q * dim, k, ef, mask, allowed, extra ? extra + (q - q0) * k : NULL,
+                          xn ? xn[q - q0] : 0, hits + q * k, &counts[q]);
+      free(extra);
+      free(xn);
     } else if (!st && q0 < nq) {
       flat_matrix m = {c->vecs, c->sqnorms, c->n, dim, c->stride};
       st = flat_search(hits + q0 * k, counts + q0, qs + q0 * dim, nq - q0, &m, c->cfg.distance, k, mask,
