@@ -193,3 +193,12 @@ def test_bad_input_is_one_clear_line(base_run, corpus, tmp_path):
     bad.mkdir()
     (bad / "config.json").write_text('{"model_type": "gpt2", "n_layer": 1}')
     assert "config.json" in fail("gpt", "train", "--resume", bad, "--out", tmp_path / "r")
+
+
+def test_generate_loads_a_trained_checkpoint(base_run):
+    """gen's `quiver gpt generate` reads train's checkpoint folder as it is; the same seed
+    gives the same text."""
+    ck = base_run["ck"] / "step-000040"
+    args = ("gpt", "generate", "--model", ck, "--prompt", "The path", "--max-tokens", "12", "--seed", "3")
+    a, b = run(*args).stdout, run(*args).stdout
+    assert a == b and len(a) > 0

@@ -11,6 +11,7 @@
 #include "base/pool.h"
 #include "gpt/ckpt.h"
 #include "gpt/gpt.h"
+#include "gpt/infer.h"
 #include "test.h"
 
 static void fill(float *x, size_t n, gpt_rng *r, float scale) {
@@ -445,6 +446,50 @@ TEST(deterministic_at_a_fixed_pool_size) {
   if (!(worst < 1e-5)) TEST_FAIL_("pools of 1 and 2 differ by %g (normwise relative)", worst);
 }
 
+/* The training forward's logits against gen's KV-cache inference (src/gpt/infer.c, itself
+ * tested against a numpy GPT-2 in tests/integration/test_gpt_generate.py): two
+ * implementations of the same math on one model. */
+TEST(forward_matches_kv_cache_inference) {
+  gpt_config c = {.n_layer = 2, .n_head = 4, .n_embd = 32, .n_ctx = 24, .vocab_size = 97, .ln_eps = 1e-5f};
+  gpt_model *m = NULL;
+  gpt_infer *inf = NULL;
+  qv_error err = {0};
+  ASSERT_OK(gpt_create(&m, &c, &err));
+  gpt_init(m, 21);
+  gpt_rng r;
+  gpt_rng_seed(&r, 22);
+  for (size_t i = 0; i < m->nparams; i++) m->params[i] += 0.1f * gpt_rng_normal(&r); /* non-trivial LN, biases */
+  ASSERT_OK(gpt_train_alloc(m, 2, 24, &err));
+  int32_t ids[2 * 24];
+  for (int i = 0; i < 2 * 24; i++) ids[i] = (int32_t)(gpt_rng_u64(&r) % 97);
+  ASSERT_OK(gpt_forward(m, ids, NULL, 2, 24));
+  ASSERT_OK(gpt_infer_create(&inf, m, &err));
+  float *all = malloc(24 * 97 * sizeof(float));
+  ASSERT(all);
+  double worst = 0;
+  for (int b = 0; b < 2; b++) {
+    gpt_infer_reset(inf);
+    /* a prefill of 10, then one token at a time through the cache */
+    qv_status st = gpt_infer_feed(inf, ids + b * 24, 10, all, &err);
+    for (int t = 10; !st && t < 24; t++) {
+      st = gpt_infer_feed(inf, ids + b * 24 + t, 1, NULL, &err);
+      if (!st) memcpy(all + (size_t)t * 97, gpt_infer_logits(inf), 97 * sizeof(float));
+    }
+    if (st) {
+      free(all);
+      gpt_infer_free(inf);
+      gpt_free(m);
+      TEST_FAIL_("inference: %s", err.msg);
+    }
+    const float *mine = gpt_logits(m) + (size_t)b * 24 * 97;
+    for (int i = 0; i < 24 * 97; i++) worst = fmax(worst, fabs((double)mine[i] - all[i]));
+  }
+  free(all);
+  gpt_infer_free(inf);
+  gpt_free(m);
+  if (!(worst < 1e-4)) TEST_FAIL_("logits differ by %g", worst);
+}
+
 TEST(forward_rejects_bad_ids) {
   gpt_model *m = NULL;
   qv_error err = {0};
@@ -551,4 +596,4 @@ TEST(checkpoint_round_trip_is_bit_exact) {
 TEST_MAIN(T(layernorm_backward), T(matmul_backward), T(attention_backward_and_causal_mask), T(gelu_backward),
           T(crossentropy_backward_and_ignored_targets), T(encoder_backward), T(full_model_gradient),
           T(tensor_table_matches_hf_gpt2), T(adamw_matches_hand_computation), T(lr_schedule_and_clipping),
-          T(deterministic_at_a_fixed_pool_size), T(forward_rejects_bad_ids), T(checkpoint_round_trip_is_bit_exact))
+          T(deterministic_at_a_fixed_pool_size), T(forward_matches_kv_cache_inference), T(forward_rejects_bad_ids), T(checkpoint_round_trip_is_bit_exact))
