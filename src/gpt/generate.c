@@ -115,6 +115,7 @@ static size_t holdback(const gpt_gen *g, const gpt_gen_opts *o, size_t from, siz
   size_t avail = end - from, hold = 0;
   for (size_t i = 0; i < o->n_stops; i++) {
     size_t L = strlen(o->stops[i]);
+    if (L == 0) continue; /* an empty stop string never matches */
     for (size_t k = L - 1 < avail ? L - 1 : avail; k > hold; k--)
       if (!memcmp(g->text + end - k, o->stops[i], k)) {
         hold = k;
@@ -184,6 +185,7 @@ qv_status gpt_gen_run(gpt_gen *g, gpt_sampler *s, const int32_t *prompt, size_t 
       const char *hit = NULL;
       for (size_t k = 0; k < o->n_stops; k++) {
         size_t L = strlen(o->stops[k]);
+        if (L == 0) continue;
         size_t from = before >= L - 1 ? before - (L - 1) : 0;
         if (from < g->emitted) from = g->emitted;
         const char *h = find(g->text + from, g->text_len - from, o->stops[k], L);

@@ -30,7 +30,7 @@ const char *gpt_stop_name(gpt_stop_reason r); /* "max_tokens", "eot", "stop_stri
 
 typedef struct gpt_gen_opts {
   size_t max_tokens;
-  const char *const *stops; /* (n_stops) non-empty strings */
+  const char *const *stops; /* (n_stops); empty ones are ignored */
   size_t n_stops;
   int32_t eot;              /* end-of-text id, -1 for none */
   int no_cache;             /* recompute the whole sequence at each step (a check of the cache) */
