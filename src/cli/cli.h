@@ -55,6 +55,7 @@ typedef struct cli_progress {
   size_t total;
   double start, last;
   int tty;
+  char note[64]; /* (optional) shown after the rate, e.g. a second rate; set between updates */
 } cli_progress;
 void cli_progress_start(cli_progress *p, const char *label, const char *unit, size_t total);
 void cli_progress_update(cli_progress *p, size_t done);

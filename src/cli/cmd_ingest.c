@@ -2,7 +2,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 #include "cli/text_cli.h"
 #include "text/ingest.h"
@@ -22,25 +21,15 @@ static const char usage[] =
     "  --data-dir DIR     data directory\n"
     "Prints progress on a terminal and one JSON summary line on stdout.\n";
 
-typedef struct progress {
-  int tty;
-  double start, last;
-  size_t total;
-} progress;
-
-static void show(progress *p, text_ingester *ing, size_t done, int final) {
+/* The progress line: files, their rate and ETA, and the chunks/s that the files become. */
+static void show(cli_progress *p, text_ingester *ing, size_t done, int final) {
   if (!p->tty) return;
-  double now = cli_now();
-  if (!final && now - p->last < 0.2) return;
-  p->last = now;
   text_ingest_stats s;
   text_ingester_stats(ing, &s);
-  double el = now - p->start > 1e-9 ? now - p->start : 1e-9;
-  double fps = done / el, cps = s.chunks / el;
-  fprintf(stderr, "\ringest %zu/%zu files  %.1f files/s  %.1f chunks/s", done, p->total, fps, cps);
-  if (!final && fps > 0) fprintf(stderr, "  ETA %.0fs   ", (double)(p->total - done) / fps);
-  else fputs("            ", stderr);
-  if (final) fputc('\n', stderr);
+  double el = cli_now() - p->start;
+  snprintf(p->note, sizeof p->note, "%.1f chunks/s", el > 0 ? (double)s.chunks / el : 0.0);
+  if (final) cli_progress_end(p, done);
+  else cli_progress_update(p, done);
 }
 
 int cmd_ingest(int argc, char **argv) {
@@ -84,7 +73,8 @@ int cmd_ingest(int argc, char **argv) {
   text_chunk_config cc = tcli_chunk_config(&ca, info.max_tokens);
   text_ingester *ing;
   cli_check(text_ingester_open(&ing, c, m, &cc, batch, &err), &err, "ingest");
-  progress p = {.tty = isatty(2), .start = cli_now(), .total = nfiles};
+  cli_progress p;
+  cli_progress_start(&p, "ingest", "files", nfiles);
   for (size_t i = 0; i < nfiles; i++) {
     cli_check(text_ingester_add_file(ing, files[i], &err), &err, "ingest");
     show(&p, ing, i + 1, 0);

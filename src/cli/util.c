@@ -202,11 +202,13 @@ void cli_progress_start(cli_progress *p, const char *label, const char *unit, si
   p->total = total;
   p->start = p->last = cli_now();
   p->tty = isatty(STDERR_FILENO);
+  p->note[0] = 0;
 }
 
 static void progress_line(cli_progress *p, size_t done, double now) {
   double el = now - p->start, rate = el > 0 ? (double)done / el : 0;
   fprintf(stderr, "\r%s %zu/%zu %s  %.0f %s/s", p->label, done, p->total, p->unit, rate, p->unit);
+  if (p->note[0]) fprintf(stderr, "  %s", p->note);
   if (rate > 0 && done < p->total) fprintf(stderr, "  ETA %.0fs", (double)(p->total - done) / rate);
   fputs("\033[K", stderr);
 }
