@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "base/pool.h"
@@ -593,7 +594,50 @@ TEST(checkpoint_round_trip_is_bit_exact) {
   ASSERT_STATUS(gpt_load(&bad, "/nonexistent/quiver-gpt", NULL, &err), QV_NOTFOUND);
 }
 
+/* Hugging Face's own files: "transformer." prefixes, extra buffers (attn.bias masks,
+ * lm_head.weight) that a tied GPT-2 ignores, and a config with n_ctx but no n_positions. */
+TEST(loads_hf_names_with_prefix_and_extras) {
+  make_tmpdir();
+  char dir[600], p[700];
+  snprintf(dir, sizeof dir, "%s/ck", tmpdir);
+  ASSERT_EQ(mkdir(dir, 0755), 0);
+  gpt_model *m = NULL, *back = NULL;
+  qv_error err = {0};
+  ASSERT_OK(gpt_create(&m, &tiny, &err));
+  gpt_init(m, 31);
+  size_t nt = gpt_tensor_count(&tiny);
+  gpt_st_entry *e = calloc(nt + 2, sizeof *e);
+  char(*names)[64] = calloc(nt, sizeof *names);
+  ASSERT(e && names);
+  for (size_t i = 0; i < nt; i++) {
+    gpt_tensor_info t;
+    gpt_tensor_at(&tiny, i, &t);
+    snprintf(names[i], sizeof names[i], "transformer.%s", t.name);
+    e[i] = (gpt_st_entry){names[i], t.ndim, {t.shape[0], t.shape[1]}, m->params + t.offset};
+  }
+  static float mask[6 * 6];
+  e[nt] = (gpt_st_entry){"transformer.h.0.attn.bias", 2, {6, 6}, mask};
+  e[nt + 1] = (gpt_st_entry){"lm_head.weight", 2, {11, 8}, m->w.wte};
+  snprintf(p, sizeof p, "%s/model.safetensors", dir);
+  ASSERT_OK(gpt_st_write(p, e, nt + 2, NULL, 0, &err));
+  free(e);
+  free(names);
+  snprintf(p, sizeof p, "%s/config.json", dir);
+  const char *cfg = "{\"model_type\":\"gpt2\",\"n_layer\":2,\"n_head\":2,\"n_embd\":8,\"n_ctx\":6,\"vocab_size\":11}";
+  ASSERT_OK(gpt_ckpt_write_file(p, cfg, strlen(cfg), &err));
+  gpt_ckpt_meta meta;
+  ASSERT_OK(gpt_load(&back, dir, &meta, &err));
+  ASSERT_EQ(back->cfg.n_ctx, 6);
+  ASSERT_EQ(meta.step, 0);
+  ASSERT(isnan(meta.val_loss));
+  ASSERT_EQ(memcmp(back->params, m->params, m->nparams * sizeof(float)), 0);
+  gpt_free(back);
+  gpt_free(m);
+  rm_tmpdir();
+}
+
 TEST_MAIN(T(layernorm_backward), T(matmul_backward), T(attention_backward_and_causal_mask), T(gelu_backward),
           T(crossentropy_backward_and_ignored_targets), T(encoder_backward), T(full_model_gradient),
           T(tensor_table_matches_hf_gpt2), T(adamw_matches_hand_computation), T(lr_schedule_and_clipping),
-          T(deterministic_at_a_fixed_pool_size), T(forward_matches_kv_cache_inference), T(forward_rejects_bad_ids), T(checkpoint_round_trip_is_bit_exact))
+          T(deterministic_at_a_fixed_pool_size), T(forward_matches_kv_cache_inference), T(forward_rejects_bad_ids), T(checkpoint_round_trip_is_bit_exact),
+          T(loads_hf_names_with_prefix_and_extras))
