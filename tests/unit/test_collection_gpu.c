@@ -4,6 +4,8 @@
  * device falls back to the CPU (and opens the breaker), batches are cut at
  * gpu.batch_size, and what does not suit the device stays on the CPU. */
 #define _GNU_SOURCE
+#include <math.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <unistd.h>
@@ -339,9 +341,92 @@ TEST(what_does_not_suit_the_device_stays_on_the_cpu) {
   fake_gpu_reset();
 }
 
+/* Searches on the device while a writer replaces and deletes points: every answer is
+ * sorted, and each hit's score is its returned vector's score against the query (the
+ * vector comes from the collection's rows, the score from the device copy: a copy out of
+ * step with the rows would show here). */
+typedef struct race {
+  qv_collection *c;
+  size_t dim;
+  int bad;
+  unsigned seed;
+} race;
+
+static float race_rand(unsigned *s) {
+  *s = *s * 1103515245u + 12345u;
+  return (float)((*s >> 8) & 0xffff) / 65536.0f - 0.5f;
+}
+
+static void *race_writer(void *arg) {
+  race *r = arg;
+  float *v = malloc(10 * r->dim * sizeof *v);
+  for (int it = 0; it < 150; it++) {
+    qv_point p[10];
+    for (int i = 0; i < 10; i++) {
+      for (size_t d = 0; d < r->dim; d++) v[i * r->dim + d] = race_rand(&r->seed);
+      p[i] = (qv_point){num(r->seed % 400), v + i * r->dim, NULL};
+    }
+    if (qv_collection_upsert(r->c, p, 10, NULL)) r->bad++;
+    qv_point_id del[3] = {num(r->seed % 400), num((r->seed >> 9) % 400), num((r->seed >> 17) % 400)};
+    if (qv_collection_delete_ids(r->c, del, 3, NULL, NULL)) r->bad++;
+  }
+  free(v);
+  return NULL;
+}
+
+static void *race_searcher(void *arg) {
+  race *r = arg;
+  float q[2 * 16];
+  for (int it = 0; it < 150; it++) {
+    for (size_t d = 0; d < 2 * r->dim; d++) q[d] = race_rand(&r->seed);
+    qv_records out[2] = {{0}};
+    if (qv_collection_search(r->c, q, 2, &(qv_search_params){.limit = 5, .with_vector = 1}, out, NULL)) {
+      r->bad++;
+      continue;
+    }
+    for (int i = 0; i < 2; i++) {
+      for (size_t j = 0; j < out[i].count; j++) {
+        const qv_record *h = &out[i].items[j];
+        double dot = 0;
+        for (size_t d = 0; d < r->dim; d++) dot += (double)q[i * r->dim + d] * h->vector[d];
+        if (fabs(dot - h->score) > 1e-4) r->bad++;
+        if (j && h->score > out[i].items[j - 1].score) r->bad++;
+      }
+      qv_records_free(&out[i]);
+    }
+  }
+  return NULL;
+}
+
+TEST(device_searches_stay_in_step_with_concurrent_writes) {
+  fake_gpu_reset();
+  size_t dim = 16;
+  float *x = rand_rows(300, dim);
+  char *dir = fresh_dir();
+  qv_db *db;
+  use_device(1, 64, 1);
+  qv_collection *c = make(&db, dir, dim, QV_DIST_DOT, 0);
+  upsert(c, x, dim, 0, 300, 0);
+  race w = {c, dim, 0, 11}, s1 = {c, dim, 0, 22}, s2 = {c, dim, 0, 33};
+  pthread_t tw, t1, t2;
+  ASSERT_EQ(pthread_create(&tw, NULL, race_writer, &w), 0);
+  ASSERT_EQ(pthread_create(&t1, NULL, race_searcher, &s1), 0);
+  ASSERT_EQ(pthread_create(&t2, NULL, race_searcher, &s2), 0);
+  pthread_join(tw, NULL);
+  pthread_join(t1, NULL);
+  pthread_join(t2, NULL);
+  ASSERT_EQ(w.bad + s1.bad + s2.bad, 0);
+  ASSERT(fake_gpu.searches >= 300);
+  use_device(0, 64, 1);
+  qv_db_close(db);
+  rm_dir(dir);
+  free(x);
+}
+
 TEST_MAIN(T(exact_searches_run_on_the_device_and_answer_as_the_cpu),
           T(writes_after_the_first_device_search_are_seen_by_the_next),
           T(a_failing_device_falls_back_and_the_breaker_opens_after_three_failures),
           T(gpu_batch_size_cuts_query_batches_into_device_units),
           T(indexed_collections_send_large_batches_and_exact_queries_to_the_device),
-          T(what_does_not_suit_the_device_stays_on_the_cpu))
+          T(what_does_not_suit_the_device_stays_on_the_cpu),
+          T(device_searches_stay_in_step_with_concurrent_writes))
