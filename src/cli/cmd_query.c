@@ -21,6 +21,8 @@ static const char usage[] =
     "  --rerank MODEL     rerank the candidates with this cross-encoder\n"
     "  --candidates N     candidates per retriever before fusion/reranking (default 50)\n"
     "  --rerank-top N     rerank only the best N candidates (default: all)\n"
+    "  --filter JSON      only chunks whose payload matches this Qdrant filter\n"
+    "                     (e.g. '{\"must\":[{\"key\":\"source\",\"match\":{\"value\":\"a.md\"}}]}')\n"
     "  --queries FILE     one query per line ('-' for stdin); one JSON line per query\n"
     "  --json             print JSON: {query, mode, results: [...], cache: {...}}\n"
     "  --data-dir DIR     data directory\n";
@@ -70,12 +72,13 @@ static void print_human(const text_hits *h) {
 }
 
 int cmd_query(int argc, char **argv) {
-  const char *coll = NULL, *k_s = NULL, *rerank = NULL, *cand_s = NULL, *top_s = NULL, *queries = NULL, *data_dir = NULL;
+  const char *coll = NULL, *k_s = NULL, *rerank = NULL, *cand_s = NULL, *top_s = NULL, *queries = NULL, *data_dir = NULL,
+             *filter = NULL;
   int hybrid = 0, json = 0;
   const char *pos[1];
   cli_opt opts[] = {{"collection", &coll, NULL}, {"k", &k_s, NULL}, {"hybrid", NULL, &hybrid},
                     {"rerank", &rerank, NULL}, {"candidates", &cand_s, NULL}, {"rerank-top", &top_s, NULL}, {"queries", &queries, NULL},
-                    {"json", NULL, &json}, {"data-dir", &data_dir, NULL}, {0}};
+                    {"filter", &filter, NULL}, {"json", NULL, &json}, {"data-dir", &data_dir, NULL}, {0}};
   int npos = cli_parse(argc, argv, opts, pos, 1, usage);
   if (!coll) cli_die("query: --collection is required");
   if (!npos && !queries) cli_die("query: give TEXT or --queries FILE (see --help)");
@@ -85,6 +88,8 @@ int cmd_query(int argc, char **argv) {
   q.candidates = cand_s ? (size_t)cli_int(cand_s, "--candidates", 1, 10000) : 0;
   q.rerank_top = top_s ? (size_t)cli_int(top_s, "--rerank-top", 1, 10000) : 0;
   q.hybrid = hybrid;
+  qv_filter *qf = cli_filter(filter);
+  q.filter = qf;
   qv_db *db = cli_open_db(data_dir);
   qv_collection *c = cli_open_collection(db, coll);
   qv_collection_config cfg;
@@ -136,6 +141,7 @@ int cmd_query(int argc, char **argv) {
   free(line);
   if (in && in != stdin) fclose(in);
   text_retriever_free(r);
+  qv_filter_free(qf);
   qv_model_free(rr);
   qv_model_free(m);
   qv_db_close(db);

@@ -193,6 +193,11 @@ static int by_score(const void *a, const void *b) {
 }
 
 qv_status bm25_search(const bm25_index *ix, const char *query, size_t len, size_t k, bm25_hit *hits, size_t *n) {
+  return bm25_search_filtered(ix, query, len, k, NULL, NULL, hits, n);
+}
+
+qv_status bm25_search_filtered(const bm25_index *ix, const char *query, size_t len, size_t k,
+                               bm25_allow_fn allow, void *ctx, bm25_hit *hits, size_t *n) {
   *n = 0;
   if (!ix->ndocs || !k) return QV_OK;
   query_terms q = {.ix = ix};
@@ -228,7 +233,8 @@ qv_status bm25_search(const bm25_index *ix, const char *query, size_t len, size_
     return QV_ENOMEM;
   }
   size_t m = 0;
-  for (size_t i = 0; i < nt; i++) all[m++] = (bm25_hit){touched[i], acc[touched[i]]};
+  for (size_t i = 0; i < nt; i++)
+    if (!allow || allow(ctx, ix->keys[touched[i]])) all[m++] = (bm25_hit){touched[i], acc[touched[i]]};
   qsort(all, m, sizeof *all, by_score);
   size_t out = m < k ? m : k;
   for (size_t i = 0; i < out; i++) hits[i] = (bm25_hit){ix->keys[all[i].key], all[i].score};

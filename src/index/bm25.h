@@ -28,5 +28,10 @@ size_t bm25_count(const bm25_index *ix);
 /* The best k documents for the query, best first (ties by insertion order); *n gets how
  * many matched at least one term (at most k). hits has room for k. */
 qv_status bm25_search(const bm25_index *ix, const char *query, size_t len, size_t k, bm25_hit *hits, size_t *n);
+/* The same over the documents whose key allow(ctx, key) accepts (allow NULL: all). allow
+ * is called once per document that matches a query term, from the calling thread. */
+typedef int (*bm25_allow_fn)(void *ctx, uint64_t key);
+qv_status bm25_search_filtered(const bm25_index *ix, const char *query, size_t len, size_t k,
+                               bm25_allow_fn allow, void *ctx, bm25_hit *hits, size_t *n);
 
 #endif

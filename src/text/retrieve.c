@@ -204,6 +204,61 @@ static int by_score(const void *a, const void *b) {
   return x->keyword_rank < y->keyword_rank ? -1 : x->keyword_rank > y->keyword_rank;
 }
 
+/* ---- filters on the keyword side ------------------------------------------------------ */
+
+/* The points a filter matches, as a sorted id list, so the BM25 search can skip the rest:
+ * the dense side filters inside the collection, the keyword side through allow_key. */
+typedef struct id_set {
+  qv_point_id *ids;
+  size_t n;
+} id_set;
+
+static int cmp_id(const void *pa, const void *pb) {
+  const qv_point_id *a = pa, *b = pb;
+  if (a->kind != b->kind) return a->kind < b->kind ? -1 : 1;
+  if (a->kind == QV_ID_NUM) return a->num < b->num ? -1 : a->num > b->num;
+  return memcmp(a->uuid, b->uuid, sizeof a->uuid);
+}
+
+static qv_status filter_ids(qv_collection *c, const qv_filter *f, id_set *out, qv_error *err) {
+  memset(out, 0, sizeof *out);
+  size_t cap = 0;
+  qv_point_id next, *from = NULL;
+  int more = 1;
+  qv_status st = QV_OK;
+  while (!st && more) {
+    qv_records page = {0};
+    st = qv_collection_scroll(c, from, 4096, f, 0, 0, &page, &next, &more, err);
+    if (!st && out->n + page.count > cap) {
+      size_t nc = (out->n + page.count) * 2;
+      qv_point_id *ni = realloc(out->ids, nc * sizeof *ni);
+      if (!ni) st = qv_fail(err, QV_ENOMEM, "out of memory");
+      else out->ids = ni, cap = nc;
+    }
+    for (size_t i = 0; !st && i < page.count; i++) out->ids[out->n++] = page.items[i].id;
+    qv_records_free(&page);
+    from = &next;
+  }
+  if (st) {
+    free(out->ids);
+    memset(out, 0, sizeof *out);
+    return st;
+  }
+  if (out->n) qsort(out->ids, out->n, sizeof *out->ids, cmp_id);
+  return QV_OK;
+}
+
+typedef struct allow_ctx {
+  const text_retriever *r;
+  const id_set *set;
+} allow_ctx;
+
+static int allow_key(void *ctx, uint64_t key) {
+  const allow_ctx *a = ctx;
+  return key < a->r->nkeys && a->set->n &&
+         bsearch(&a->r->keys[key], a->set->ids, a->set->n, sizeof *a->set->ids, cmp_id) != NULL;
+}
+
 static qv_status run_query(text_retriever *r, const text_query *q, size_t k, size_t cand, text_hits *out,
                            qv_error *err) {
   qv_status st;
@@ -227,12 +282,21 @@ static qv_status run_query(text_retriever *r, const text_query *q, size_t k, siz
     n++;
   }
   if (q->hybrid) {
+    id_set allowed = {0};
+    if (q->filter && (st = filter_ids(r->c, q->filter, &allowed, err))) goto done;
     bm25_hit *kw = malloc(cand * sizeof *kw);
     size_t nkw = 0;
-    if (!kw) goto oom;
+    if (!kw) {
+      free(allowed.ids);
+      goto oom;
+    }
     pthread_mutex_lock(&r->mu);
     st = ensure_keyword_index(r, err);
-    if (!st) st = bm25_search(r->bm, q->text, strlen(q->text), cand, kw, &nkw);
+    allow_ctx ac = {r, &allowed};
+    if (!st)
+      st = bm25_search_filtered(r->bm, q->text, strlen(q->text), cand, q->filter ? allow_key : NULL, &ac, kw,
+                                &nkw);
+    free(allowed.ids);
     qv_point_id *missing = malloc((nkw ? nkw : 1) * sizeof *missing);
     size_t nmissing = 0;
     if (!missing && !st) st = QV_ENOMEM;
@@ -329,7 +393,6 @@ done:
 qv_status text_retrieve(text_retriever *r, const text_query *q, text_hits *out, qv_error *err) {
   memset(out, 0, sizeof *out);
   if (!q->text || !*q->text) return qv_fail(err, QV_EINVAL, "the query text is empty");
-  if (q->hybrid && q->filter) return qv_fail(err, QV_EUNSUPPORTED, "hybrid queries take no filter yet");
   size_t k = q->k ? q->k : 5;
   size_t cand = q->candidates ? q->candidates : TEXT_CANDIDATES;
   if (k > 10000 || cand > 10000) return qv_fail(err, QV_ERANGE, "k and candidates must be at most 10000");

@@ -28,7 +28,7 @@ typedef struct text_query {
   qv_model *reranker;       /* a cross-encoder, or NULL */
   size_t candidates;        /* 0 = TEXT_CANDIDATES */
   size_t rerank_top;        /* how many of the best candidates the reranker scores; 0 = all */
-  const qv_filter *filter;  /* dense search only; NULL = none. Filtered queries skip the cache */
+  const qv_filter *filter;  /* dense and keyword sides; NULL = none. Filtered queries skip the cache */
 } text_query;
 
 typedef struct text_hit {

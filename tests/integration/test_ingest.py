@@ -246,6 +246,20 @@ def test_query_dense_hybrid_reranked(qv, tmp_path):
         want = sum(1 / (60 + r[k]) for k in ("dense_rank", "keyword_rank") if k in r)
         assert abs(r["score"] - want) < 1e-6
 
+    # a filter holds on both sides: the keyword match in codes.md is not returned when the
+    # filter keeps only guide.md, and every result comes from guide.md
+    only_guide = json.dumps({"must": [{"key": "source", "match": {"value": str(docs / "guide.md")}}]})
+    hf = query(qv, "ZQX-4471", "--collection", "kb", "--hybrid", "--k", "3", "--filter", only_guide)
+    assert hf["results"] and all(r["source"].endswith("guide.md") for r in hf["results"])
+    assert not any("keyword_rank" in r for r in hf["results"])  # the term is only in codes.md
+    kw = query(qv, "writable stream", "--collection", "kb", "--hybrid", "--k", "5", "--filter", only_guide)
+    assert all(r["source"].endswith("guide.md") for r in kw["results"])
+    assert any("keyword_rank" in r for r in kw["results"])
+    only_codes = json.dumps({"must": [{"key": "source", "match": {"value": str(docs / "codes.md")}}]})
+    hc = query(qv, "ZQX-4471", "--collection", "kb", "--hybrid", "--k", "3", "--filter", only_codes)
+    assert [r["source"] for r in hc["results"]] == [str(docs / "codes.md")]
+    assert hc["results"][0]["keyword_rank"] == 1 and hc["results"][0]["dense_rank"] == 1
+
     xenc = synthetic_reranker.build(tmp_path / "xenc")
     rr = query(qv, "what is a writable stream?", "--collection", "kb", "--rerank", xenc, "--k", "4")
     assert rr["mode"] == "reranked" and len(rr["results"]) == 4
