@@ -78,7 +78,7 @@ int cmd_info(int argc, char **argv) {
     } else {
       json_object_set_new(o, "device", json_null());
     }
-    char *txt = json_dumps(o, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
+    char *txt = json_dumps(o, JSON_INDENT(2) | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(6));
     json_decref(o);
     if (!txt) cli_die("out of memory");
     puts(txt);
