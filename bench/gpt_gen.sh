@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# Runs bench/gpt_gen.py (generation tokens/s, quiver vs PyTorch) in its own venv
-# (bench/requirements-gpt-gen.txt), against build/quiver unless --quiver says otherwise.
+# Runs bench/gpt_gen.py (generation tokens/s, quiver vs PyTorch) in bench/gpt.sh's venv
+# (.venv-gpt from bench/requirements-gpt.txt) plus bench/requirements-gpt-gen.txt's
+# additions, against build/quiver unless --quiver says otherwise.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if [ ! -x .venv-gpt-gen/bin/python ]; then
-  python3 -m venv .venv-gpt-gen
-  .venv-gpt-gen/bin/pip install -q -r bench/requirements-gpt-gen.txt
+[ -x .venv-gpt/bin/python ] || python3 -m venv .venv-gpt
+if ! .venv-gpt/bin/python -c "import torch, transformers, tokenizers, safetensors" 2>/dev/null; then
+  .venv-gpt/bin/pip install -q -r bench/requirements-gpt-gen.txt
 fi
-exec .venv-gpt-gen/bin/python bench/gpt_gen.py "$@"
+exec .venv-gpt/bin/python bench/gpt_gen.py "$@"
