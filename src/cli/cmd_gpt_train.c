@@ -1,5 +1,7 @@
 /* quiver gpt train | list: train the small GPT on documents, and show its checkpoints. */
+#define _GNU_SOURCE /* sigaction */
 #include <math.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -40,9 +42,17 @@ static const char train_usage[] =
     "  --save-every N     checkpoint every N steps (default: only at the end)\n"
     "  --log FILE         one JSON line per step: step, loss, lr, grad_norm, elapsed_s, val_loss\n" TCLI_CHUNK_USAGE
     "Progress (step, loss, lr, tokens/s, ETA) shows on a terminal; a line per evaluation\n"
-    "goes to stdout.\n";
+    "goes to stdout. Ctrl-C saves a checkpoint after the current step and stops.\n";
+
+/* Ctrl-C: the run saves a checkpoint after the current step and stops (resume from it). */
+static volatile sig_atomic_t interrupted;
+static void on_sigint(int sig) {
+  (void)sig;
+  interrupted = 1;
+}
 
 typedef struct run_ctx {
+  const char *out;
   FILE *log;
   int tty;
   double last_print;
@@ -89,7 +99,12 @@ static int on_step(void *c, const gpt_train_stats *s) {
     fflush(stdout);
   }
   if (x->tty && s->step == s->steps) fputc('\n', stderr);
-  return 0;
+  if (interrupted) {
+    if (x->tty) fputs("\r\033[K", stderr);
+    printf("interrupted at step %ld: saved %s/step-%06ld (continue with --resume)\n", s->step, x->out, s->step);
+    fflush(stdout);
+  }
+  return interrupted;
 }
 
 static void on_tok(void *c, size_t done, size_t total) {
@@ -169,7 +184,12 @@ int cmd_gpt_train(int argc, char **argv) {
             "--eval-every, --save-every, --log may change)");
 
   run_ctx x = {0};
+  x.out = out;
   x.tty = isatty(2);
+  struct sigaction sa = {0};
+  sa.sa_handler = on_sigint;
+  sigemptyset(&sa.sa_mask);
+  sigaction(SIGINT, &sa, NULL);
   if (log && !(x.log = fopen(log, "w"))) cli_die("%s: cannot open for writing", log);
   o.on_step = on_step;
   o.on_tok = on_tok;

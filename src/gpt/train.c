@@ -461,6 +461,11 @@ qv_status gpt_train_run(const gpt_train_opts *opts, qv_error *err) {
       gpt_backward(m, 1.0f / (float)o.accum);
       loss += m->loss / (double)o.accum;
     }
+    if (!isfinite(loss)) {
+      st = qv_fail(err, QV_ENONFINITE, "the loss is not finite at step %ld (lower --lr or raise --warmup)",
+                   step + 1);
+      goto done;
+    }
     double norm = gpt_clip_grad(m, o.clip);
     gpt_adamw_step(m, &adam, step + 1);
     tokens_seen += (uint64_t)B * T * o.accum;

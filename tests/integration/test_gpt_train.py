@@ -202,3 +202,32 @@ def test_generate_loads_a_trained_checkpoint(base_run):
     args = ("gpt", "generate", "--model", ck, "--prompt", "The path", "--max-tokens", "12", "--seed", "3")
     a, b = run(*args).stdout, run(*args).stdout
     assert a == b and len(a) > 0
+
+
+def test_ctrl_c_saves_a_checkpoint_to_resume_from(base_run, corpus, tmp_path):
+    import signal
+    import time
+    tok = base_run["ck"] / "step-000040" / "tokenizer.json"
+    log = tmp_path / "log.jsonl"
+    p = subprocess.Popen([QUIVER, "gpt", "train", "--data", corpus, "--out", tmp_path / "o", "--tokenizer", tok,
+                          *TINY, "--steps", "100000", "--log", log], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and (not log.exists() or len(log.read_text().splitlines()) < 2):
+        time.sleep(0.05)
+    p.send_signal(signal.SIGINT)
+    out, err = p.communicate(timeout=120)
+    assert p.returncode == 0, err
+    steps = [r["step"] for r in log_lines(log)]
+    ck = tmp_path / "o" / f"step-{steps[-1]:06d}"
+    assert f"interrupted at step {steps[-1]}" in out and ck.is_dir()
+    assert json.loads((ck / "config.json").read_text())["quiver"]["step"] == steps[-1]
+    run("gpt", "train", "--resume", ck, "--out", tmp_path / "o2", "--steps", steps[-1] + 2)
+    assert (tmp_path / "o2" / f"step-{steps[-1] + 2:06d}" / "model.safetensors").exists()
+
+
+def test_a_diverging_run_stops_with_a_clear_error(base_run, corpus, tmp_path):
+    tok = base_run["ck"] / "step-000040" / "tokenizer.json"
+    err = fail("gpt", "train", "--data", corpus, "--out", tmp_path / "o", "--tokenizer", tok, *TINY,
+               "--steps", "50", "--lr", "1e6", "--clip", "0")
+    assert "not finite" in err
