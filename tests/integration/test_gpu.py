@@ -128,3 +128,33 @@ def test_searches_unchanged_when_the_gpu_fails_every_unit(tmp_path):
     assert info({"QUIVER_GPU_BREAKER_FAILURES": "5"})["gpu_settings"]["breaker_failures"] == 5
     p = run("info", env={"QUIVER_GPU_MEMORY_FRACTION": "0"}, check=False)
     assert p.returncode != 0 and "QUIVER_GPU_MEMORY_FRACTION" in p.stderr and len(p.stderr.splitlines()) == 1
+
+
+def test_server_search_falls_back_and_reports_the_breaker(start_quiver_server):
+    """The server with a device that fails every search: Qdrant searches answer as the CPU
+    does, and after gpu.breaker_failures failures /metrics shows the breaker open and the
+    searches running on the CPU."""
+    import httpx
+    import numpy as np
+
+    srv = start_quiver_server(
+        args=["--gpu-breaker-failures", "2", "--gpu-breaker-cooldown", "3600"], model=False,
+        env={"QUIVER_CUDA_PLUGIN": FAKE, "QV_FAKE_PLUGIN_MODE": "broken"})
+    rng = np.random.default_rng(3)
+    base = rng.standard_normal((200, 8)).astype(np.float32)
+    with httpx.Client(base_url=srv.url, timeout=60) as c:
+        assert c.put("/collections/g", json={"vectors": {"size": 8, "distance": "Dot"}}).status_code == 200
+        pts = [{"id": i, "vector": base[i].tolist()} for i in range(len(base))]
+        assert c.put("/collections/g/points?wait=true", json={"points": pts}).status_code == 200
+        for q in rng.standard_normal((3, 8)).astype(np.float32):
+            r = c.post("/collections/g/points/search", json={"vector": q.tolist(), "limit": 4})
+            assert r.status_code == 200, r.text
+            assert [p["id"] for p in r.json()["result"]] == np.argsort(-(base @ q), kind="stable")[:4].tolist()
+        t = c.get("/metrics").text
+    vals = {line.split()[0]: float(line.split()[1]) for line in t.splitlines() if line and not line.startswith("#")}
+    assert vals["quiver_gpu_failures_total"] == 2
+    assert vals["quiver_gpu_breaker_opens_total"] == 1
+    assert vals["quiver_gpu_breaker_state"] == 1
+    assert vals["quiver_gpu_fallbacks_total"] == 3
+    assert vals['quiver_backend_info{backend="cpu"}'] == 1
+    assert vals['quiver_gpu_memory_bytes{kind="total"}'] == 1 << 30
