@@ -189,7 +189,7 @@ struct gpt_acts {
   float *ln1, *ln1_mean, *ln1_rstd; /* (L, B, T, C), (L, B, T) x2 */
   float *qkv;      /* (L, B, T, 3C) */
   float *atty;     /* (L, B, T, C) */
-  float *preatt, *att; /* (L, B, H, T, T) */
+  float *att;          /* (L, B, H, T, T) softmax weights (the scores are not kept) */
   float *residual2;    /* (L, B, T, C) */
   float *ln2, *ln2_mean, *ln2_rstd;
   float *fch, *fch_gelu; /* (L, B, T, 4C) */
@@ -287,7 +287,7 @@ qv_status gpt_train_alloc(gpt_model *m, int B, int T, qv_error *err) {
   size_t BT = (size_t)B * (size_t)T, Tn = (size_t)T;
 #define PAD(n) (((size_t)(n) + 15) & ~(size_t)15)
   size_t asize = PAD(BT * C) + 3 * (PAD(L * BT * C) + 2 * PAD(L * BT)) + PAD(L * BT * 3 * C) + PAD(L * BT * C) +
-                 2 * PAD(L * B * H * Tn * Tn) + PAD(L * BT * C) + 2 * PAD(L * BT * 4 * C) + PAD(BT * C) +
+                 PAD(L * B * H * Tn * Tn) + PAD(L * BT * C) + 2 * PAD(L * BT * 4 * C) + PAD(BT * C) +
                  2 * PAD(BT * V) + PAD(BT);
   size_t gsize = PAD(BT * C) + 2 * PAD(L * BT * C) + 3 * PAD(BT * C) + PAD(BT * 3 * C) + 2 * PAD(BT * 4 * C) +
                  PAD(BT * V) + PAD((size_t)B * H * Tn * Tn);
@@ -328,7 +328,6 @@ qv_status gpt_train_alloc(gpt_model *m, int B, int T, qv_error *err) {
   a->ln1_rstd = take(&p, L * BT);
   a->qkv = take(&p, L * BT * 3 * C);
   a->atty = take(&p, L * BT * C);
-  a->preatt = take(&p, L * B * H * Tn * Tn);
   a->att = take(&p, L * B * H * Tn * Tn);
   a->residual2 = take(&p, L * BT * C);
   a->ln2 = take(&p, L * BT * C);
@@ -577,8 +576,8 @@ static void att_fwd(void *c, size_t lo, size_t hi) {
     int h = (int)(task % (size_t)H), b = (int)(task / (size_t)H);
     const float *q = x->qkv + (size_t)b * T * 3 * C + (size_t)h * hs; // (T, hs) stride 3C
     const float *k = q + C, *v = q + 2 * C;
-    float *pre = x->preatt + task * (size_t)T * T; // (T, T)
-    float *att = x->att + task * (size_t)T * T;    // (T, T)
+    float *att = x->att + task * (size_t)T * T;                    // (T, T)
+    float *pre = x->preatt ? x->preatt + task * (size_t)T * T : att; // (T, T); softmax in place
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, hs, scale, q, 3 * C, k, 3 * C, 0.0f, pre, T);
     for (int t = 0; t < T; t++) {
       float *p = pre + (size_t)t * T, *a = att + (size_t)t * T;
@@ -780,7 +779,7 @@ qv_status gpt_forward(gpt_model *m, const int32_t *inputs, const int32_t *target
     gpt_layernorm_forward(pool, ln1, a->ln1_mean + l * sN, a->ln1_rstd + l * sN, residual, w->ln1w, w->ln1b,
                           (int)BT, C, c->ln_eps);
     gpt_matmul_forward(pool, qkv, ln1, w->qkvw, w->qkvb, (int)BT, C, 3 * C);
-    gpt_attention_forward(pool, atty, a->preatt + l * sTT, a->att + l * sTT, qkv, B, T, C, H);
+    gpt_attention_forward(pool, atty, NULL, a->att + l * sTT, qkv, B, T, C, H);
     /* res2 = residual + atty @ attprojw + b: the projection goes into res2, then adds */
     gpt_matmul_forward(pool, res2, atty, w->attprojw, w->attprojb, (int)BT, C, C);
     add_into(res2, res2, residual, sC);

@@ -153,7 +153,8 @@ void gpt_matmul_forward(qv_pool *pool, float *out, const float *inp, const float
                         int IC, int OC);
 void gpt_matmul_backward(qv_pool *pool, float *dinp, float *dw, float *db, const float *dout,
                          const float *inp, const float *w, int N, int IC, int OC);
-/* qkv (B, T, 3C) -> out (B, T, C); preatt, att (B, H, T, T) kept for the backward. */
+/* qkv (B, T, 3C) -> out (B, T, C); att (B, H, T, T) kept for the backward; preatt
+ * (B, H, T, T) receives the scaled scores, or is NULL (the softmax then runs in att). */
 void gpt_attention_forward(qv_pool *pool, float *out, float *preatt, float *att, const float *qkv, int B,
                            int T, int C, int H);
 /* scratch: (B, H, T, T) floats, overwritten. */
