@@ -61,8 +61,6 @@ void cli_progress_start(cli_progress *p, const char *label, const char *unit, si
 void cli_progress_update(cli_progress *p, size_t done);
 void cli_progress_end(cli_progress *p, size_t done);
 double cli_now(void);
-/* Removes dir and everything under it (symlinks are removed, not followed); best effort. */
-void cli_rm_tree(const char *dir);
 
 int cmd_collection(int argc, char **argv);
 int cmd_load(int argc, char **argv);

@@ -9,6 +9,7 @@
 #include <cblas.h>
 
 #include "base/pool.h"
+#include "base/file.h"
 #include "cli/cli.h"
 #include "index/distance.h"
 #include "store/vecfile.h"
@@ -101,7 +102,7 @@ static int bench_exact(int argc, char **argv) {
          best_single * 1e3 / (double)q.rows, (double)q.rows / best_batch, best_batch);
   cli_check(qv_collection_delete(db, "bench", &err), &err, "cleanup");
   qv_db_close(db);
-  cli_rm_tree(tmpl);
+  qv_rm_tree(tmpl);
   vecfile_matrix_free(&x);
   vecfile_matrix_free(&q);
   return 0;

@@ -19,6 +19,7 @@
 
 #include "base/mem.h"
 #include "base/pool.h"
+#include "base/file.h"
 #include "cli/cli.h"
 #include "index/hnsw.h"
 #include "store/collection.h"
@@ -244,7 +245,7 @@ static void bench_collection(const vecfile_matrix *x, const vecfile_matrix *q, c
   coll_ctx cc = {c, q, k};
   sweep(coll_search, &cc, q->rows, gt, tcols, k, efs, nef, sthreads, nst);
   qv_db_close(db);
-  cli_rm_tree(dir);
+  qv_rm_tree(dir);
 }
 
 int cmd_bench_ann(int argc, char **argv) {

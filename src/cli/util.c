@@ -1,8 +1,6 @@
-#define _GNU_SOURCE /* nftw */
 #include <errno.h>
 #include <math.h>
 #include <stdarg.h>
-#include <ftw.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -226,12 +224,3 @@ void cli_progress_end(cli_progress *p, size_t done) {
   progress_line(p, done, cli_now());
   fputc('\n', stderr);
 }
-
-static int rm_entry(const char *path, const struct stat *sb, int flag, struct FTW *ftw) {
-  (void)sb;
-  (void)flag;
-  (void)ftw;
-  return remove(path);
-}
-
-void cli_rm_tree(const char *dir) { nftw(dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS); }

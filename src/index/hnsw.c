@@ -72,6 +72,7 @@
 #include <immintrin.h>
 #endif
 
+#include "base/file.h"
 #include "base/hash.h"
 #include "base/mem.h"
 #include "index/distance.h"
@@ -1280,20 +1281,6 @@ static void wput(wbuf *w, const void *data, size_t n) {
   }
 }
 
-static qv_status fsync_parent(const char *path) {
-  char *dir = strdup(path);
-  if (!dir) return QV_ENOMEM;
-  char *slash = strrchr(dir, '/');
-  if (!slash) strcpy(dir, ".");
-  else if (slash == dir) dir[1] = 0;
-  else *slash = 0;
-  int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  free(dir);
-  if (fd < 0) return errno;
-  qv_status st = fsync(fd) ? errno : QV_OK;
-  close(fd);
-  return st;
-}
 
 static void write_index(const hnsw *h, wbuf *w, const void *extra, size_t extra_len) {
   uint64_t n = h->next, upper_words = 0;
@@ -1360,7 +1347,7 @@ qv_status hnsw_save_ex(hnsw *h, const char *path, const void *extra, size_t extr
   if (close(fd) && !st) st = errno;
   if (!st && rename(tmp, path)) st = errno;
   if (st) unlink(tmp);
-  else st = fsync_parent(path);
+  else st = qv_fsync_parent(path);
 done:
   free(w.buf);
   free(tmp);

@@ -16,7 +16,6 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <ftw.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -27,6 +26,7 @@
 #include <unistd.h>
 
 #include "base/error.h"
+#include "base/file.h"
 #include "base/log.h"
 #include "store/collection.h"
 
@@ -58,25 +58,6 @@ const char *qv_distance_name(qv_distance d) {
   return (unsigned)d <= QV_DIST_MANHATTAN ? dist_names[d] : "unknown";
 }
 
-static qv_status fsync_dir(const char *path) {
-  int fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (fd < 0) return errno;
-  qv_status st = fsync(fd) ? errno : QV_OK;
-  close(fd);
-  return st;
-}
-
-static int rm_entry(const char *path, const struct stat *sb, int flag, struct FTW *ftw) {
-  (void)sb;
-  (void)flag;
-  (void)ftw;
-  return remove(path);
-}
-
-static qv_status rm_tree(const char *path) {
-  return nftw(path, rm_entry, 16, FTW_DEPTH | FTW_PHYS) ? errno : QV_OK;
-}
-
 static char *join(const char *a, const char *b) {
   char *s;
   return asprintf(&s, "%s/%s", a, b) < 0 ? NULL : s;
@@ -90,7 +71,7 @@ static void sweep_leftovers(const char *coll_dir) {
   while ((e = readdir(d))) {
     if (strncmp(e->d_name, ".tmp-", 5) && strncmp(e->d_name, ".trash-", 7)) continue;
     char *p = join(coll_dir, e->d_name);
-    if (p && rm_tree(p) == QV_OK) LOG_INFO("removed leftover %s", p);
+    if (p && qv_rm_tree(p) == QV_OK) LOG_INFO("removed leftover %s", p);
     free(p);
   }
   closedir(d);
@@ -174,16 +155,16 @@ qv_status qv_collection_create(qv_db *db, const char *name, const qv_collection_
     st = qv_fail(err, QV_EXISTS, "collection %s already exists", name);
     goto out;
   }
-  rm_tree(tmp);
+  qv_rm_tree(tmp);
   if (mkdir(tmp, 0755)) {
     st = qv_fail(err, errno, "cannot create %s: %s", tmp, strerror(errno));
     goto out;
   }
   st = collection_init_dir(tmp, name, cfg, err);
   if (!st && rename(tmp, final)) st = qv_fail(err, errno, "cannot rename %s: %s", tmp, strerror(errno));
-  if (!st && (st = fsync_dir(db->coll_dir)))
+  if (!st && (st = qv_fsync_dir(db->coll_dir)))
     st = qv_fail(err, st, "cannot fsync %s: %s", db->coll_dir, strerror(st));
-  if (st) rm_tree(tmp);
+  if (st) qv_rm_tree(tmp);
 out:
   pthread_mutex_unlock(&db->mu);
   free(final);
@@ -215,13 +196,13 @@ qv_status qv_collection_delete(qv_db *db, const char *name, qv_error *err) {
       break;
     }
   }
-  rm_tree(trash);
+  qv_rm_tree(trash);
   if (rename(final, trash)) {
     st = qv_fail(err, errno, "cannot rename %s: %s", final, strerror(errno));
     goto out;
   }
-  fsync_dir(db->coll_dir);
-  if (rm_tree(trash)) LOG_WARN("could not remove %s; it will be removed at the next open", trash);
+  qv_fsync_dir(db->coll_dir);
+  if (qv_rm_tree(trash)) LOG_WARN("could not remove %s; it will be removed at the next open", trash);
 out:
   pthread_mutex_unlock(&db->mu);
   free(final);
