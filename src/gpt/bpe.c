@@ -32,6 +32,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 #include <utf8proc.h>
 
 #include "base/error.h"
@@ -42,12 +43,6 @@
 #define CACHE_MAX_ENTRIES 65536
 
 /* ---- hash maps ------------------------------------------------------------------------ */
-
-static uint64_t hash_bytes(const char *s, size_t n) {
-  uint64_t h = 1469598103934665603ULL;
-  for (size_t i = 0; i < n; i++) h = (h ^ (uint8_t)s[i]) * 1099511628211ULL;
-  return qv_mix64(h ^ n);
-}
 
 /* Byte strings to int32 values; keys are copied. Open addressing, linear probing. */
 typedef struct smap_slot {
@@ -100,7 +95,7 @@ static int smap_grow(smap *m) {
 
 /* Returns the slot for k, inserting it (val 0) when absent; *added tells which. */
 static smap_slot *smap_put(smap *m, const char *k, size_t n, int *added) {
-  uint64_t h = hash_bytes(k, n);
+  uint64_t h = qv_hash_bytes(k, n);
   smap_slot *s = smap_find(m, k, n, h);
   *added = 0;
   if (s) return s;
@@ -342,7 +337,7 @@ static qv_status add_vocab(gpt_bpe *b, const char *s, size_t n, int32_t id, qv_e
 }
 
 static int32_t vocab_id(const gpt_bpe *b, const char *raw, size_t n) {
-  smap_slot *s = smap_find(&b->vocab, raw, n, hash_bytes(raw, n));
+  smap_slot *s = smap_find(&b->vocab, raw, n, qv_hash_bytes(raw, n));
   return s ? s->val : -1;
 }
 
@@ -836,7 +831,7 @@ static int encode_piece_cached(const gpt_bpe *b, const char *s, size_t len, idbu
   gpt_bpe *mb = (gpt_bpe *)b; /* the cache is the only mutable part, under its lock */
   if (len > CACHE_MAX_WORD) return encode_piece(b, s, len, o);
   pthread_mutex_lock(&mb->cache_lock);
-  smap_slot *hit = smap_find(&mb->cache, s, len, hash_bytes(s, len));
+  smap_slot *hit = smap_find(&mb->cache, s, len, qv_hash_bytes(s, len));
   if (hit) {
     int rc = 0;
     for (int32_t i = 0; i < hit->val && !rc; i++) rc = idbuf_push(o, hit->ids[i]);
@@ -1035,7 +1030,9 @@ qv_status gpt_bpe_save(const gpt_bpe *b, const char *path, qv_error *err) {
   if (!f) {
     rc = qv_fail(err, errno, "%s: %s", tmp, strerror(errno));
   } else {
-    int bad = fwrite(json, 1, n, f) != n || fputc('\n', f) == EOF || fflush(f);
+    /* written whole to a temporary name, synced, then renamed: a crash leaves the old file or
+     * the new one, never half of one */
+    int bad = fwrite(json, 1, n, f) != n || fputc('\n', f) == EOF || fflush(f) || fsync(fileno(f));
     int e = errno;
     if (fclose(f)) bad = 1, e = errno;
     if (bad) rc = qv_fail(err, e ? e : QV_ESTORE, "%s: write failed: %s", tmp, strerror(e));

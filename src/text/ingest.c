@@ -553,7 +553,7 @@ static qv_status walk(const char *dir, path_list *l, dir_stack *up, qv_error *er
     }
   }
   closedir(d);
-  qsort(names.items, names.n, sizeof *names.items, by_name);
+  if (names.n) qsort(names.items, names.n, sizeof *names.items, by_name); /* NULL when empty */
   size_t dl = strlen(dir);
   while (dl > 1 && dir[dl - 1] == '/') dl--;
   for (size_t i = 0; !st && i < names.n; i++) {
