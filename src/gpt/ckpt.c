@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "base/error.h"
+#include "base/file.h"
 #include "model/safetensors.h"
 
 void gpt_ckpt_meta_free(gpt_ckpt_meta *m) {
@@ -44,21 +45,6 @@ static qv_status write_all(int fd, const void *data, size_t len) {
   return QV_OK;
 }
 
-static qv_status fsync_dir_of(const char *path) {
-  char *dir = strdup(path);
-  if (!dir) return QV_ENOMEM;
-  char *slash = strrchr(dir, '/');
-  if (!slash) strcpy(dir, ".");
-  else if (slash == dir) dir[1] = 0;
-  else *slash = 0;
-  int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  free(dir);
-  if (fd < 0) return errno;
-  qv_status st = fsync(fd) ? errno : QV_OK;
-  close(fd);
-  return st;
-}
-
 /* Invariant 1: tmp beside the target, fsync, rename, fsync the folder. */
 static qv_status atomic_write(const char *path, const part *parts, size_t nparts, qv_error *err) {
   size_t plen = strlen(path);
@@ -82,7 +68,7 @@ static qv_status atomic_write(const char *path, const part *parts, size_t nparts
   if (st) {
     unlink(tmp);
     qv_fail(err, st, "%s: write failed: %s", path, strerror(st));
-  } else if ((st = fsync_dir_of(path))) {
+  } else if ((st = qv_fsync_parent(path))) {
     qv_fail(err, st, "%s: fsync of the folder failed", path);
   }
   free(tmp);
@@ -182,8 +168,13 @@ qv_status gpt_save(const gpt_model *m, const char *dir, const gpt_ckpt_meta *met
     gmtime_r(&now, &tm);
     strftime(meta.timestamp, sizeof meta.timestamp, "%Y-%m-%dT%H:%M:%SZ", &tm);
   }
-  if (mkdir(dir, 0755) && errno != EEXIST)
-    return qv_fail(err, errno, "%s: cannot create the checkpoint folder: %s", dir, strerror(errno));
+  if (mkdir(dir, 0755)) {
+    if (errno != EEXIST)
+      return qv_fail(err, errno, "%s: cannot create the checkpoint folder: %s", dir, strerror(errno));
+  } else {
+    qv_status fs = qv_fsync_parent(dir); /* the new folder's name is durable too */
+    if (fs) return qv_fail(err, fs, "%s: fsync of the parent folder failed", dir);
+  }
   qv_status st = QV_OK;
   char *path = NULL, *text = NULL;
   gpt_st_entry *ents = NULL;

@@ -20,6 +20,7 @@
 #include <time.h>
 
 #include "base/error.h"
+#include "base/file.h"
 #include "base/log.h"
 #include "gpt/bpe.h"
 #include "gpt/ckpt.h"
@@ -320,9 +321,12 @@ static double validate(gpt_model *m, const ids *val, int B, int T, int nbatches)
 }
 
 static qv_status ensure_dir(const char *dir, qv_error *err) {
-  if (mkdir(dir, 0755) && errno != EEXIST)
-    return qv_fail(err, errno, "%s: cannot create the folder: %s", dir, strerror(errno));
-  return QV_OK;
+  if (mkdir(dir, 0755)) {
+    if (errno != EEXIST) return qv_fail(err, errno, "%s: cannot create the folder: %s", dir, strerror(errno));
+    return QV_OK;
+  }
+  qv_status st = qv_fsync_parent(dir); /* the new folder's name is durable too */
+  return st ? qv_fail(err, st, "%s: fsync of the parent folder failed", dir) : QV_OK;
 }
 
 qv_status gpt_train_run(const gpt_train_opts *opts, qv_error *err) {
