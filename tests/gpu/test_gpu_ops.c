@@ -11,13 +11,20 @@
  *   exact search (Cosine/Dot/Euclid, k=10, with and without a mask): the same rows in
  *     the same order except where two scores lie within 1e-4 relative (then either
  *     order is right), scores within 1e-4 relative.
+ *   a collection's searches (store/collection.c's device path: the copy made by the first
+ *     search, then brought in step after upserts, replacements and deletes): the ids
+ *     and scores of the same searches on the CPU, with the same near-tie allowance, and
+ *     the device must have run them (its unit count moved).
  * With --self the "device" is the CPU backend itself: the harness's own logic (data,
  * comparisons, search bookkeeping) checked on machines without a GPU (ctest runs that).
  * Exit status 0 when every comparison holds. */
+#define _GNU_SOURCE
+#include <errno.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "base/mem.h"
 #include "compute/backend.h"
@@ -197,6 +204,106 @@ static void test_search(const qv_backend *g, qv_distance dist, int masked) {
   free(mask), free(hits), free(cc), free(gc), free(gs), free(gr);
 }
 
+/* Applies gpu: on (fallback off, so a device failure shows) or off. */
+static int apply_gpu(int on) {
+  qv_gpu_config cfg;
+  qv_gpu_config_default(&cfg);
+  cfg.enabled = on ? QV_GPU_ON : QV_GPU_OFF;
+  cfg.fallback_to_cpu = 0;
+  qv_error err = {0};
+  if (qv_gpu_config_apply(&cfg, &err) == QV_OK) return 0;
+  printf("FAIL gpu config: %s\n", err.msg);
+  return 1;
+}
+
+/* Opens the collection in dir, optionally writes (upserts ids [from, to) with vectors
+ * x, replaces ids below 100, deletes every 7th id), runs nq searches and returns their
+ * results in out (nq). The collection is closed before returning, so the device copy is
+ * gone before the device layer is set up again. */
+static qv_status collection_pass(const char *dir, int create, const float *x, size_t dim, size_t from, size_t to,
+                                 const float *q, size_t nq, size_t k, qv_records *out, int search_first,
+                                 qv_error *err) {
+  qv_db *db = NULL;
+  qv_collection *c = NULL;
+  qv_status st = qv_db_open(&db, dir, err);
+  qv_collection_config cc = {.size = (uint32_t)dim, .distance = QV_DIST_COSINE};
+  if (!st && create) st = qv_collection_create(db, "g", &cc, err);
+  if (!st) st = qv_collection_open(db, "g", &c, err);
+  qv_search_params p = {.limit = k};
+  if (!st && search_first) { /* makes the device copy before the writes below */
+    st = qv_collection_search(c, q, nq, &p, out, err);
+    for (size_t i = 0; i < nq; i++) qv_records_free(&out[i]);
+  }
+  for (size_t i = from; !st && i < to; i += 500) {
+    size_t m = to - i < 500 ? to - i : 500;
+    qv_point pts[500];
+    for (size_t j = 0; j < m; j++)
+      pts[j] = (qv_point){{.kind = QV_ID_NUM, .num = i + j}, x + (i + j) * dim, NULL};
+    st = qv_collection_upsert(c, pts, m, err);
+  }
+  if (!st && to > from) {
+    qv_point pts[100];
+    for (size_t j = 0; j < 100; j++) pts[j] = (qv_point){{.kind = QV_ID_NUM, .num = j}, x + (to - 1 - j) * dim, NULL};
+    st = qv_collection_upsert(c, pts, 100, err);
+    qv_point_id del[200];
+    for (size_t j = 0; j < 200; j++) del[j] = (qv_point_id){.kind = QV_ID_NUM, .num = 7 * j + 3};
+    if (!st) st = qv_collection_delete_ids(c, del, 200, NULL, err);
+  }
+  if (!st) st = qv_collection_search(c, q, nq, &p, out, err);
+  qv_db_close(db);
+  return st;
+}
+
+static void test_collection(int self) {
+  size_t n = 6000, dim = 64, nq = 40, k = 10;
+  float *x = rand_vec(n * dim, 1), *q = rand_vec(nq * dim, 1);
+  char dir[] = "/tmp/qv-gpu-test-XXXXXX";
+  qv_records *g = calloc(nq, sizeof *g), *c = calloc(nq, sizeof *c);
+  qv_error err = {0};
+  int ok = mkdtemp(dir) != NULL;
+  qv_status st = ok ? QV_OK : (qv_status)errno;
+  qv_gpu_stats before, after;
+  /* on the device: 4000 points, a search (the copy), 2000 more + replacements + deletes */
+  if (!st && apply_gpu(!self)) st = QV_EDEVICE;
+  if (!st) st = collection_pass(dir, 1, x, dim, 0, 4000, q, nq, k, g, 0, &err);
+  for (size_t i = 0; i < nq; i++) qv_records_free(&g[i]);
+  qv_gpu_stats_get(&before);
+  if (!st) st = collection_pass(dir, 0, x, dim, 4000, n, q, nq, k, g, 1, &err);
+  qv_gpu_stats_get(&after);
+  /* the same points searched on the CPU */
+  if (!st && apply_gpu(0)) st = QV_EDEVICE;
+  if (!st) st = collection_pass(dir, 0, x, dim, 0, 0, q, nq, k, c, 0, &err);
+  ok = !st && (self || after.gpu_runs_total >= before.gpu_runs_total + 2);
+  double worst = 0;
+  for (size_t i = 0; i < nq && ok; i++) {
+    ok = g[i].count == c[i].count && c[i].count == k;
+    for (size_t j = 0; j < c[i].count && ok; j++) {
+      float cs = c[i].items[j].score;
+      double d = fabs((double)g[i].items[j].score - cs) / (1 + fabs(cs));
+      if (d > worst) worst = d;
+      if (d > 1e-4) ok = 0;
+      if (g[i].items[j].id.num != c[i].items[j].id.num) {
+        int tie = (j + 1 < c[i].count && g[i].items[j].id.num == c[i].items[j + 1].id.num &&
+                   fabs(c[i].items[j + 1].score - cs) <= 1e-4 * (1 + fabs(cs))) ||
+                  (j > 0 && g[i].items[j].id.num == c[i].items[j - 1].id.num &&
+                   fabs(c[i].items[j - 1].score - cs) <= 1e-4 * (1 + fabs(cs)));
+        if (!tie) ok = 0;
+      }
+    }
+  }
+  checks++;
+  if (!ok) failures++;
+  printf("%-4s collection search after writes, Cosine k=%zu nq=%zu n=%zu  max rel err %.3g, device units %llu (%s)\n",
+         ok ? "ok" : "FAIL", k, nq, n, worst, (unsigned long long)(after.gpu_runs_total - before.gpu_runs_total),
+         st ? err.msg : "ok");
+  for (size_t i = 0; i < nq; i++) qv_records_free(&g[i]), qv_records_free(&c[i]);
+  free(g), free(c);
+  char cmd[128];
+  snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+  if (system(cmd) != 0) printf("note: could not remove %s\n", dir);
+  qv_aligned_free(x), qv_aligned_free(q);
+}
+
 static void test_encoder(int self) {
   static const char *texts[] = {"a GPU runs the encoder", "short", "",
                                 "a much longer sentence that goes on for a while so that padding matters in the batch",
@@ -263,13 +370,16 @@ int main(int argc, char **argv) {
   test_search(self ? c : g, QV_DIST_COSINE, 0);
   test_search(self ? c : g, QV_DIST_DOT, 1);
   test_search(self ? c : g, QV_DIST_EUCLID, 0);
-  test_encoder(self);
+  /* asked before test_encoder and test_collection set the device layer up again (which
+   * closes this backend's context) */
   if (!self && g->status) {
     qv_status st = g->status(g->ctx);
     checks++;
     if (st) failures++;
     printf("%-4s no device error recorded (%s)\n", st ? "FAIL" : "ok", qv_strerror(st));
   }
+  test_encoder(self);
+  test_collection(self);
   printf("%d of %d comparisons hold\n", checks - failures, checks);
   return failures ? 1 : 0;
 }
