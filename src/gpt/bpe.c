@@ -1173,27 +1173,13 @@ static void trainer_free(trainer *t) {
   free(t->heap);
 }
 
-typedef struct touched_list {
-  int64_t *pairs;
-  size_t n, cap;
-} touched_list;
-
 /* A merge turned pair (a, b) of word wi (count times) into (c, d): moves the count and
  * notes (c, d) in tl for the heap. 0 or -1 on no memory. */
 static int move_pair(trainer *t, int32_t a, int32_t b, int32_t c, int32_t d, int64_t count, size_t wi,
-                     touched_list *tl) {
+                     idbuf *tl) {
   if (pair_add(t, a, b, -count, wi) < 0) return -1;
   int64_t np = pair_add(t, c, d, count, wi);
-  if (np < 0) return -1;
-  if (tl->n == tl->cap) {
-    size_t cap = tl->cap ? tl->cap * 2 : 64;
-    int64_t *p = realloc(tl->pairs, cap * sizeof *p);
-    if (!p) return -1;
-    tl->pairs = p;
-    tl->cap = cap;
-  }
-  tl->pairs[tl->n++] = np;
-  return 0;
+  return np < 0 ? -1 : idbuf_push(tl, (int32_t)np); /* pair indices fit: the heap holds int32 */
 }
 
 /* Merges pair index pi into new id z in every word holding it; pairs whose count rose are
@@ -1204,7 +1190,7 @@ static int apply_merge(trainer *t, size_t pi, int32_t z, size_t merge_no) {
   size_t *ws = t->pairs[pi].words;
   t->pairs[pi].words = NULL;
   t->pairs[pi].nw = t->pairs[pi].cw = 0;
-  touched_list tl = {0};
+  idbuf tl = {0};
   int rc = -1;
   for (size_t k = 0; k < nw; k++) {
     size_t wi = ws[k];
@@ -1227,16 +1213,16 @@ static int apply_merge(trainer *t, size_t pi, int32_t z, size_t merge_no) {
   }
   /* new pairs (all hold z) enter the heap once, with their final count */
   for (size_t i = 0; i < tl.n; i++) {
-    tpair *p = &t->pairs[tl.pairs[i]];
+    tpair *p = &t->pairs[tl.ids[i]];
     if (p->count > 0 && p->mark != merge_no + 1) {
       p->mark = merge_no + 1;
-      if (theap_push(t, p->count, (int32_t)tl.pairs[i])) goto done;
+      if (theap_push(t, p->count, (int32_t)tl.ids[i])) goto done;
     }
   }
   rc = 0;
 done:
   free(ws);
-  free(tl.pairs);
+  free(tl.ids);
   return rc;
 }
 
