@@ -420,6 +420,31 @@ qv_status qv_model_encode(qv_model *m, const char *const *texts, const size_t *l
   return st;
 }
 
+qv_status model_encode_tokens(qv_model *m, const tok_encoding *enc, size_t n, float *out, qv_error *err) {
+  if (m->info.kind != QV_MODEL_EMBEDDING)
+    return qv_fail(err, QV_EINVAL, "model %s is a reranker, not an embedding model", m->name);
+  if (m->info.dims > 4096) return qv_fail(err, QV_EUNSUPPORTED, "hidden size over 4096");
+  /* The job borrows enc: run_batches only reads it, and job_free is not called. */
+  job j = {.enc = (tok_encoding *)enc, .n = n, .order = malloc((n ? n : 1) * sizeof *j.order)};
+  if (!j.order) return qv_fail(err, QV_ENOMEM, "out of memory");
+  size_t limit = (size_t)m->info.max_tokens;
+  qv_status st = QV_OK;
+  for (size_t i = 0; i < n && !st; i++) {
+    if (enc[i].len > limit)
+      st = qv_fail(err, QV_ETOOLONG, "input %zu has %zu tokens; the model accepts %zu (ask for truncation to cut it)",
+                   i, enc[i].len, limit);
+    j.order[i] = i;
+  }
+  if (!st) {
+    qsort_r(j.order, n, sizeof *j.order, by_len, j.enc);
+    pthread_mutex_lock(&m->mu);
+    st = run_batches(m, &j, emit_embeddings, out, err);
+    pthread_mutex_unlock(&m->mu);
+  }
+  free(j.order);
+  return st;
+}
+
 /* ---- reranking ------------------------------------------------------------------------ */
 
 typedef struct rerank_ctx {

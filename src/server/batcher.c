@@ -1,11 +1,17 @@
-/* Dynamic batching: requests that arrive together share one qv_model_encode call.
+/* Dynamic batching: requests that arrive together share one forward pass.
  *
- * Each request is counted and validated in its caller's thread (tokenizing is parallel,
- * the forward pass is not: the model serializes encodes), then queued. One worker thread
- * per batcher waits until the queued requests hold max_tokens tokens or the oldest has
- * waited max_wait_ms, takes requests in arrival order while they fit the token budget
- * (always at least one), runs one qv_model_encode over all their texts and copies each
+ * Each embedding request is tokenized and validated in its caller's thread (tokenizing is
+ * parallel, the forward pass is not: the model serializes encodes), then queued with its
+ * token ids, which the worker hands to model_encode_tokens: each text is tokenized once.
+ * One worker thread per batcher takes requests in arrival order while they fit the token
+ * budget (always at least one), runs one pass over all their texts and copies each
  * request's rows back before waking it.
+ *
+ * Waiting for company (up to max_wait_ms, or until the queue holds max_tokens) pays only
+ * when others are coming, so the worker waits only when they evidently are: another
+ * caller is tokenizing right now (`arriving`), or the last pass merged requests. A lone
+ * client therefore never waits; under load, the requests that arrive while a pass runs
+ * make up the next one anyway.
  *
  * Invariants:
  *  1. A request is in exactly one place: the queue (counted in `queued`), the worker's
@@ -34,12 +40,15 @@
 
 #include "base/error.h"
 #include "base/log.h"
+#include "model/model.h"
+#include "model/tokenizer.h"
 #include "server/metrics.h"
 
 typedef struct breq {
   /* set by the caller, read-only afterwards */
   const char *const *texts;
   const size_t *lens;   /* (n) byte lengths; never NULL here */
+  tok_encoding *enc;    /* (n) embedding requests: the tokenized inputs */
   size_t n;
   const char *query;    /* rerank only */
   int truncate;
@@ -65,7 +74,10 @@ struct batcher {
   pthread_cond_t work_cv;   /* signalled when a request arrives or stopping is set */
   breq *head, *tail;        /* guarded by mu */
   size_t queued;            /* guarded by mu */
+  size_t arriving;          /* callers tokenizing, not yet queued; guarded by mu */
+  size_t last_k;            /* requests in the last pass; guarded by mu */
   int stopping;             /* guarded by mu */
+  int held;                 /* batcher_hold; guarded by mu */
   pthread_t thread;
   atomic_size_t passes;     /* model calls made */
   atomic_size_t requests;   /* requests completed */
@@ -87,19 +99,16 @@ static qv_status run_one(batcher *b, breq *r) {
   r->err.msg[0] = '\0';
   atomic_fetch_add(&b->passes, 1);
   if (r->query) return qv_model_rerank(b->model, r->query, r->texts, r->n, r->truncate, r->out, &r->err);
-  return qv_model_encode(b->model, r->texts, r->lens, r->n, r->truncate, r->out, &r->err);
+  return model_encode_tokens(b->model, r->enc, r->n, r->out, &r->err);
 }
 
-/* One merged qv_model_encode over the requests in batch[0..k). Requests with different
- * truncate settings may share it: their inputs were checked to fit (inv. 2), so cutting
- * is a no-op for those that asked not to be cut. */
+/* One merged pass over the requests in batch[0..k). Requests with different truncate
+ * settings may share it: each was tokenized (and cut, or checked to fit) by its caller. */
 static void run_embed(batcher *b, breq **batch, size_t k) {
   size_t total = 0, tokens = 0, dims = (size_t)b->info.dims;
-  int truncate = 0;
   for (size_t i = 0; i < k; i++) {
     total += batch[i]->n;
     tokens += batch[i]->tokens;
-    truncate |= batch[i]->truncate;
   }
   double t0 = now_s();
   qv_status st = QV_ENOMEM;
@@ -107,19 +116,18 @@ static void run_embed(batcher *b, breq **batch, size_t k) {
     st = run_one(b, batch[0]);
     batch[0]->st = st;
   } else {
-    const char **texts = malloc(total * sizeof *texts);
-    size_t *lens = malloc(total * sizeof *lens);
+    /* shallow copies: the token arrays stay with their requests */
+    tok_encoding *enc = malloc(total * sizeof *enc);
     float *out = malloc(total * dims * sizeof *out);
     qv_error err = {0};
-    if (texts && lens && out) {
+    if (enc && out) {
       size_t at = 0;
       for (size_t i = 0; i < k; i++) {
-        memcpy(texts + at, batch[i]->texts, batch[i]->n * sizeof *texts);
-        memcpy(lens + at, batch[i]->lens, batch[i]->n * sizeof *lens);
+        memcpy(enc + at, batch[i]->enc, batch[i]->n * sizeof *enc);
         at += batch[i]->n;
       }
       atomic_fetch_add(&b->passes, 1);
-      st = qv_model_encode(b->model, texts, lens, total, truncate, out, &err);
+      st = model_encode_tokens(b->model, enc, total, out, &err);
     }
     if (!st) {
       size_t at = 0;
@@ -132,8 +140,7 @@ static void run_embed(batcher *b, breq **batch, size_t k) {
       LOG_WARN("batched encode of %zu requests failed (%s); running them one by one", k, qv_strerror(st));
       for (size_t i = 0; i < k; i++) batch[i]->st = run_one(b, batch[i]);
     }
-    free(texts);
-    free(lens);
+    free(enc);
     free(out);
   }
   metrics_stage(b->metrics, "embed", now_s() - t0);
@@ -153,11 +160,13 @@ static void *worker(void *arg) {
   breq **batch = NULL;
   pthread_mutex_lock(&b->mu);
   for (;;) {
-    while (!b->head && !b->stopping) pthread_cond_wait(&b->work_cv, &b->mu);
+    while ((!b->head || b->held) && !b->stopping) pthread_cond_wait(&b->work_cv, &b->mu);
     if (!b->head) break; /* stopping, and nothing left (inv. 4) */
     int embed = b->info.kind == QV_MODEL_EMBEDDING;
-    /* Wait for company: until the budget is full or the oldest request's wait is over. */
+    /* Wait for company while some is evidently coming: until the budget is full or the
+     * oldest request's wait is over. */
     while (embed && !b->stopping) {
+      if (b->arriving == 0 && b->last_k <= 1) break;
       size_t tokens = 0;
       for (breq *r = b->head; r && tokens < b->max_tokens; r = r->next) tokens += r->tokens;
       if (tokens >= b->max_tokens) break;
@@ -189,6 +198,7 @@ static void *worker(void *arg) {
       batch[k++] = r;
       tokens += r->tokens;
     }
+    b->last_k = k;
     if (k == 0) {
       /* no memory for even one slot: fail the oldest request rather than spin */
       breq *r = b->head;
@@ -265,6 +275,13 @@ void batcher_free(batcher *b) {
   free(b);
 }
 
+void batcher_hold(batcher *b, int hold) {
+  pthread_mutex_lock(&b->mu);
+  b->held = hold;
+  pthread_cond_broadcast(&b->work_cv);
+  pthread_mutex_unlock(&b->mu);
+}
+
 size_t batcher_passes(batcher *b) { return atomic_load(&b->passes); }
 
 size_t batcher_queued(batcher *b) {
@@ -274,7 +291,28 @@ size_t batcher_queued(batcher *b) {
   return n;
 }
 
-/* Counts each text's tokens (the pair's, for rerank), refusing what cannot run. */
+/* Tokenizes each input of an embedding request into r->enc, cut to the model's limit
+ * when truncating, refusing what cannot run. */
+static qv_status tokenize(batcher *b, breq *r, qv_error *err) {
+  size_t limit = (size_t)b->info.max_tokens;
+  const qv_tokenizer *tok = model_tokenizer(b->model);
+  for (size_t i = 0; i < r->n; i++) {
+    const char *text = r->texts[i] ? r->texts[i] : "";
+    qv_status st = tok_encode(tok, text, r->lens[i], NULL, 0, r->truncate ? limit : 0, &r->enc[i], err);
+    if (st) {
+      qv_error_prefix(err, "input %zu", i);
+      return st;
+    }
+    size_t t = r->enc[i].len;
+    if (t > limit)
+      return qv_fail(err, QV_ETOOLONG,
+                     "input %zu has %zu tokens; the model accepts %zu (ask for truncation to cut it)", i, t, limit);
+    r->tokens += t;
+  }
+  return QV_OK;
+}
+
+/* Counts each (query, doc) pair's tokens for a rerank request, refusing what cannot run. */
 static qv_status count_tokens(batcher *b, breq *r, qv_error *err) {
   size_t limit = (size_t)b->info.max_tokens;
   size_t qtok = 0;
@@ -307,12 +345,19 @@ static qv_status count_tokens(batcher *b, breq *r, qv_error *err) {
 }
 
 static qv_status submit(batcher *b, breq *r, qv_error *err) {
-  double t0 = now_s();
-  qv_status st = count_tokens(b, r, err);
-  metrics_stage(b->metrics, "tokenize", now_s() - t0);
-  if (st) return st;
-  if (pthread_cond_init(&r->cv, NULL)) return qv_fail(err, QV_ENOMEM, "cannot create a condition");
   pthread_mutex_lock(&b->mu);
+  b->arriving++;
+  pthread_mutex_unlock(&b->mu);
+  double t0 = now_s();
+  qv_status st = r->enc ? tokenize(b, r, err) : count_tokens(b, r, err);
+  metrics_stage(b->metrics, "tokenize", now_s() - t0);
+  if (!st && pthread_cond_init(&r->cv, NULL)) st = qv_fail(err, QV_ENOMEM, "cannot create a condition");
+  pthread_mutex_lock(&b->mu);
+  b->arriving--;
+  if (st) {
+    pthread_mutex_unlock(&b->mu);
+    return st;
+  }
   if (b->stopping) {
     st = qv_fail(err, QV_EBUSY, "the server is shutting down");
   } else if (b->queued >= b->max_queue) {
@@ -350,9 +395,16 @@ qv_status batcher_encode_tokens(batcher *b, const char *const *texts, const size
     if (!own) return qv_fail(err, QV_ENOMEM, "out of memory");
     for (size_t i = 0; i < n; i++) own[i] = texts[i] ? strlen(texts[i]) : 0;
   }
-  breq r = {.texts = texts, .lens = lens ? lens : own, .n = n, .truncate = truncate, .out = out};
+  tok_encoding *enc = calloc(n, sizeof *enc);
+  if (!enc) {
+    free(own);
+    return qv_fail(err, QV_ENOMEM, "out of memory");
+  }
+  breq r = {.texts = texts, .lens = lens ? lens : own, .enc = enc, .n = n, .truncate = truncate, .out = out};
   qv_status st = submit(b, &r, err);
   if (!st && tokens) *tokens = r.tokens;
+  for (size_t i = 0; i < n; i++) tok_encoding_free(&enc[i]);
+  free(enc);
   free(own);
   return st;
 }

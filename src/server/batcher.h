@@ -31,6 +31,9 @@ qv_status batcher_rerank(batcher *b, const char *query, const char *const *docs,
 /* Model calls made so far (a merged pass counts once), and requests waiting now: for
  * tests and the server's own gauges. */
 size_t batcher_passes(batcher *b);
+/* hold != 0 keeps the worker from starting another pass until released (or until
+ * batcher_free, which still finishes the queue): lets tests fill the queue for certain. */
+void batcher_hold(batcher *b, int hold);
 size_t batcher_queued(batcher *b);
 
 #endif

@@ -345,8 +345,8 @@ done:
 
 #define W HTTP_ROUTE_WRITE
 const http_route docs_routes[] = {
-    {"POST", "/collections/{name}/documents", ingest, W, "docs_ingest"},
-    {"POST", "/collections/{name}/documents/query", query, 0, "docs_query"},
+    {"POST", "/collections/{name}/documents", ingest, W | HTTP_ROUTE_MODEL, "docs_ingest"},
+    {"POST", "/collections/{name}/documents/query", query, HTTP_ROUTE_MODEL, "docs_query"},
     {0},
 };
 #undef W

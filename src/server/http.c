@@ -9,7 +9,16 @@
  *  2. s->inflight counts requests from their first callback to on_completed; http_stop
  *     waits for it to reach 0 after MHD_quiesce_daemon, so in-flight requests finish.
  *  3. Keys are compared through their SHA-256 with CRYPTO_memcmp, so neither the content
- *     nor the length of a configured key leaks through timing. */
+ *     nor the length of a configured key leaks through timing.
+ *  4. Model routes (HTTP_ROUTE_MODEL) do not block an MHD thread: the connection is
+ *     suspended, the handler runs on one of the offload threads, which stores the
+ *     response in the request's state and resumes the connection; MHD then calls
+ *     on_request again and the stored response goes out. Why: MHD's pool threads each
+ *     own a set of connections, so a thread blocked in a batcher stalls every other
+ *     connection it owns, and no more requests than pool threads could ever reach the
+ *     batcher to be merged. Every suspended connection is resumed exactly once, and the
+ *     offload threads are joined (after the queue drains) before MHD_stop_daemon, which
+ *     must not see a suspended connection. */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <pthread.h>
@@ -34,11 +43,23 @@
 #include "server/metrics.h"
 #include "server/server.h"
 
+/* Threads that run model routes (inv. 4). They mostly sleep in a batcher, so there are
+ * enough of them for a full batch of one-text requests to be waiting at once. */
+#define OFFLOAD_THREADS 64
+
+struct conn_state;
+
 typedef struct http_server {
   struct MHD_Daemon *d;
   server *srv;
   long inflight;          /* atomic */
   pthread_rwlock_t handles; /* shared by handlers; exclusive for HTTP_ROUTE_EXCLUSIVE */
+  pthread_mutex_t off_mu;
+  pthread_cond_t off_cv;  /* a job arrived, or off_stop was set */
+  struct conn_state *off_head, *off_tail; /* guarded by off_mu */
+  int off_stop;           /* guarded by off_mu */
+  pthread_t off_threads[OFFLOAD_THREADS];
+  int n_off;              /* offload threads started */
 } http_server;
 
 #define DRAIN_MAX ((size_t)256 << 20)
@@ -53,6 +74,12 @@ typedef struct conn_state {
   const http_route *route;
   int status;
   char path_buf[2048];    /* the matched route's {param} values, NUL-separated */
+  /* an offloaded model route (inv. 4) */
+  struct MHD_Connection *conn;
+  http_req req;
+  http_resp resp;
+  int resp_ready;         /* set by the offload thread before it resumes conn */
+  struct conn_state *next; /* in the offload queue; guarded by off_mu */
 } conn_state;
 
 double server_now(void) {
@@ -356,6 +383,52 @@ static enum MHD_Result send_error(struct MHD_Connection *c, conn_state *cs, int 
   return send_resp(c, cs, &w);
 }
 
+/* Runs a route's handler under the collection-handle lock. */
+static void run_route(http_server *h, const http_route *rt, http_req *req, http_resp *w) {
+  /* Open routes (health checks, GET /, the OpenAPI document) touch no collection, so
+   * they skip the lock: a delete waiting behind a long ingest must not make /readyz hang. */
+  int locked = !(rt->flags & HTTP_ROUTE_OPEN);
+  if (locked && (rt->flags & HTTP_ROUTE_EXCLUSIVE))
+    pthread_rwlock_wrlock(&h->handles);
+  else if (locked)
+    pthread_rwlock_rdlock(&h->handles);
+  rt->fn(req, w);
+  if (locked) pthread_rwlock_unlock(&h->handles);
+  if (w->status == 429 && w->retry_after <= 0) w->retry_after = 1;
+}
+
+/* An offload thread (inv. 4): runs queued model routes until stopped and the queue is empty. */
+static void *offload_main(void *arg) {
+  http_server *h = arg;
+  pthread_mutex_lock(&h->off_mu);
+  for (;;) {
+    while (!h->off_head && !h->off_stop) pthread_cond_wait(&h->off_cv, &h->off_mu);
+    conn_state *cs = h->off_head;
+    if (!cs) break;
+    h->off_head = cs->next;
+    if (!h->off_head) h->off_tail = NULL;
+    cs->next = NULL;
+    pthread_mutex_unlock(&h->off_mu);
+    run_route(h, cs->route, &cs->req, &cs->resp);
+    cs->resp_ready = 1;
+    MHD_resume_connection(cs->conn);
+    pthread_mutex_lock(&h->off_mu);
+  }
+  pthread_mutex_unlock(&h->off_mu);
+  return NULL;
+}
+
+static void offload_stop(http_server *h) {
+  pthread_mutex_lock(&h->off_mu);
+  h->off_stop = 1;
+  pthread_cond_broadcast(&h->off_cv);
+  pthread_mutex_unlock(&h->off_mu);
+  for (int i = 0; i < h->n_off; i++) pthread_join(h->off_threads[i], NULL);
+  h->n_off = 0;
+  pthread_cond_destroy(&h->off_cv);
+  pthread_mutex_destroy(&h->off_mu);
+}
+
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const char *url,
                                   const char *method, const char *version, const char *upload,
                                   size_t *upload_size, void **con_cls) {
@@ -398,6 +471,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
     return MHD_YES;
   }
   /* The whole request is here. */
+  if (cs->resp_ready) return send_resp(c, cs, &cs->resp); /* back from an offload thread */
   if (cs->too_big) {
     char msg[128];
     snprintf(msg, sizeof msg, "the request body is larger than the limit of %zu bytes", s->cfg.max_body_bytes);
@@ -436,18 +510,23 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
   req.read_only = read_only;
   req.srv = s;
   req.conn = c;
-  http_resp w = {.status = 200};
-  /* Open routes (health checks, GET /, the OpenAPI document) touch no collection, so
-   * they skip the lock: a delete waiting behind a long ingest must not make /readyz hang. */
-  int locked = !(rt->flags & HTTP_ROUTE_OPEN);
-  if (locked && (rt->flags & HTTP_ROUTE_EXCLUSIVE))
-    pthread_rwlock_wrlock(&h->handles);
-  else if (locked)
-    pthread_rwlock_rdlock(&h->handles);
-  rt->fn(&req, &w);
-  if (locked) pthread_rwlock_unlock(&h->handles);
-  if (w.status == 429 && w.retry_after <= 0) w.retry_after = 1;
   (void)version;
+  if ((rt->flags & HTTP_ROUTE_MODEL) && h->n_off > 0) {
+    /* inv. 4: suspended before it is queued, so the resume cannot come first */
+    cs->conn = c;
+    cs->req = req;
+    cs->resp.status = 200;
+    MHD_suspend_connection(c);
+    pthread_mutex_lock(&h->off_mu);
+    if (h->off_tail) h->off_tail->next = cs;
+    else h->off_head = cs;
+    h->off_tail = cs;
+    pthread_cond_signal(&h->off_cv);
+    pthread_mutex_unlock(&h->off_mu);
+    return MHD_YES;
+  }
+  http_resp w = {.status = 200};
+  run_route(h, rt, &req, &w);
   return send_resp(c, cs, &w);
 }
 
@@ -462,6 +541,7 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
                     cs->status ? cs->status : (toe == MHD_REQUEST_TERMINATED_COMPLETED_OK ? 200 : 499),
                     server_now() - cs->start);
   free(cs->body);
+  free(cs->resp.body);
   free(cs);
   *con_cls = NULL;
   __atomic_sub_fetch(&h->inflight, 1, __ATOMIC_SEQ_CST);
@@ -499,7 +579,13 @@ qv_status http_start(server *s, qv_error *err) {
     return qv_fail(err, QV_EINVAL, "host \"%s\" is not an IPv4 address", s->cfg.host);
   }
   unsigned timeout = s->cfg.request_timeout_s < 1 ? 1 : (unsigned)s->cfg.request_timeout_s;
-  h->d = MHD_start_daemon(MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_USE_ITC | MHD_USE_ERROR_LOG,
+  pthread_mutex_init(&h->off_mu, NULL);
+  pthread_cond_init(&h->off_cv, NULL);
+  /* Fewer threads than asked only cost merging; none at all runs model routes inline. */
+  while (h->n_off < OFFLOAD_THREADS && !pthread_create(&h->off_threads[h->n_off], NULL, offload_main, h)) h->n_off++;
+  if (h->n_off < OFFLOAD_THREADS) LOG_WARN("http: %d of %d offload threads started", h->n_off, OFFLOAD_THREADS);
+  h->d = MHD_start_daemon(MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_USE_ITC | MHD_USE_ERROR_LOG |
+                              MHD_ALLOW_SUSPEND_RESUME,
                           (uint16_t)s->cfg.port, NULL, NULL, on_request, h,
                           MHD_OPTION_EXTERNAL_LOGGER, mhd_log, NULL,
                           MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&addr,
@@ -509,6 +595,7 @@ qv_status http_start(server *s, qv_error *err) {
                           MHD_OPTION_LISTENING_ADDRESS_REUSE, 1U,
                           MHD_OPTION_END);
   if (!h->d) {
+    offload_stop(h);
     pthread_rwlock_destroy(&h->handles);
     free(h);
     return qv_fail(err, QV_EINVAL, "cannot listen on %s:%d (in use, or not allowed)", s->cfg.host, s->cfg.port);
@@ -528,6 +615,7 @@ void http_stop(server *s) {
   double deadline = server_now() + s->cfg.request_timeout_s;
   while (__atomic_load_n(&h->inflight, __ATOMIC_SEQ_CST) > 0 && server_now() < deadline)
     usleep(10000);
+  offload_stop(h); /* inv. 4: every offloaded request is resumed before the daemon stops */
   MHD_stop_daemon(h->d);
   docs_release(s);
   pthread_rwlock_destroy(&h->handles);

@@ -61,6 +61,9 @@ enum {
    * using; every other route but the open ones (which touch no collection) runs under
    * the shared side of the same lock. */
   HTTP_ROUTE_EXCLUSIVE = 4,
+  /* Waits on a model's batcher: runs off MHD's threads (http.c, inv. 4) so concurrent
+   * requests can meet in the batcher however few HTTP threads there are. */
+  HTTP_ROUTE_MODEL = 8,
 };
 
 typedef struct http_route {

@@ -338,10 +338,10 @@ done:
 }
 
 const http_route legacy_routes[] = {
-    {"POST", "/api/v1/embeddings/generate", generate, 0, "legacy_generate"},
-    {"POST", "/api/v1/embeddings/batch", batch, 0, "legacy_batch"},
-    {"POST", "/api/v1/similarity/search", search, 0, "legacy_search"},
-    {"POST", "/api/v1/index/add", index_add, HTTP_ROUTE_WRITE, "legacy_index_add"},
+    {"POST", "/api/v1/embeddings/generate", generate, HTTP_ROUTE_MODEL, "legacy_generate"},
+    {"POST", "/api/v1/embeddings/batch", batch, HTTP_ROUTE_MODEL, "legacy_batch"},
+    {"POST", "/api/v1/similarity/search", search, HTTP_ROUTE_MODEL, "legacy_search"},
+    {"POST", "/api/v1/index/add", index_add, HTTP_ROUTE_WRITE | HTTP_ROUTE_MODEL, "legacy_index_add"},
     {0},
 };
 

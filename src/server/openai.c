@@ -382,9 +382,9 @@ done:
 }
 
 const http_route openai_routes[] = {
-    {"POST", "/v1/embeddings", embeddings, 0, "openai_embeddings"},
+    {"POST", "/v1/embeddings", embeddings, HTTP_ROUTE_MODEL, "openai_embeddings"},
     {"GET", "/v1/models", models, 0, "openai_models"},
-    {"POST", "/v1/rerank", rerank, 0, "openai_rerank"},
+    {"POST", "/v1/rerank", rerank, HTTP_ROUTE_MODEL, "openai_rerank"},
     {0},
 };
 

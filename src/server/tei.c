@@ -299,8 +299,8 @@ static void health(http_req *r, http_resp *w) {
 }
 
 const http_route tei_routes[] = {
-    {"POST", "/embed", embed, 0, "tei_embed"},
-    {"POST", "/rerank", rerank, 0, "tei_rerank"},
+    {"POST", "/embed", embed, HTTP_ROUTE_MODEL, "tei_embed"},
+    {"POST", "/rerank", rerank, HTTP_ROUTE_MODEL, "tei_rerank"},
     {"POST", "/tokenize", tokenize, 0, "tei_tokenize"},
     {"GET", "/info", info, 0, "tei_info"},
     {"GET", "/health", health, HTTP_ROUTE_OPEN, "tei_health"},

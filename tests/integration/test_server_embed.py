@@ -366,6 +366,42 @@ def test_concurrent_clients_are_batched(srv):
     assert seqs / passes > 1, (seqs, passes)
 
 
+def test_batches_outgrow_the_http_threads(tmp_path):
+    """With 2 HTTP threads, a blocked handler would cap the batcher at 2 requests at once
+    (and stall the connections its thread owns); model routes run off those threads, so 32
+    concurrent clients' requests still meet in the batcher."""
+    s = Server(tmp_path, "--threads", "2", "--batch-wait-ms", "20")
+    try:
+        before = s.http.get("/metrics").text
+        s0, c0 = metric(before, "quiver_batch_size_sum"), metric(before, "quiver_batch_size_count")
+        errors = []
+        barrier = threading.Barrier(32)
+
+        def run(i):
+            try:
+                with httpx.Client(base_url=s.url, timeout=120) as h:
+                    barrier.wait()
+                    for k in range(3):
+                        r = h.post("/v1/embeddings", json={"input": f"client {i} request {k}"})
+                        assert r.status_code == 200, r.text
+                        assert len(r.json()["data"]) == 1
+            except Exception as e:  # noqa: BLE001 (reported below)
+                errors.append(e)
+
+        threads = [threading.Thread(target=run, args=(i,)) for i in range(32)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not errors, errors
+        after = s.http.get("/metrics").text
+        seqs, passes = metric(after, "quiver_batch_size_sum") - s0, metric(after, "quiver_batch_size_count") - c0
+        assert seqs == 96
+        assert seqs / passes > 2, (seqs, passes)
+    finally:
+        s.stop()
+
+
 def test_metrics_after_traffic(srv):
     srv.post("/v1/embeddings", {"input": "metrics"})
     srv.post("/v1/embeddings", {"input": LONG, "truncate": False})

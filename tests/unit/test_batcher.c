@@ -102,6 +102,42 @@ TEST(concurrent_requests_match_direct_encode_and_merge) {
   metrics_free(mx);
 }
 
+/* Waiting for company only when some is evidently coming: a lone caller's request runs
+ * without the (here 60 s) wait, while callers that queue together share passes. */
+TEST(lone_request_does_not_wait_and_a_burst_merges) {
+  if (!have_model()) SKIP("all-MiniLM-L6-v2 not in ~/.cache/quiver/models");
+  metrics *mx = metrics_new();
+  batcher *b;
+  ASSERT_OK(batcher_new(&b, model, 1000000, 60000, 1024, mx, NULL));
+  static job lone;
+  setup_job(&lone, b, 500);
+  run_job(&lone); /* would block for 60 s if a lone request waited */
+  ASSERT_OK(lone.st);
+  ASSERT_EQ(batcher_passes(b), 1);
+  /* a burst queued while the worker is held: released, it runs as one pass */
+  batcher_hold(b, 1);
+  static job jobs[NTHREADS];
+  pthread_t th[NTHREADS];
+  for (int i = 0; i < NTHREADS; i++) {
+    setup_job(&jobs[i], b, 600 + i);
+    ASSERT_EQ(pthread_create(&th[i], NULL, run_job, &jobs[i]), 0);
+  }
+  while (batcher_queued(b) < NTHREADS) usleep(1000);
+  batcher_hold(b, 0);
+  for (int i = 0; i < NTHREADS; i++) pthread_join(th[i], NULL);
+  for (int i = 0; i < NTHREADS; i++) ASSERT_OK(jobs[i].st);
+  ASSERT_EQ(batcher_passes(b), 2);
+  char *t = metrics_render(mx, NULL, NULL);
+  ASSERT(t);
+  char line[64];
+  snprintf(line, sizeof line, "\nquiver_batch_size_sum %d\n", (NTHREADS + 1) * PER_REQ);
+  ASSERT(strstr(t, line));
+  ASSERT(strstr(t, "\nquiver_batch_size_count 2\n"));
+  free(t);
+  batcher_free(b);
+  metrics_free(mx);
+}
+
 TEST(token_budget_splits_batches) {
   if (!have_model()) SKIP("all-MiniLM-L6-v2 not in ~/.cache/quiver/models");
   batcher *b;
@@ -171,9 +207,9 @@ TEST(invalid_utf8_fails_only_its_request) {
 TEST(full_queue_is_ebusy) {
   if (!have_model()) SKIP("all-MiniLM-L6-v2 not in ~/.cache/quiver/models");
   batcher *b;
-  /* the worker holds requests for up to 3 s hoping for more, so two stay queued while the
-   * third arrives */
+  /* the worker is held, so two stay queued while the third arrives */
   ASSERT_OK(batcher_new(&b, model, 1000000, 3000, 2, NULL, NULL));
+  batcher_hold(b, 1);
   static job jobs[2];
   pthread_t th[2];
   for (int i = 0; i < 2; i++) {
@@ -186,6 +222,7 @@ TEST(full_queue_is_ebusy) {
   qv_error err = {0};
   ASSERT_STATUS(batcher_encode(b, t, NULL, 1, 0, out, &err), QV_EBUSY);
   ASSERT(strstr(err.msg, "2 requests are already waiting"));
+  batcher_hold(b, 0);
   for (int i = 0; i < 2; i++) pthread_join(th[i], NULL);
   for (int i = 0; i < 2; i++) ASSERT_OK(jobs[i].st);
   batcher_free(b);
@@ -195,6 +232,7 @@ TEST(free_finishes_queued_work) {
   if (!have_model()) SKIP("all-MiniLM-L6-v2 not in ~/.cache/quiver/models");
   batcher *b;
   ASSERT_OK(batcher_new(&b, model, 1000000, 60000, 16, NULL, NULL));
+  batcher_hold(b, 1);
   static job jobs[3];
   pthread_t th[3];
   for (int i = 0; i < 3; i++) {
@@ -202,7 +240,7 @@ TEST(free_finishes_queued_work) {
     pthread_create(&th[i], NULL, run_job, &jobs[i]);
   }
   while (batcher_queued(b) < 3) usleep(1000);
-  /* the 60 s wait is cut short by shutdown; every queued request still completes */
+  /* the hold (and the 60 s wait) end at shutdown; every queued request still completes */
   batcher_free(b);
   for (int i = 0; i < 3; i++) pthread_join(th[i], NULL);
   for (int i = 0; i < 3; i++) {
@@ -230,6 +268,7 @@ TEST(cleanup) {
   model = NULL;
 }
 
-TEST_MAIN(T(concurrent_requests_match_direct_encode_and_merge), T(token_budget_splits_batches),
+TEST_MAIN(T(concurrent_requests_match_direct_encode_and_merge), T(lone_request_does_not_wait_and_a_burst_merges),
+          T(token_budget_splits_batches),
           T(too_long_input_fails_only_its_request), T(invalid_utf8_fails_only_its_request), T(full_queue_is_ebusy),
           T(free_finishes_queued_work), T(wrong_model_kind_and_empty_input), T(cleanup))
