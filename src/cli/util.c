@@ -7,6 +7,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "base/clock.h"
 #include "cli/cli.h"
 #include "store/vecfile.h"
 
@@ -188,11 +189,7 @@ float *cli_parse_vector(const char *s, size_t *dim) {
   return v;
 }
 
-double cli_now(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
+double cli_now(void) { return qv_monotonic_s(); }
 
 void cli_progress_start(cli_progress *p, const char *label, const char *unit, size_t total) {
   p->label = label;

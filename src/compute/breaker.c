@@ -3,13 +3,11 @@
  * in a row, then nothing until the recovery period ends, then one trial. */
 #include "compute/breaker.h"
 
-#include <time.h>
+#include "base/clock.h"
 
 double breaker_monotonic(void *unused) {
   (void)unused;
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+  return qv_monotonic_s();
 }
 
 void breaker_init(breaker *b, int threshold, double recovery_s, breaker_clock clock, void *clock_arg) {

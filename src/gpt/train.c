@@ -19,6 +19,7 @@
 #include <sys/stat.h>
 #include <time.h>
 
+#include "base/clock.h"
 #include "base/error.h"
 #include "base/file.h"
 #include "base/log.h"
@@ -46,12 +47,6 @@ void gpt_train_defaults(gpt_train_opts *o) {
   o->eval_batches = 8;
   o->val_fraction = 0.05;
   o->chunk = (text_chunk_config){.kind = TEXT_CHUNK_STRUCTURE, .size = 256, .min = 64, .max = 254, .overlap = 0};
-}
-
-static double now_s(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
 /* ---- Corpus -------------------------------------------------------------------------- */
@@ -445,7 +440,7 @@ qv_status gpt_train_run(const gpt_train_opts *opts, qv_error *err) {
   gpt_adamw adam = {o.lr, o.beta1, o.beta2, 1e-8f, o.weight_decay};
   uint64_t tokens_seen = o.resume ? rmeta.tokens_seen : 0;
   size_t span = c.train.n - (size_t)T; /* window starts in [0, span) */
-  double t0 = now_s();
+  double t0 = qv_monotonic_s();
   double last_val = NAN;
   for (long step = start; step < o.steps; step++) {
     float lr = gpt_lr_at(step, o.warmup, o.steps, o.lr, o.min_lr);
@@ -491,7 +486,7 @@ qv_status gpt_train_run(const gpt_train_opts *opts, qv_error *err) {
         goto done;
       saved = dir;
     }
-    double el = now_s() - t0;
+    double el = qv_monotonic_s() - t0;
     long ran = done_steps - start;
     gpt_train_stats s = {.step = done_steps, .steps = o.steps, .loss = (float)loss, .lr = lr, .grad_norm = norm,
                          .val_loss = val, .elapsed_s = el,
