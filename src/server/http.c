@@ -74,6 +74,9 @@ typedef struct conn_state {
   const http_route *route;
   int status;
   char path_buf[2048];    /* the matched route's {param} values, NUL-separated */
+  const char *params[HTTP_MAX_PARAMS]; /* into path_buf */
+  int mismatch;           /* no route, but the path matched with another method */
+  int read_only;          /* authenticated with a read-only key */
   /* an offloaded model route (inv. 4) */
   struct MHD_Connection *conn;
   http_req req;
@@ -441,6 +444,19 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
     cs->start = server_now();
     *con_cls = cs;
     __atomic_add_fetch(&h->inflight, 1, __ATOMIC_SEQ_CST);
+    int mismatch = 0;
+    cs->route = http_find_route(method, url, cs->params, cs->path_buf, sizeof cs->path_buf, &mismatch);
+    cs->mismatch = mismatch;
+    /* Auth needs only the headers, so it is checked before the body is read: a client
+     * without a key cannot make the server buffer max_body_bytes. The answer goes out now;
+     * MHD then closes the connection rather than read a body nobody will use. */
+    if (cs->route && !(cs->route->flags & HTTP_ROUTE_OPEN)) {
+      const char *why = NULL;
+      int st = authenticate(s, c, &cs->read_only, &why);
+      if (st) return send_error(c, cs, st, 0, why);
+      if (cs->read_only && (cs->route->flags & HTTP_ROUTE_WRITE))
+        return send_error(c, cs, 403, 0, "this key is read-only; the route changes data");
+    }
     /* A declared length over the limit is refused before any of the body is read. */
     const char *cl = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
     if (cl && strtoull(cl, NULL, 10) > s->cfg.max_body_bytes) cs->too_big = 1;
@@ -478,25 +494,19 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
     return send_error(c, cs, 413, 0, msg);
   }
   http_req req = {0};
-  int mismatch = 0;
-  const http_route *rt = http_find_route(method, url, req.params, cs->path_buf, sizeof cs->path_buf, &mismatch);
-  cs->route = rt;
+  const http_route *rt = cs->route;
+  memcpy(req.params, cs->params, sizeof req.params);
   if (!rt) {
     char msg[2200];
-    if (mismatch) {
+    if (cs->mismatch) {
       snprintf(msg, sizeof msg, "method %.16s is not allowed on %.2000s", method, url);
       return send_error(c, cs, 405, 0, msg);
     }
     snprintf(msg, sizeof msg, "no route for %.16s %.2000s", method, url);
     return send_error(c, cs, 404, 0, msg);
   }
-  int read_only = 0;
+  int read_only = cs->read_only; /* authenticated on the first call */
   if (!(rt->flags & HTTP_ROUTE_OPEN)) {
-    const char *why = NULL;
-    int st = authenticate(s, c, &read_only, &why);
-    if (st) return send_error(c, cs, st, 0, why);
-    if (read_only && (rt->flags & HTTP_ROUTE_WRITE))
-      return send_error(c, cs, 403, 0, "this key is read-only; the route changes data");
     if (!__atomic_load_n(&s->ready, __ATOMIC_ACQUIRE))
       return send_error(c, cs, 503, 1, "the server is starting: the data directory and models are loading");
   }

@@ -125,3 +125,43 @@ def test_env_and_config_file_keys(start_quiver_server, tmp_path):
     assert httpx.put(url + "/collections/x", json=CREATE, headers={"api-key": "from-file"}).status_code == 200
     assert httpx.get(url + "/collections/x", headers={"api-key": "from-env"}).status_code == 200
     assert httpx.delete(url + "/collections/x", headers={"api-key": "from-env"}).status_code == 403
+
+
+def _raw_headers_only(url, path, headers, method="POST"):
+    """Sends a request's headers declaring a 30 MB body but none of it; returns what the server
+    answers within 20 s (b"" if nothing), and whether it then closed the connection."""
+    import socket
+    host, port = url.split("//")[1].split(":")
+    s = socket.create_connection((host, int(port)), timeout=20)
+    try:
+        head = f"{method} {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n" \
+               f"Content-Length: {30 * 1024 * 1024}\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n"
+        s.sendall(head.encode())
+        data = b""
+        try:
+            while b"\r\n\r\n" not in data:
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+        except socket.timeout:
+            pass
+        return data
+    finally:
+        s.close()
+
+
+def test_auth_is_checked_before_the_body_is_read(srv):
+    # Without a key (or with a wrong one) the answer comes from the headers alone: the
+    # server does not wait for (and buffer) the 30 MB the request declares.
+    for headers in ({}, {"api-key": "wrong"}, {"Authorization": "Bearer wrong"}):
+        got = _raw_headers_only(srv, "/collections/c/points", headers)
+        assert got.startswith(b"HTTP/1.1 401"), (headers, got[:200])
+    # A read-only key on a write route: 403, also before the body.
+    got = _raw_headers_only(srv, "/collections/c/points", {"api-key": RO}, method="PUT")
+    assert got.startswith(b"HTTP/1.1 403"), got[:200]
+    # The server keeps serving, and an authenticated request still gets its body read.
+    r = httpx.put(srv + "/collections/early", json=CREATE, headers={"api-key": RW})
+    assert r.status_code == 200, r.text
+    r = httpx.put(srv + "/collections/early2", json=CREATE)
+    assert r.status_code == 401, r.text
