@@ -39,7 +39,8 @@ extern "C" {
   X(ERANGE, -17, "value out of range")                                          \
   X(ETOOLONG, -18, "input is longer than the model accepts")                   \
   X(EBUSY, -19, "overloaded; try again later")                                 \
-  X(EDEVICE, -20, "accelerator failed")
+  X(EDEVICE, -20, "accelerator failed")                                         \
+  X(ENOMODEL, -21, "no model is loaded for this")
 
 typedef enum {
 #define QV_STATUS_ENUM(name, value, msg) QV_##name = value,

@@ -53,7 +53,7 @@ static docs_entry *docs_retired;
 
 /* Checks that the server's model can embed for c (or for a new collection when c is NULL). */
 static qv_status check_model(server *s, qv_collection *c, qv_error *err) {
-  if (!s->model) return qv_fail(err, QV_EINVAL, "no embedding model is loaded; start the server with --model");
+  if (!s->model) return qv_fail(err, QV_ENOMODEL, "no embedding model is loaded; start the server with --model");
   if (!c) return QV_OK;
   qv_model_info mi;
   qv_model_info_get(s->model, &mi);

@@ -12,19 +12,6 @@
 #include "server/batcher.h"
 #include "server/server.h"
 
-int embedapi_http_status(qv_status st) {
-  switch (st) {
-  case QV_ETOOLONG: return 413;
-  case QV_EBUSY: return 429;
-  case QV_EINVAL:
-  case QV_EJSON:
-  case QV_ERANGE:
-  case QV_EDIM: return 400;
-  case QV_NOTFOUND: return 503;
-  default: return 500;
-  }
-}
-
 int embedapi_truncate(const server *s, const json_t *v) {
   if (!v || json_is_null(v)) return s->cfg.truncate ? 1 : 0;
   if (!json_is_boolean(v)) return -1;
@@ -35,7 +22,7 @@ qv_status embedapi_encode(server *s, const char *const *texts, const size_t *len
                           size_t *tokens, qv_error *err) {
   *out = NULL;
   if (tokens) *tokens = 0;
-  if (!s->model) return qv_fail(err, QV_NOTFOUND, "no embedding model is loaded");
+  if (!s->model) return qv_fail(err, QV_ENOMODEL, "no embedding model is loaded");
   qv_model_info info;
   qv_model_info_get(s->model, &info);
   float *v = malloc((n ? n : 1) * (size_t)info.dims * sizeof *v);
@@ -63,7 +50,7 @@ qv_status embedapi_encode(server *s, const char *const *texts, const size_t *len
 
 qv_status embedapi_rerank(server *s, const char *query, const char *const *docs, size_t n, int truncate, float *logits,
                           qv_error *err) {
-  if (!s->reranker) return qv_fail(err, QV_NOTFOUND, "no reranker is loaded (start the server with --reranker)");
+  if (!s->reranker) return qv_fail(err, QV_ENOMODEL, "no reranker is loaded (start the server with --reranker)");
   if (s->rerank_batcher) return batcher_rerank(s->rerank_batcher, query, docs, n, truncate, logits, err);
   return qv_model_rerank(s->reranker, query, docs, n, truncate, logits, err);
 }
@@ -76,7 +63,7 @@ static int is_special(const qv_tokenizer *t, int32_t id, const char *piece) {
 
 qv_status embedapi_decode_ids(server *s, const int64_t *ids, size_t n, char **text, qv_error *err) {
   *text = NULL;
-  if (!s->model) return qv_fail(err, QV_NOTFOUND, "no embedding model is loaded");
+  if (!s->model) return qv_fail(err, QV_ENOMODEL, "no embedding model is loaded");
   const qv_tokenizer *t = model_tokenizer(s->model);
   size_t cap = 1;
   for (size_t i = 0; i < n; i++) {
@@ -125,7 +112,7 @@ qv_status embedapi_tokenize(server *s, const char *text, size_t len, int add_spe
                             qv_error *err) {
   *toks = NULL;
   *n = 0;
-  if (!s->model) return qv_fail(err, QV_NOTFOUND, "no embedding model is loaded");
+  if (!s->model) return qv_fail(err, QV_ENOMODEL, "no embedding model is loaded");
   const qv_tokenizer *t = model_tokenizer(s->model);
   tok_encoding e = {0};
   qv_status st = tok_encode(t, text, len, NULL, 0, 0, &e, err);

@@ -12,21 +12,17 @@
 
 struct server;
 
-/* The HTTP status for a failed embedding call: 413 too long, 429 busy, 400 bad input,
- * 503 no model, 500 otherwise. */
-int embedapi_http_status(qv_status st);
-
 /* The truncate setting of a request: the JSON boolean v, or the server default when v is
  * absent or null. Returns -1 when v is present but not a boolean. */
 int embedapi_truncate(const struct server *s, const json_t *v);
 
 /* Embeds n texts with the default model through its batcher (directly when there is none).
  * *out (n, dims) is malloc'd; *tokens (may be NULL) gets the token count after truncation.
- * QV_NOTFOUND when no embedding model is loaded. */
+ * QV_ENOMODEL when no embedding model is loaded. */
 qv_status embedapi_encode(struct server *s, const char *const *texts, const size_t *lens, size_t n,
                           int truncate, float **out, size_t *tokens, qv_error *err);
 
-/* Cross-encoder logits (n) for (query, docs[i]) through the rerank batcher. QV_NOTFOUND
+/* Cross-encoder logits (n) for (query, docs[i]) through the rerank batcher. QV_ENOMODEL
  * when the server runs without a reranker. */
 qv_status embedapi_rerank(struct server *s, const char *query, const char *const *docs, size_t n,
                           int truncate, float *logits, qv_error *err);

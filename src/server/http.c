@@ -147,6 +147,19 @@ void http_reply_error(http_resp *w, int status, const char *fmt, ...) {
   http_reply_json(w, status, json_pack("{s:s}", "error", msg));
 }
 
+int http_status_of(qv_status st) {
+  switch (st) {
+  case QV_EINVAL: case QV_EJSON: case QV_EFILTER: case QV_ENAME: case QV_EDIM: case QV_ENONFINITE:
+  case QV_ERANGE: case QV_EUNSUPPORTED: return 400;
+  case QV_NOTFOUND: return 404;
+  case QV_EXISTS: return 409;
+  case QV_ETOOLONG: return 413;
+  case QV_EBUSY: return 429;
+  case QV_ENOMODEL: return 503;
+  default: return 500;
+  }
+}
+
 json_t *http_body_json(const http_req *r, http_resp *w, int allow_any) {
   json_error_t je;
   if (r->body_len == 0) {

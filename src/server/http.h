@@ -43,6 +43,16 @@ void http_reply_text(http_resp *w, int status, const char *content_type, const c
 void http_reply_error(http_resp *w, int status, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
+/* The one qv_status -> HTTP status rule every surface uses (docs/api.md, "Errors"):
+ *   400  bad input: EINVAL EJSON EFILTER ENAME EDIM ENONFINITE ERANGE EUNSUPPORTED
+ *   404  NOTFOUND (a collection, a point)     409  EXISTS
+ *   413  ETOOLONG (an input over the model's limit, without truncation)
+ *   429  EBUSY (overloaded; sent with Retry-After)
+ *   503  ENOMODEL (the route needs a model the server runs without)
+ *   500  everything else: storage, memory, the accelerator, errno values.
+ * TEI's routes rename two of them as TEI does (tei.c): 400 -> 422, 500 -> 424. */
+int http_status_of(qv_status st);
+
 /* Parses the body as JSON (an object unless allow_any); on failure replies 400 naming the
  * problem (via reply_error when given, else http_reply_error) and returns NULL. */
 json_t *http_body_json(const http_req *r, http_resp *w, int allow_any);

@@ -25,8 +25,7 @@
 #include "server/server.h"
 
 static void fail(http_resp *w, qv_status st, const qv_error *err) {
-  int status = st == QV_NOTFOUND && err->msg[0] && strstr(err->msg, "collection") ? 404 : embedapi_http_status(st);
-  if (st == QV_EFILTER || st == QV_EDIM || st == QV_ENAME) status = 400;
+  int status = http_status_of(st);
   http_reply_error(w, status, "%s", err->msg[0] ? err->msg : qv_strerror(st));
   if (status == 429) w->retry_after = 1;
 }

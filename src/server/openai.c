@@ -31,10 +31,10 @@ static void oai_error(http_resp *w, int status, const char *type, const char *pa
 }
 
 static void oai_fail(http_resp *w, qv_status st, const qv_error *err) {
-  int status = embedapi_http_status(st);
+  int status = http_status_of(st);
   const char *type = status == 429 ? "rate_limit_error" : status >= 500 ? "server_error" : "invalid_request_error";
   const char *code = st == QV_ETOOLONG ? "context_length_exceeded" : st == QV_EBUSY ? "overloaded"
-                     : st == QV_NOTFOUND ? "model_not_loaded" : NULL;
+                     : st == QV_ENOMODEL ? "model_not_loaded" : NULL;
   oai_error(w, status, type, st == QV_ETOOLONG || st == QV_EINVAL || st == QV_ERANGE ? "input" : NULL, code,
             err->msg[0] ? err->msg : qv_strerror(st));
 }

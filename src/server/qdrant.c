@@ -40,19 +40,8 @@ void qdrant_error(http_resp *w, int status, double t0, const char *fmt, ...) {
   if (status == 429) w->retry_after = 1;
 }
 
-int qdrant_status_of(qv_status st) {
-  switch (st) {
-  case QV_NOTFOUND: return 404;
-  case QV_EXISTS: return 409;
-  case QV_EBUSY: return 429;
-  case QV_ENOMEM: case QV_ESTORE: case QV_ESTICKY: case QV_ECORRUPT: case QV_ELOCKED: case QV_EDEVICE:
-  case QV_EFORMAT: case QV_ETRUNC: return 500;
-  default: return st > 0 ? 500 : 400;
-  }
-}
-
 void qdrant_fail(http_resp *w, qv_status st, const qv_error *err, double t0) {
-  qdrant_error(w, qdrant_status_of(st), t0, "%s", err && err->msg[0] ? err->msg : qv_strerror(st));
+  qdrant_error(w, http_status_of(st), t0, "%s", err && err->msg[0] ? err->msg : qv_strerror(st));
 }
 
 /* ---- decoders ------------------------------------------------------------------------- */
@@ -650,7 +639,7 @@ static json_t *update_result(qv_collection *c) {
 /* Embeds n texts with the server's model into out (n, cfg->size). */
 static qv_status embed_texts(server *s, const qv_collection_config *cfg, const char *const *texts, const size_t *lens,
                              size_t n, float *out, qv_error *err) {
-  if (!s->embed_batcher) return qv_fail(err, QV_EINVAL, "no embedding model is loaded; start the server with --model");
+  if (!s->embed_batcher) return qv_fail(err, QV_ENOMODEL, "no embedding model is loaded; start the server with --model");
   qv_model_info mi;
   qv_model_info_get(s->model, &mi);
   if (cfg->model[0] && strcmp(cfg->model, mi.name) && strcmp(cfg->model, s->cfg.model))

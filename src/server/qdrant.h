@@ -16,9 +16,6 @@ void qdrant_error(http_resp *w, int status, double t0, const char *fmt, ...)
 
 /* Qdrant's success envelope {"result": result, "status": "ok", "time": t} (takes result). */
 void qdrant_ok(http_resp *w, json_t *result, double t0);
-/* The HTTP status for a qv_status: 404 not found, 409 exists, 429 busy, 500 for storage
- * and internal failures, 400 for the rest of the caller's mistakes. */
-int qdrant_status_of(qv_status st);
 /* Replies with Qdrant's error shape for st, with err's message. */
 void qdrant_fail(http_resp *w, qv_status st, const qv_error *err, double t0);
 /* The request body as a JSON object; on failure replies 400 naming the problem and

@@ -40,12 +40,14 @@ static void tei_error(http_resp *w, int status, const char *type, const char *fm
 
 static void tei_fail(http_resp *w, qv_status st, const qv_error *err) {
   const char *msg = err->msg[0] ? err->msg : qv_strerror(st);
-  switch (st) {
-  case QV_ETOOLONG: tei_error(w, 413, "Validation", "%s", msg); break;
-  case QV_EBUSY: tei_error(w, 429, "Overloaded", "%s", msg); break;
-  case QV_EINVAL:
-  case QV_ERANGE: tei_error(w, 422, "Tokenizer", "%s", msg); break;
-  case QV_NOTFOUND: tei_error(w, 503, "Unhealthy", "%s", msg); break;
+  /* http_status_of's rule, with TEI's names for two of its answers: 422 for bad input,
+   * 424 for a backend failure */
+  switch (http_status_of(st)) {
+  case 413: tei_error(w, 413, "Validation", "%s", msg); break;
+  case 429: tei_error(w, 429, "Overloaded", "%s", msg); break;
+  case 400: tei_error(w, 422, "Tokenizer", "%s", msg); break;
+  case 503: tei_error(w, 503, "Unhealthy", "%s", msg); break;
+  case 404: tei_error(w, 404, "Validation", "%s", msg); break;
   default: tei_error(w, 424, "Backend", "%s", msg); break;
   }
 }

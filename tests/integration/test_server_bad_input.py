@@ -261,3 +261,25 @@ def test_schemathesis_finds_no_server_errors(start_quiver_server):
         assert r.status_code in (400, 422, 503), (path, r.text)
         assert "load" in r.text or "rerank" in r.text
     intact(srv.url)
+
+
+def test_no_model_is_503_on_every_route(start_quiver_server):
+    """One status table: a route that needs the model the server runs without answers 503
+    on every surface (it was 400 on the Qdrant and documents routes); a missing collection
+    stays 404."""
+    srv = start_quiver_server(model=False)
+    r = httpx.put(srv.url + "/collections/c", json={"vectors": {"size": 4, "distance": "Dot"}})
+    assert r.status_code == 200, r.text
+    for path, body in [("/v1/embeddings", {"input": "x"}), ("/embed", {"inputs": "x"}),
+                       ("/api/v1/embeddings/generate", {"text": "x"}),
+                       ("/collections/c/points/query", {"query": {"text": "x"}}),
+                       ("/collections/c/documents", {"documents": [{"text": "x", "source": "a"}]}),
+                       ("/v1/rerank", {"query": "q", "documents": ["a"]})]:
+        r = httpx.post(srv.url + path, json=body, timeout=60)
+        assert r.status_code == 503, (path, r.status_code, r.text)
+        assert "model" in r.text or "reranker" in r.text, (path, r.text)
+    r = httpx.post(srv.url + "/api/v1/similarity/search", json={"query": "x", "collection": "missing"})
+    assert r.status_code in (404, 503), r.text
+    r = httpx.post(srv.url + "/collections/missing/points/query", json={"query": [1, 2, 3, 4]})
+    assert r.status_code == 404, r.text
+    assert httpx.get(srv.url + "/healthz").status_code == 200

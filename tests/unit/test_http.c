@@ -1,6 +1,6 @@
 /* The HTTP layer's pure parts: route matching with {param} segments and specificity,
  * 404 vs 405, HS256 JWT checks (valid, expired, tampered, wrong alg, malformed), and
- * UTF-8 sanitizing of error text. */
+ * UTF-8 sanitizing of error text, and the one qv_status -> HTTP status table. */
 #include <jansson.h>
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
@@ -113,4 +113,19 @@ TEST(utf8_sanitize) {
   ASSERT(!strchr(a, '\xff'));
 }
 
-TEST_MAIN(T(match_params), T(find_route_specific_first_and_405), T(jwt), T(utf8_sanitize))
+/* One table for every surface: each status code lands in its class. */
+TEST(status_table) {
+  static const qv_status bad[] = {QV_EINVAL, QV_EJSON, QV_EFILTER, QV_ENAME, QV_EDIM, QV_ENONFINITE, QV_ERANGE,
+                                  QV_EUNSUPPORTED};
+  for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) ASSERT_EQ(http_status_of(bad[i]), 400);
+  ASSERT_EQ(http_status_of(QV_NOTFOUND), 404);
+  ASSERT_EQ(http_status_of(QV_EXISTS), 409);
+  ASSERT_EQ(http_status_of(QV_ETOOLONG), 413);
+  ASSERT_EQ(http_status_of(QV_EBUSY), 429);
+  ASSERT_EQ(http_status_of(QV_ENOMODEL), 503);
+  static const qv_status internal[] = {QV_ENOMEM, QV_EFORMAT, QV_ETRUNC, QV_ECORRUPT, QV_ELOCKED,
+                                       QV_ESTORE, QV_ESTICKY, QV_EDEVICE, 5 /* EIO */, 28 /* ENOSPC */};
+  for (size_t i = 0; i < sizeof internal / sizeof internal[0]; i++) ASSERT_EQ(http_status_of(internal[i]), 500);
+}
+
+TEST_MAIN(T(match_params), T(find_route_specific_first_and_405), T(jwt), T(utf8_sanitize), T(status_table))
