@@ -180,21 +180,44 @@ static qv_status decode_documents(json_t *b, size_t max, qv_error *err) {
   if (!json_array_size(docs)) return qv_fail(err, QV_EINVAL, "\"documents\" is empty");
   if (json_array_size(docs) > max)
     return qv_fail(err, QV_EINVAL, "%zu documents; the limit per request is %zu", json_array_size(docs), max);
+  /* sources seen so far, source -> index: jansson's hash table keeps the duplicate check
+   * linear where comparing each source with every earlier one was quadratic */
+  json_t *seen = json_object();
+  if (!seen) return qv_fail(err, QV_ENOMEM, "out of memory");
+  qv_status st = QV_OK;
   size_t i;
   json_t *d;
   json_array_foreach(docs, i, d) {
-    if (!json_is_object(d)) return qv_fail(err, QV_EINVAL, "documents[%zu] must be an object", i);
+    if (!json_is_object(d)) {
+      st = qv_fail(err, QV_EINVAL, "documents[%zu] must be an object", i);
+      break;
+    }
     json_t *src = json_object_get(d, "source"), *text = json_object_get(d, "text");
-    if (!json_is_string(src) || !json_string_length(src))
-      return qv_fail(err, QV_EINVAL, "documents[%zu].source must be a non-empty string", i);
-    if (strlen(json_string_value(src)) != json_string_length(src))
-      return qv_fail(err, QV_EINVAL, "documents[%zu].source holds a NUL character", i);
-    if (!json_is_string(text)) return qv_fail(err, QV_EINVAL, "documents[%zu].text must be a string", i);
-    for (size_t j = 0; j < i; j++)
-      if (!strcmp(json_string_value(json_object_get(json_array_get(docs, j), "source")), json_string_value(src)))
-        return qv_fail(err, QV_EINVAL, "documents[%zu].source repeats documents[%zu]'s", i, j);
+    if (!json_is_string(src) || !json_string_length(src)) {
+      st = qv_fail(err, QV_EINVAL, "documents[%zu].source must be a non-empty string", i);
+      break;
+    }
+    if (strlen(json_string_value(src)) != json_string_length(src)) {
+      st = qv_fail(err, QV_EINVAL, "documents[%zu].source holds a NUL character", i);
+      break;
+    }
+    if (!json_is_string(text)) {
+      st = qv_fail(err, QV_EINVAL, "documents[%zu].text must be a string", i);
+      break;
+    }
+    json_t *prev = json_object_get(seen, json_string_value(src));
+    if (prev) {
+      st = qv_fail(err, QV_EINVAL, "documents[%zu].source repeats documents[%zu]'s", i,
+                   (size_t)json_integer_value(prev));
+      break;
+    }
+    if (json_object_set_new(seen, json_string_value(src), json_integer((json_int_t)i))) {
+      st = qv_fail(err, QV_ENOMEM, "out of memory");
+      break;
+    }
   }
-  return QV_OK;
+  json_decref(seen);
+  return st;
 }
 
 qv_status docs_decode_ingest(json_t *b, int model_max, size_t max, text_chunk_config *cc, qv_error *err) {

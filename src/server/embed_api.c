@@ -18,6 +18,30 @@ int embedapi_truncate(const server *s, const json_t *v) {
   return json_is_true(v) ? 1 : 0;
 }
 
+qv_status embedapi_texts(const server *s, const json_t *v, const char *field, const char ***texts, size_t **lens,
+                         size_t *n, qv_error *err) {
+  *texts = NULL;
+  *lens = NULL;
+  *n = 0;
+  size_t count = json_is_string(v) ? 1 : json_is_array(v) ? json_array_size(v) : 0;
+  if (count == 0)
+    return qv_fail(err, QV_EINVAL, "`%s` must be a string or a non-empty array of strings", field);
+  if (s->cfg.max_batch && count > s->cfg.max_batch)
+    return qv_fail(err, QV_ERANGE, "`%s` holds %zu items; at most %zu are allowed per request", field, count,
+                   s->cfg.max_batch);
+  *texts = malloc(count * sizeof **texts);
+  *lens = malloc(count * sizeof **lens);
+  if (!*texts || !*lens) return qv_fail(err, QV_ENOMEM, "out of memory");
+  for (size_t i = 0; i < count; i++) {
+    const json_t *t = json_is_string(v) ? v : json_array_get(v, i);
+    if (!json_is_string(t)) return qv_fail(err, QV_EINVAL, "`%s`[%zu] must be a string", field, i);
+    (*texts)[i] = json_string_value(t);
+    (*lens)[i] = json_string_length(t);
+  }
+  *n = count;
+  return QV_OK;
+}
+
 qv_status embedapi_encode(server *s, const char *const *texts, const size_t *lens, size_t n, int truncate, float **out,
                           size_t *tokens, qv_error *err) {
   *out = NULL;

@@ -16,6 +16,13 @@ struct server;
  * absent or null. Returns -1 when v is present but not a boolean. */
 int embedapi_truncate(const struct server *s, const json_t *v);
 
+/* Borrows the strings of v (a string, or a non-empty array of strings) into *texts and
+ * *lens (both malloc'd; the strings stay in v; free them even on failure). QV_EINVAL
+ * naming `field` when v has another shape or an item is not a string, QV_ERANGE when it
+ * holds more than limits.max_batch items. The text inputs of the TEI and /api/v1 routes. */
+qv_status embedapi_texts(const struct server *s, const json_t *v, const char *field, const char ***texts,
+                         size_t **lens, size_t *n, qv_error *err);
+
 /* Embeds n texts with the default model through its batcher (directly when there is none).
  * *out (n, dims) is malloc'd; *tokens (may be NULL) gets the token count after truncation.
  * QV_ENOMODEL when no embedding model is loaded. */

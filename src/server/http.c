@@ -160,23 +160,30 @@ int http_status_of(qv_status st) {
   }
 }
 
-json_t *http_body_json(const http_req *r, http_resp *w, int allow_any) {
+json_t *http_parse_body(const http_req *r, int allow_any, char *why, size_t cap) {
   json_error_t je;
   if (r->body_len == 0) {
-    http_reply_error(w, 400, "the request needs a JSON body");
+    snprintf(why, cap, "the request needs a JSON body");
     return NULL;
   }
   /* jansson rejects invalid UTF-8 and NUL bytes itself; depth is bounded below. */
   json_t *j = json_loadb(r->body, r->body_len, JSON_REJECT_DUPLICATES, &je);
   if (!j) {
-    http_reply_error(w, 400, "malformed JSON at line %d column %d: %s", je.line, je.column, je.text);
+    snprintf(why, cap, "malformed JSON at line %d column %d: %s", je.line, je.column, je.text);
     return NULL;
   }
   if (!allow_any && !json_is_object(j)) {
     json_decref(j);
-    http_reply_error(w, 400, "the body must be a JSON object");
+    snprintf(why, cap, "the body must be a JSON object");
     return NULL;
   }
+  return j;
+}
+
+json_t *http_body_json(const http_req *r, http_resp *w, int allow_any) {
+  char why[256];
+  json_t *j = http_parse_body(r, allow_any, why, sizeof why);
+  if (!j) http_reply_error(w, 400, "%s", why);
   return j;
 }
 

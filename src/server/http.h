@@ -53,8 +53,10 @@ void http_reply_error(http_resp *w, int status, const char *fmt, ...)
  * TEI's routes rename two of them as TEI does (tei.c): 400 -> 422, 500 -> 424. */
 int http_status_of(qv_status st);
 
-/* Parses the body as JSON (an object unless allow_any); on failure replies 400 naming the
- * problem (via reply_error when given, else http_reply_error) and returns NULL. */
+/* Parses the body as JSON (an object unless allow_any); NULL on failure with why (cap
+ * bytes) naming the problem: every surface's parser, each answering in its own shape. */
+json_t *http_parse_body(const http_req *r, int allow_any, char *why, size_t cap);
+/* http_parse_body answering a failure with http_reply_error's 400. */
 json_t *http_body_json(const http_req *r, http_resp *w, int allow_any);
 
 /* Replaces each byte of an invalid UTF-8 sequence in s with '?', so text quoted from a

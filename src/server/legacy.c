@@ -22,6 +22,7 @@
 #include "store/filter.h"
 #include "server/embed_api.h"
 #include "server/http.h"
+#include "server/qdrant.h"
 #include "server/server.h"
 
 static void fail(http_resp *w, qv_status st, const qv_error *err) {
@@ -36,35 +37,15 @@ static int read_texts(server *s, json_t *body, http_resp *w, const char ***texts
   *texts = NULL;
   *lens = NULL;
   *n = 0;
-  if (many && json_is_array(many) && json_array_size(many) > 0) {
-    *n = json_array_size(many);
-  } else if (!many && json_is_string(one)) {
-    *n = 1;
-    many = NULL;
-  } else {
+  if (many ? !json_is_array(many) : !json_is_string(one)) {
     http_reply_error(w, 400, "give \"text\" (a string) or \"texts\" (a non-empty array of strings)");
     return -1;
   }
-  if (s->cfg.max_batch && *n > s->cfg.max_batch) {
-    http_reply_error(w, 400, "\"texts\" holds %zu items; at most %zu are allowed per request", *n, s->cfg.max_batch);
-    return -1;
-  }
-  *texts = malloc(*n * sizeof **texts);
-  *lens = malloc(*n * sizeof **lens);
-  if (!*texts || !*lens) {
-    http_reply_error(w, 500, "out of memory");
-    return -1;
-  }
-  for (size_t i = 0; i < *n; i++) {
-    json_t *v = many ? json_array_get(many, i) : one;
-    if (!json_is_string(v)) {
-      http_reply_error(w, 400, "\"texts\"[%zu] must be a string", i);
-      return -1;
-    }
-    (*texts)[i] = json_string_value(v);
-    (*lens)[i] = json_string_length(v);
-  }
-  return 0;
+  qv_error err = {0};
+  qv_status st = many ? embedapi_texts(s, many, "texts", texts, lens, n, &err)
+                      : embedapi_texts(s, one, "text", texts, lens, n, &err);
+  if (st) fail(w, st, &err);
+  return st ? -1 : 0;
 }
 
 static int read_truncate(server *s, json_t *body, http_resp *w) {
@@ -109,13 +90,6 @@ done:
 
 static void generate(http_req *r, http_resp *w) { generate_common(r, w, 0); }
 static void batch(http_req *r, http_resp *w) { generate_common(r, w, 1); }
-
-static json_t *id_json(const qv_point_id *id) {
-  if (id->kind == QV_ID_NUM) return json_integer((json_int_t)id->num);
-  char buf[40];
-  qv_point_id_format(id, buf);
-  return json_string(buf);
-}
 
 /* A filter from either form (see the top of the file); *f NULL when absent. */
 static qv_status read_filter(json_t *body, qv_filter **f, qv_error *err) {
@@ -194,7 +168,7 @@ static void search(http_req *r, http_resp *w) {
   json_t *results = json_array();
   for (size_t i = 0; i < rec.count; i++) {
     json_t *payload = rec.items[i].payload ? json_loads(rec.items[i].payload, 0, NULL) : NULL;
-    json_array_append_new(results, json_pack("{s:o, s:f, s:o}", "id", id_json(&rec.items[i].id), "score",
+    json_array_append_new(results, json_pack("{s:o, s:f, s:o}", "id", qdrant_id_json(&rec.items[i].id), "score",
                                              (double)rec.items[i].score, "payload",
                                              payload ? payload : json_object()));
   }
@@ -322,7 +296,7 @@ static void index_add(http_req *r, http_resp *w) {
     goto done;
   }
   json_t *ids = json_array();
-  for (size_t i = 0; i < n; i++) json_array_append_new(ids, id_json(&pts[i].id));
+  for (size_t i = 0; i < n; i++) json_array_append_new(ids, qdrant_id_json(&pts[i].id));
   http_reply_json(w, 200, json_pack("{s:s, s:I, s:o}", "collection", json_string_value(coll), "added", (json_int_t)n,
                                     "ids", ids));
 done:

@@ -561,17 +561,17 @@ static json_t *vector_json(const float *v, const qv_collection_config *cfg) {
   return o;
 }
 
-static json_t *id_json(const qv_point_id *id) {
+json_t *qdrant_id_json(const qv_point_id *id) {
+  if (id->kind == QV_ID_NUM) return json_integer((json_int_t)id->num);
   char buf[40];
   qv_point_id_format(id, buf);
-  if (id->kind == QV_ID_NUM) return json_integer((json_int_t)id->num);
   return json_string(buf);
 }
 
 static json_t *record_json(const qv_record *r, const qv_collection_config *cfg, json_t *sel, int def_payload,
                            int scored) {
   json_t *o = json_object();
-  json_object_set_new(o, "id", id_json(&r->id));
+  json_object_set_new(o, "id", qdrant_id_json(&r->id));
   if (scored) {
     json_object_set_new(o, "version", json_integer(0));
     json_object_set_new(o, "score", json_real(r->score));
@@ -592,21 +592,9 @@ static json_t *records_json(const qv_records *rs, const qv_collection_config *cf
 /* ---- handler plumbing ----------------------------------------------------------------- */
 
 json_t *qdrant_body(http_req *r, http_resp *w, double t0) {
-  json_error_t je;
-  if (r->body_len == 0) {
-    qdrant_error(w, 400, t0, "the request needs a JSON body");
-    return NULL;
-  }
-  json_t *j = json_loadb(r->body, r->body_len, JSON_REJECT_DUPLICATES, &je);
-  if (!j) {
-    qdrant_error(w, 400, t0, "malformed JSON at line %d column %d: %s", je.line, je.column, je.text);
-    return NULL;
-  }
-  if (!json_is_object(j)) {
-    json_decref(j);
-    qdrant_error(w, 400, t0, "the body must be a JSON object");
-    return NULL;
-  }
+  char why[256];
+  json_t *j = http_parse_body(r, 0, why, sizeof why);
+  if (!j) qdrant_error(w, 400, t0, "%s", why);
   return j;
 }
 
@@ -1012,7 +1000,7 @@ static void scroll(http_req *r, http_resp *w) {
   if (!st)
     qdrant_ok(w,
        json_pack("{s:o,s:o}", "points", records_json(&rs, &cfg, json_is_null(wp) ? NULL : wp, 1, 0), "next_page_offset",
-                 has_next ? id_json(&next) : json_null()),
+                 has_next ? qdrant_id_json(&next) : json_null()),
        t0);
   else qdrant_fail(w, st, &err, t0);
   qv_records_free(&rs);
@@ -1228,7 +1216,7 @@ static qv_status run_query(server *s, qv_collection *c, const qv_collection_conf
     /* Rescoring: the search is restricted to the prefetched candidates with has_id. */
     json_t *ids = json_array();
     for (size_t i = 0; i < q->n_prefetch; i++)
-      for (size_t j = 0; j < lists[i].count; j++) json_array_append_new(ids, id_json(&lists[i].items[j].id));
+      for (size_t j = 0; j < lists[i].count; j++) json_array_append_new(ids, qdrant_id_json(&lists[i].items[j].id));
     json_t *must = json_pack("[{s:o}]", "has_id", ids);
     if (q->filter_json) json_array_append(must, q->filter_json);
     json_t *fj = json_pack("{s:o}", "must", must);

@@ -34,6 +34,8 @@ qv_status qdrant_decode_update(json_t *body, qv_collection_config *cfg, qv_error
 
 /* An integer >= 0 or a UUID string. */
 qv_status qdrant_decode_id(json_t *j, qv_point_id *out, qv_error *err);
+/* A point id as Qdrant writes it: an integer, or a UUID string. */
+json_t *qdrant_id_json(const qv_point_id *id);
 
 /* The points of an upsert ({"points": [...]} or {"batch": {ids, vectors, payloads}}).
  * A vector given as a Document ({"text": ...}) is listed in texts/text_rows; the caller

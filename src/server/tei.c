@@ -54,18 +54,9 @@ static void tei_fail(http_resp *w, qv_status st, const qv_error *err) {
 
 /* TEI parses the body itself and answers 422 for JSON it cannot read. */
 static json_t *tei_body(http_req *r, http_resp *w) {
-  json_error_t je;
-  json_t *j = r->body_len ? json_loadb(r->body, r->body_len, 0, &je) : NULL;
-  if (!j) {
-    tei_error(w, 422, "Validation", "the body must be JSON%s%s", r->body_len ? ": " : "",
-              r->body_len ? je.text : "");
-    return NULL;
-  }
-  if (!json_is_object(j)) {
-    json_decref(j);
-    tei_error(w, 422, "Validation", "the body must be a JSON object");
-    return NULL;
-  }
+  char why[256];
+  json_t *j = http_parse_body(r, 0, why, sizeof why);
+  if (!j) tei_error(w, 422, "Validation", "%s", why);
   return j;
 }
 
@@ -73,38 +64,11 @@ static json_t *tei_body(http_req *r, http_resp *w) {
 static int tei_inputs(server *s, json_t *body, const char *field, http_resp *w, const char ***texts, size_t **lens,
                       size_t *n) {
   json_t *in = json_object_get(body, field);
-  *texts = NULL;
-  *lens = NULL;
-  *n = 0;
-  if (json_is_string(in)) {
-    *n = 1;
-  } else if (json_is_array(in) && json_array_size(in) > 0) {
-    *n = json_array_size(in);
-  } else {
-    tei_error(w, 422, json_is_array(in) ? "Empty" : "Validation", "`%s` must be a string or a non-empty array of strings",
-              field);
-    return -1;
-  }
-  if (s->cfg.max_batch && *n > s->cfg.max_batch) {
-    tei_error(w, 422, "Validation", "batch size %zu > maximum allowed batch size %zu", *n, s->cfg.max_batch);
-    return -1;
-  }
-  *texts = malloc(*n * sizeof **texts);
-  *lens = malloc(*n * sizeof **lens);
-  if (!*texts || !*lens) {
-    tei_error(w, 500, "Backend", "out of memory");
-    return -1;
-  }
-  for (size_t i = 0; i < *n; i++) {
-    json_t *v = json_is_string(in) ? in : json_array_get(in, i);
-    if (!json_is_string(v)) {
-      tei_error(w, 422, "Validation", "`%s`[%zu] must be a string", field, i);
-      return -1;
-    }
-    (*texts)[i] = json_string_value(v);
-    (*lens)[i] = json_string_length(v);
-  }
-  return 0;
+  qv_error err = {0};
+  qv_status st = embedapi_texts(s, in, field, texts, lens, n, &err);
+  if (st == QV_ENOMEM) tei_fail(w, st, &err);
+  else if (st) tei_error(w, 422, json_is_array(in) && json_array_size(in) == 0 ? "Empty" : "Validation", "%s", err.msg);
+  return st ? -1 : 0;
 }
 
 static int tei_bool(json_t *body, const char *field, int dflt, http_resp *w) {

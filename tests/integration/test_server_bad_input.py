@@ -91,7 +91,7 @@ def test_malformed_json_and_wrong_types(srv):
         ("POST", "/collections/c/points/query", b'{"query": true}', 400),
         ("POST", "/collections/c/points/query", b'{"query": [1,2,3,4], "filter": {"must": 5}}', 400),
         ("POST", "/collections/c/points/query", b'{"query": [1,2,3,4], "with_payload": 7}', 400),
-        ("POST", "/collections/c/points/query", b'{"query": {"text": "x"}}', 400),  # no model loaded
+        ("POST", "/collections/c/points/query", b'{"query": {"text": "x"}}', 503),  # no model loaded
         ("POST", "/collections/c/points/scroll", b'{"offset": {"a": 1}}', 400),
         ("POST", "/collections/c/points/count", b'{"filter": "all"}', 400),
         ("POST", "/collections/c/points/delete", b'{}', 400),

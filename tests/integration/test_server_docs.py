@@ -181,6 +181,8 @@ def test_rerank_needs_a_reranker(quiver_server, corpus):
     ({"documents": [{"source": 7, "text": "x"}]}, "source"),
     ({"documents": [{"source": "a.md", "text": "ok"}, {"source": ["b"], "text": "x"}]}, "documents[1]"),
     ({"documents": [{"source": "a.md", "text": "x"}, {"source": "a.md", "text": "y"}]}, "repeats"),
+    ({"documents": [{"source": f"d{i}.md", "text": "x"} for i in range(5000)] + [{"source": "d17.md", "text": "y"}]},
+     "documents[5000].source repeats documents[17]'s"),
     ({"documents": []}, "empty"),
     ({"documents": "a.md"}, "documents"),
     ({"documents": [{"source": "a.md", "text": "x"}], "max_tokens": 0}, "max_tokens"),
