@@ -332,36 +332,47 @@ def metric(text, name):
     raise AssertionError(f"{name} not in /metrics")
 
 
-def test_concurrent_clients_are_batched(srv):
-    texts = [f"client {i} asks about {w} and vectors" for i, w in
-             enumerate(("search index query model token layer attention durable " * 4).split())]
-    assert len(texts) == 32
-    want = quiver_embed(texts)
-    before = srv.http.get("/metrics").text
+def concurrently(url, clients, fn):
+    """Runs fn(i, client) for i in range(clients), each on its own thread and connection,
+    released together by a barrier; returns (sequences, passes) the batcher ran meanwhile."""
+    before = httpx.get(url + "/metrics").text
     s0, c0 = metric(before, "quiver_batch_size_sum"), metric(before, "quiver_batch_size_count")
-    results, errors = [None] * 32, []
-    barrier = threading.Barrier(32)
+    errors = []
+    barrier = threading.Barrier(clients)
 
     def run(i):
         try:
-            with httpx.Client(base_url=srv.url, timeout=120) as h:
+            with httpx.Client(base_url=url, timeout=120) as h:
                 barrier.wait()
-                r = h.post("/v1/embeddings", json={"input": texts[i], "encoding_format": "float"})
-                assert r.status_code == 200, r.text
-                results[i] = r.json()["data"][0]["embedding"]
+                fn(i, h)
         except Exception as e:  # noqa: BLE001 (reported below)
             errors.append(e)
 
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(32)]
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(clients)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     assert not errors, errors
+    after = httpx.get(url + "/metrics").text
+    return metric(after, "quiver_batch_size_sum") - s0, metric(after, "quiver_batch_size_count") - c0
+
+
+def test_concurrent_clients_are_batched(srv):
+    texts = [f"client {i} asks about {w} and vectors" for i, w in
+             enumerate(("search index query model token layer attention durable " * 4).split())]
+    assert len(texts) == 32
+    want = quiver_embed(texts)
+    results = [None] * 32
+
+    def one(i, h):
+        r = h.post("/v1/embeddings", json={"input": texts[i], "encoding_format": "float"})
+        assert r.status_code == 200, r.text
+        results[i] = r.json()["data"][0]["embedding"]
+
+    seqs, passes = concurrently(srv.url, 32, one)
     for i in range(32):
         close(results[i], want[i])
-    after = srv.http.get("/metrics").text
-    seqs, passes = metric(after, "quiver_batch_size_sum") - s0, metric(after, "quiver_batch_size_count") - c0
     assert seqs == 32
     assert seqs / passes > 1, (seqs, passes)
 
@@ -372,30 +383,13 @@ def test_batches_outgrow_the_http_threads(tmp_path):
     concurrent clients' requests still meet in the batcher."""
     s = Server(tmp_path, "--threads", "2", "--batch-wait-ms", "20")
     try:
-        before = s.http.get("/metrics").text
-        s0, c0 = metric(before, "quiver_batch_size_sum"), metric(before, "quiver_batch_size_count")
-        errors = []
-        barrier = threading.Barrier(32)
+        def three(i, h):
+            for k in range(3):
+                r = h.post("/v1/embeddings", json={"input": f"client {i} request {k}"})
+                assert r.status_code == 200, r.text
+                assert len(r.json()["data"]) == 1
 
-        def run(i):
-            try:
-                with httpx.Client(base_url=s.url, timeout=120) as h:
-                    barrier.wait()
-                    for k in range(3):
-                        r = h.post("/v1/embeddings", json={"input": f"client {i} request {k}"})
-                        assert r.status_code == 200, r.text
-                        assert len(r.json()["data"]) == 1
-            except Exception as e:  # noqa: BLE001 (reported below)
-                errors.append(e)
-
-        threads = [threading.Thread(target=run, args=(i,)) for i in range(32)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        assert not errors, errors
-        after = s.http.get("/metrics").text
-        seqs, passes = metric(after, "quiver_batch_size_sum") - s0, metric(after, "quiver_batch_size_count") - c0
+        seqs, passes = concurrently(s.url, 32, three)
         assert seqs == 96
         assert seqs / passes > 2, (seqs, passes)
     finally:
