@@ -38,6 +38,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "base/clock.h"
 #include "base/error.h"
 #include "base/log.h"
 #include "model/model.h"
@@ -83,12 +84,6 @@ struct batcher {
   atomic_size_t requests;   /* requests completed */
 };
 
-static double now_s(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
-
 static void copy_err(qv_error *dst, const qv_error *src) {
   if (dst) *dst = *src;
 }
@@ -110,7 +105,7 @@ static void run_embed(batcher *b, breq **batch, size_t k) {
     total += batch[i]->n;
     tokens += batch[i]->tokens;
   }
-  double t0 = now_s();
+  double t0 = qv_monotonic_s();
   qv_status st = QV_ENOMEM;
   if (k == 1) {
     st = run_one(b, batch[0]);
@@ -143,14 +138,14 @@ static void run_embed(batcher *b, breq **batch, size_t k) {
     free(enc);
     free(out);
   }
-  metrics_stage(b->metrics, "embed", now_s() - t0);
+  metrics_stage(b->metrics, "embed", qv_monotonic_s() - t0);
   metrics_batch(b->metrics, total, tokens);
 }
 
 static void run_rerank(batcher *b, breq *r) {
-  double t0 = now_s();
+  double t0 = qv_monotonic_s();
   r->st = run_one(b, r);
-  metrics_stage(b->metrics, "rerank", now_s() - t0);
+  metrics_stage(b->metrics, "rerank", qv_monotonic_s() - t0);
   metrics_batch(b->metrics, r->n, r->tokens);
 }
 
@@ -171,7 +166,7 @@ static void *worker(void *arg) {
       for (breq *r = b->head; r && tokens < b->max_tokens; r = r->next) tokens += r->tokens;
       if (tokens >= b->max_tokens) break;
       double deadline = b->head->enqueued + b->max_wait_s;
-      if (now_s() >= deadline) break;
+      if (qv_monotonic_s() >= deadline) break;
       /* work_cv is on CLOCK_MONOTONIC (batcher_new), like deadline */
       struct timespec ts;
       ts.tv_sec = (time_t)deadline;
@@ -181,7 +176,7 @@ static void *worker(void *arg) {
     }
     /* Take requests in order while they fit the budget; the first always goes. */
     size_t k = 0, tokens = 0;
-    double taken = now_s();
+    double taken = qv_monotonic_s();
     while (b->head) {
       breq *r = b->head;
       if (k > 0 && (!embed || tokens + r->tokens > b->max_tokens)) break;
@@ -348,9 +343,9 @@ static qv_status submit(batcher *b, breq *r, qv_error *err) {
   pthread_mutex_lock(&b->mu);
   b->arriving++;
   pthread_mutex_unlock(&b->mu);
-  double t0 = now_s();
+  double t0 = qv_monotonic_s();
   qv_status st = r->enc ? tokenize(b, r, err) : count_tokens(b, r, err);
-  metrics_stage(b->metrics, "tokenize", now_s() - t0);
+  metrics_stage(b->metrics, "tokenize", qv_monotonic_s() - t0);
   if (!st && pthread_cond_init(&r->cv, NULL)) st = qv_fail(err, QV_ENOMEM, "cannot create a condition");
   pthread_mutex_lock(&b->mu);
   b->arriving--;
@@ -363,7 +358,7 @@ static qv_status submit(batcher *b, breq *r, qv_error *err) {
   } else if (b->queued >= b->max_queue) {
     st = qv_fail(err, QV_EBUSY, "overloaded: %zu requests are already waiting for the model", b->queued);
   } else {
-    r->enqueued = now_s();
+    r->enqueued = qv_monotonic_s();
     if (b->tail) b->tail->next = r;
     else b->head = r;
     b->tail = r;

@@ -134,12 +134,12 @@ void docs_release(struct server *s) {
 }
 
 qv_status docs_keyword_search(struct server *s, qv_collection *c, const char *text, size_t len, size_t k,
-                              qv_records *out, qv_error *err) {
+                              const qv_filter *filter, qv_records *out, qv_error *err) {
   text_retriever *r;
   memset(out, 0, sizeof *out);
   qv_status st = check_model(s, c, err);
   if (!st) st = retriever_for(s, c, &r, err);
-  if (!st) st = text_retrieve_keyword(r, text, len, k, out, err);
+  if (!st) st = text_retrieve_keyword(r, text, len, k, filter, out, err);
   return st;
 }
 

@@ -14,9 +14,10 @@
 struct server;
 
 /* The BM25 ranking of the collection's chunks for text (ids and scores, best first, at
- * most k), through the collection's retriever (created on first use). */
+ * most k) among the points filter matches (NULL: all), through the collection's
+ * retriever (created on first use). */
 qv_status docs_keyword_search(struct server *s, qv_collection *c, const char *text, size_t len, size_t k,
-                              qv_records *out, qv_error *err);
+                              const qv_filter *filter, qv_records *out, qv_error *err);
 /* Retires c's retriever: called before the collection is deleted. */
 void docs_forget(struct server *s, qv_collection *c);
 /* The bodies of the document routes, checked whole; no socket, model or data directory

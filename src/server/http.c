@@ -36,6 +36,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "base/clock.h"
 #include "base/error.h"
 #include "base/log.h"
 #include "server/docs.h"
@@ -85,11 +86,7 @@ typedef struct conn_state {
   struct conn_state *next; /* in the offload queue; guarded by off_mu */
 } conn_state;
 
-double server_now(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
+double server_now(void) { return qv_monotonic_s(); }
 
 /* ---- replies -------------------------------------------------------------------------- */
 

@@ -22,6 +22,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "base/mem.h"
 #include "quiver.h"
 #include "server/server.h"
 
@@ -267,15 +268,6 @@ static void put_collections(buf *b, server *s) {
   free(names);
 }
 
-static long resident_bytes(void) {
-  FILE *f = fopen("/proc/self/statm", "r");
-  if (!f) return -1;
-  long size = 0, rss = -1;
-  if (fscanf(f, "%ld %ld", &size, &rss) != 2) rss = -1;
-  fclose(f);
-  long page = sysconf(_SC_PAGESIZE);
-  return rss < 0 || page <= 0 ? -1 : rss * page;
-}
 
 char *metrics_render(metrics *m, struct server *s, size_t *len) {
   buf b = {malloc(16384), 0, 16384, 0};
@@ -331,7 +323,7 @@ char *metrics_render(metrics *m, struct server *s, size_t *len) {
     free(snap);
   }
   put_collections(&b, s);
-  long rss = resident_bytes();
+  long rss = qv_resident_bytes();
   put(&b, "# HELP process_resident_memory_bytes Resident memory size in bytes.\n"
           "# TYPE process_resident_memory_bytes gauge\n");
   if (rss >= 0) put(&b, "process_resident_memory_bytes %ld\n", rss);

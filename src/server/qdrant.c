@@ -1173,11 +1173,12 @@ static qv_status run_query(server *s, qv_collection *c, const qv_collection_conf
     goto done;
   }
   if (q->kind == QQ_KEYWORD) {
-    if (q->filter || q->n_prefetch) {
-      st = qv_fail(err, QV_EUNSUPPORTED, "a bm25 query takes no filter and no prefetch yet");
+    if (q->n_prefetch) {
+      st = qv_fail(err, QV_EUNSUPPORTED, "a bm25 query takes no prefetch yet");
       goto done;
     }
-    if ((st = docs_keyword_search(s, c, q->text, q->text_len, q->offset + q->limit, out, err))) goto done;
+    if ((st = docs_keyword_search(s, c, q->text, q->text_len, q->offset + q->limit, q->filter, out, err)))
+      goto done;
     size_t m = 0;
     while (q->has_threshold && m < out->count && out->items[m].score >= q->threshold) m++;
     if (q->has_threshold) out->count = m;

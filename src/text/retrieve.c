@@ -428,21 +428,29 @@ qv_status text_retrieve(text_retriever *r, const text_query *q, text_hits *out, 
   return st;
 }
 
-qv_status text_retrieve_keyword(text_retriever *r, const char *text, size_t len, size_t k, qv_records *out,
-                                qv_error *err) {
+qv_status text_retrieve_keyword(text_retriever *r, const char *text, size_t len, size_t k,
+                                const qv_filter *filter, qv_records *out, qv_error *err) {
   memset(out, 0, sizeof *out);
   if (k > 10000) return qv_fail(err, QV_ERANGE, "k must be at most 10000");
+  id_set allowed = {0};
+  if (filter) {
+    qv_status fst = filter_ids(r->c, filter, &allowed, err);
+    if (fst) return fst;
+  }
   bm25_hit *kw = malloc((k ? k : 1) * sizeof *kw);
   qv_record *items = calloc(k ? k : 1, sizeof *items);
   if (!kw || !items) {
     free(kw);
     free(items);
+    free(allowed.ids);
     return qv_fail(err, QV_ENOMEM, "out of memory");
   }
   size_t n = 0;
   pthread_mutex_lock(&r->mu);
   qv_status st = ensure_keyword_index(r, err);
-  if (!st && k) st = bm25_search(r->bm, text, len, k, kw, &n);
+  allow_ctx ac = {r, &allowed};
+  if (!st && k) st = bm25_search_filtered(r->bm, text, len, k, filter ? allow_key : NULL, &ac, kw, &n);
+  free(allowed.ids);
   for (size_t i = 0; !st && i < n; i++) {
     items[i].id = r->keys[kw[i].key];
     items[i].score = kw[i].score;

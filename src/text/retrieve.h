@@ -58,9 +58,10 @@ void text_retriever_free(text_retriever *r);
 qv_status text_retrieve(text_retriever *r, const text_query *q, text_hits *out, qv_error *err);
 
 /* The BM25 ranking alone (the keyword half of a hybrid query): the best k chunks for
- * text, as ids and BM25 scores, best first; no payloads. Thread-safe. */
-qv_status text_retrieve_keyword(text_retriever *r, const char *text, size_t len, size_t k, qv_records *out,
-                                qv_error *err);
+ * text among those filter matches (NULL: all), as ids and BM25 scores, best first; no
+ * payloads. Thread-safe. */
+qv_status text_retrieve_keyword(text_retriever *r, const char *text, size_t len, size_t k,
+                                const qv_filter *filter, qv_records *out, qv_error *err);
 
 void text_retriever_cache_counters(text_retriever *r, uint64_t *hits, uint64_t *misses);
 

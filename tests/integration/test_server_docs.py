@@ -143,6 +143,16 @@ def test_bm25_through_qdrant_api_and_client(quiver_server, corpus):
     assert all(p["payload"]["source"] == "tty.md" for p in pts)
     kw_scores = [p["score"] for p in pts]
     assert kw_scores == sorted(kw_scores, reverse=True) and kw_scores[0] > 0
+    # a filter restricts the keyword ranking to the points it matches
+    only = lambda src: {"must": [{"key": "source", "match": {"value": src}}]}
+    r = post(url, "/collections/kb/points/query", {"query": {"text": "setRawMode"}, "using": "bm25", "limit": 3,
+                                                   "with_payload": True, "filter": only("tty.md")})
+    assert r.status_code == 200, r.text
+    assert [p["id"] for p in r.json()["result"]["points"]] == [p["id"] for p in pts]
+    r = post(url, "/collections/kb/points/query", {"query": {"text": "setRawMode"}, "using": "bm25", "limit": 3,
+                                                   "with_payload": True, "filter": only("punycode.md")})
+    assert r.status_code == 200, r.text
+    assert all(p["payload"]["source"] == "punycode.md" for p in r.json()["result"]["points"])
 
     # hybrid through the real qdrant-client: a dense and a BM25 prefetch fused by RRF.
     # cloud_inference=True makes the client send Documents to the server as they are.
