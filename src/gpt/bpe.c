@@ -36,6 +36,7 @@
 #include <utf8proc.h>
 
 #include "base/error.h"
+#include "base/file.h"
 #include "base/hash.h"
 
 #define EOT_TEXT "<|endoftext|>"
@@ -540,36 +541,6 @@ qv_status gpt_bpe_from_json(gpt_bpe **out, const char *json, size_t len, qv_erro
   return QV_OK;
 }
 
-static qv_status read_file(const char *path, char **data, size_t *len, qv_error *err) {
-  *data = NULL;
-  FILE *f = fopen(path, "rb");
-  if (!f) return qv_fail(err, errno, "%s: %s", path, strerror(errno));
-  size_t cap = 1 << 16, n = 0;
-  char *buf = malloc(cap);
-  qv_status rc = QV_OK;
-  while (buf) {
-    if (n == cap) {
-      char *p = realloc(buf, cap * 2);
-      if (!p) break;
-      buf = p;
-      cap *= 2;
-    }
-    size_t k = fread(buf + n, 1, cap - n, f);
-    n += k;
-    if (k == 0) break;
-  }
-  if (!buf || (!feof(f) && !ferror(f))) rc = qv_fail(err, QV_ENOMEM, "%s: out of memory", path);
-  else if (ferror(f)) rc = qv_fail(err, QV_EFORMAT, "%s: read error", path);
-  fclose(f);
-  if (rc) {
-    free(buf);
-    return rc;
-  }
-  *data = buf;
-  *len = n;
-  return QV_OK;
-}
-
 /* vocab.json + merges.txt, as GPT-2 ships them; <|endoftext|> in the vocabulary is special. */
 static qv_status load_folder(gpt_bpe **out, const char *dir, qv_error *err) {
   char path[4096];
@@ -586,7 +557,7 @@ static qv_status load_folder(gpt_bpe **out, const char *dir, qv_error *err) {
     return gpt_bpe_load(out, path, err);
   }
   snprintf(path, sizeof path, "%s/vocab.json", dir);
-  if ((rc = read_file(path, &data, &len, err))) goto fail;
+  if ((rc = qv_read_file(path, &data, &len, err))) goto fail;
   json_error_t je;
   vocab = json_loadb(data, len, JSON_REJECT_DUPLICATES, &je);
   free(data);
@@ -597,7 +568,7 @@ static qv_status load_folder(gpt_bpe **out, const char *dir, qv_error *err) {
   }
   if ((rc = load_vocab_json(b, vocab, "vocab.json", err))) goto fail;
   snprintf(path, sizeof path, "%s/merges.txt", dir);
-  if ((rc = read_file(path, &data, &len, err))) goto fail;
+  if ((rc = qv_read_file(path, &data, &len, err))) goto fail;
   size_t lines = 1;
   for (size_t i = 0; i < len; i++) lines += data[i] == '\n';
   if ((rc = alloc_merges(b, lines, err))) goto fail;
@@ -640,7 +611,7 @@ qv_status gpt_bpe_load(gpt_bpe **out, const char *path, qv_error *err) {
   if (S_ISDIR(st.st_mode)) return load_folder(out, path, err);
   char *data;
   size_t len;
-  qv_status rc = read_file(path, &data, &len, err);
+  qv_status rc = qv_read_file(path, &data, &len, err);
   if (rc) return rc;
   rc = gpt_bpe_from_json(out, data, len, err);
   free(data);

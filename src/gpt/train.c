@@ -22,6 +22,7 @@
 #include "base/clock.h"
 #include "base/error.h"
 #include "base/file.h"
+#include "base/hash.h"
 #include "base/log.h"
 #include "gpt/bpe.h"
 #include "gpt/ckpt.h"
@@ -80,36 +81,6 @@ static qv_status count_bpe(void *ctx, const char *s, size_t n, uint32_t *out, qv
   return QV_OK;
 }
 
-static uint64_t fnv1a(const char *s, size_t n) {
-  uint64_t h = 0xcbf29ce484222325ull;
-  for (size_t i = 0; i < n; i++) h = (h ^ (unsigned char)s[i]) * 0x100000001b3ull;
-  return h;
-}
-
-static qv_status read_file(const char *path, char **out, size_t *n, qv_error *err) {
-  FILE *f = fopen(path, "rb");
-  if (!f) return qv_fail(err, errno == ENOENT ? QV_NOTFOUND : errno, "%s: %s", path, strerror(errno));
-  size_t cap = 1 << 16, len = 0, r;
-  char *buf = malloc(cap);
-  while (buf && (r = fread(buf + len, 1, cap - len, f)) > 0) {
-    if ((len += r) == cap) {
-      char *nb = realloc(buf, cap *= 2);
-      if (!nb) free(buf);
-      buf = nb;
-    }
-  }
-  int bad = ferror(f);
-  fclose(f);
-  if (!buf) return qv_fail(err, QV_ENOMEM, "%s: out of memory", path);
-  if (bad) {
-    free(buf);
-    return qv_fail(err, QV_EINVAL, "%s: read error", path);
-  }
-  *out = buf;
-  *n = len;
-  return QV_OK;
-}
-
 typedef struct corpus {
   char **srcs;       /* (ndocs) file contents */
   size_t *src_lens;
@@ -150,7 +121,7 @@ static qv_status corpus_read(corpus *c, const char *const *paths, size_t npaths,
     goto done;
   }
   for (size_t i = 0; i < nfiles && !st; i++) {
-    if ((st = read_file(files[i], &c->srcs[i], &c->src_lens[i], err))) break;
+    if ((st = qv_read_file(files[i], &c->srcs[i], &c->src_lens[i], err))) break;
     st = text_parse(&c->docs[i], c->srcs[i], c->src_lens[i], (text_format)text_format_for_path(files[i]), err);
     if (st) {
       free(c->srcs[i]);
@@ -187,7 +158,7 @@ static qv_status corpus_encode(corpus *c, const gpt_bpe *bpe, const text_chunk_c
         qv_fail(err, st, "tokenizer failed on a chunk");
         break;
       }
-      int is_val = fnv1a(s, n) % 1000000 < cut;
+      int is_val = qv_hash_bytes(s, n) % 1000000 < cut;
       ids *dst = is_val ? &c->val : &c->train;
       if ((nv && ids_push(dst, v, nv)) || ids_push(dst, &eot, 1)) st = qv_fail(err, QV_ENOMEM, "out of memory");
       free(v);

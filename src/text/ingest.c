@@ -21,6 +21,7 @@
 #include <sys/stat.h>
 
 #include "base/error.h"
+#include "base/file.h"
 #include "base/hash.h"
 #include "base/log.h"
 
@@ -424,44 +425,12 @@ done:
   return st;
 }
 
-static qv_status read_file(const char *path, char **out, size_t *n, qv_error *err) {
-  FILE *f = fopen(path, "rb");
-  if (!f) return qv_fail(err, errno, "%s: %s", path, strerror(errno));
-  size_t cap = 1 << 16, len = 0;
-  char *buf = malloc(cap);
-  qv_status st = QV_OK;
-  while (buf) {
-    size_t r = fread(buf + len, 1, cap - len, f);
-    len += r;
-    if (r == 0) break;
-    if (len == cap) {
-      if (cap >= ((size_t)1 << 31)) {
-        st = qv_fail(err, QV_ERANGE, "%s: over 2 GiB", path);
-        break;
-      }
-      char *nb = realloc(buf, cap *= 2);
-      if (!nb) free(buf);
-      buf = nb;
-    }
-  }
-  if (!buf && !st) st = qv_fail(err, QV_ENOMEM, "out of memory");
-  else if (!st && ferror(f)) st = qv_fail(err, EIO, "%s: read error", path);
-  fclose(f);
-  if (st) {
-    free(buf);
-    return st;
-  }
-  *out = buf;
-  *n = len;
-  return QV_OK;
-}
-
 qv_status text_ingester_add_file(text_ingester *ing, const char *path, qv_error *err) {
   int f = text_format_for_path(path);
   if (f < 0) return qv_fail(err, QV_EINVAL, "%s: not a document (.md .mdx .txt .rst .html)", path);
   char *data = NULL;
   size_t n = 0;
-  qv_status st = read_file(path, &data, &n, err);
+  qv_status st = qv_read_file(path, &data, &n, err);
   if (st) return st;
   st = text_ingester_add(ing, path, data, n, (text_format)f, err);
   free(data);
