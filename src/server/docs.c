@@ -283,11 +283,8 @@ done:
 /* ---- query ----------------------------------------------------------------------------- */
 
 static json_t *hit_json(const text_hit *h, int reranked) {
-  char idt[40];
-  qv_point_id_format(&h->id, idt);
   json_t *p = h->payload ? json_loads(h->payload, 0, NULL) : NULL;
-  json_t *id = h->id.kind == QV_ID_NUM ? json_integer((json_int_t)h->id.num) : json_string(idt);
-  json_t *o = json_pack("{s:o,s:f}", "id", id, "score", (double)h->score);
+  json_t *o = json_pack("{s:o,s:f}", "id", qdrant_id_json(&h->id), "score", (double)h->score);
   static const char *const keep[] = {"source", "headings", "span", "text", "chunk_index", "chunk_count"};
   for (size_t i = 0; i < sizeof keep / sizeof keep[0]; i++) {
     json_t *v = json_object_get(p, keep[i]);
@@ -347,7 +344,7 @@ static void query(http_req *r, http_resp *w) {
   if ((st = docs_decode_query(b, &q, &rerank, &filter, &err))) goto done;
   if (rerank) {
     if (!s->reranker) {
-      st = qv_fail(&err, QV_EINVAL, "\"rerank\" needs a cross-encoder; start the server with --reranker");
+      st = qv_fail(&err, QV_ENOMODEL, "\"rerank\" needs a cross-encoder; start the server with --reranker");
       goto done;
     }
     q.reranker = s->reranker;

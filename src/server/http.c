@@ -379,6 +379,7 @@ static enum MHD_Result send_resp(struct MHD_Connection *c, conn_state *cs, http_
   struct MHD_Response *r = MHD_create_response_from_buffer(w->body_len, w->body, MHD_RESPMEM_MUST_FREE);
   if (!r) {
     free(w->body);
+    w->body = NULL; /* w may be the connection's own (an offloaded reply), freed again at completion */
     return MHD_NO;
   }
   w->body = NULL;
@@ -608,9 +609,11 @@ qv_status http_start(server *s, qv_error *err) {
   unsigned timeout = s->cfg.request_timeout_s < 1 ? 1 : (unsigned)s->cfg.request_timeout_s;
   pthread_mutex_init(&h->off_mu, NULL);
   pthread_cond_init(&h->off_cv, NULL);
-  /* Fewer threads than asked only cost merging; none at all runs model routes inline. */
-  while (h->n_off < OFFLOAD_THREADS && !pthread_create(&h->off_threads[h->n_off], NULL, offload_main, h)) h->n_off++;
-  if (h->n_off < OFFLOAD_THREADS) LOG_WARN("http: %d of %d offload threads started", h->n_off, OFFLOAD_THREADS);
+  /* Fewer threads than asked only cost merging; none at all runs model routes inline,
+   * which is all a server without models needs (its model routes answer 503 at once). */
+  int want = s->model || s->reranker ? OFFLOAD_THREADS : 0;
+  while (h->n_off < want && !pthread_create(&h->off_threads[h->n_off], NULL, offload_main, h)) h->n_off++;
+  if (h->n_off < want) LOG_WARN("http: %d of %d offload threads started", h->n_off, want);
   h->d = MHD_start_daemon(MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_USE_ITC | MHD_USE_ERROR_LOG |
                               MHD_ALLOW_SUSPEND_RESUME,
                           (uint16_t)s->cfg.port, NULL, NULL, on_request, h,

@@ -20,7 +20,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 #include "base/mem.h"
 #include "quiver.h"
@@ -267,7 +266,6 @@ static void put_collections(buf *b, server *s) {
   }
   free(names);
 }
-
 
 char *metrics_render(metrics *m, struct server *s, size_t *len) {
   buf b = {malloc(16384), 0, 16384, 0};

@@ -182,7 +182,7 @@ def test_rerank_needs_a_reranker(quiver_server, corpus):
     url = quiver_server
     ingest(url, "kb", {"punycode.md": corpus["punycode.md"]})
     r = post(url, "/collections/kb/documents/query", {"query": "punycode", "rerank": True})
-    assert r.status_code == 400 and "reranker" in r.json()["status"]["error"]
+    assert r.status_code == 503 and "reranker" in r.json()["status"]["error"]
 
 
 @pytest.mark.parametrize("body, needle", [
