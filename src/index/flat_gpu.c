@@ -129,7 +129,7 @@ qv_status flat_gpu_truncate(flat_gpu *g, size_t n, qv_error *err) {
 static int can_search_locked(const flat_gpu *g, size_t k) {
   /* Manhattan has no product form and very large k does not suit the selection kernel:
    * the CPU serves those directly (not a fallback). */
-  return g->resident && g->dist != QV_DIST_MANHATTAN && k > 0 && k <= FLAT_GPU_MAX_K;
+  return g->resident && flat_gpu_supports(g->dist, k);
 }
 
 int flat_gpu_can_search(flat_gpu *g, size_t k) {

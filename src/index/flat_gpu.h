@@ -52,6 +52,11 @@ qv_status flat_gpu_search(flat_gpu *g, flat_hit *hits, size_t *counts, const flo
 qv_status flat_gpu_truncate(flat_gpu *g, size_t n, qv_error *err);
 /* The largest k the device's selection kernel takes; larger k runs on the CPU. */
 #define FLAT_GPU_MAX_K 1024
+/* The searches the device path takes at all: the distance has a product form (Manhattan
+ * has none) and 0 < k <= FLAT_GPU_MAX_K. */
+static inline int flat_gpu_supports(qv_distance dist, size_t k) {
+  return dist != QV_DIST_MANHATTAN && k > 0 && k <= FLAT_GPU_MAX_K;
+}
 /* Whether a search with this k can run on the device: the copy is resident, the
  * distance has a product form (not Manhattan) and 0 < k <= FLAT_GPU_MAX_K. */
 int flat_gpu_can_search(flat_gpu *g, size_t k);

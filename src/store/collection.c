@@ -110,7 +110,7 @@ struct qv_collection {
 
   /* The device path (see "device path" below). */
   compute_dispatch *disp;         /* device_dispatch(), fetched by the first search; atomic */
-  pthread_mutex_t gpu_mu;         /* guards gpu and gpu_unfit (with rw shared) */
+  pthread_mutex_t gpu_mu;         /* guards gpu (with rw shared); gpu_unfit is written under it, atomically */
   flat_gpu *gpu;                  /* the device copy, or NULL (D1) */
   size_t gpu_lo, gpu_hi;          /* rows written since the last sync (D2); under rw */
   size_t gpu_unfit;               /* row count at which the copy did not fit, or 0 (D3) */
@@ -1663,6 +1663,8 @@ static qv_status unindexed_search(const qv_collection *c, const float *qs, size_
  *  D1. c->gpu is NULL until the first search the device takes (device_run), and stays
  *      NULL in a process without a GPU backend: the CPU path then pays one branch per
  *      written row (gpu_touch) and per search (device_wanted), and holds no second copy.
+ *      With a GPU, a collection the device searches has its rows on the device and a
+ *      host twin of them inside flat_gpu (see flat_gpu.h).
  *  D2. Rows [0, flat_gpu_rows) of the copy equal c's rows, except rows in
  *      [gpu_lo, gpu_hi) and rows >= c->n: set_row and remove_row mark every row they
  *      write (gpu_touch, rw held for writing). device_sync, run by each device unit under
@@ -1692,8 +1694,12 @@ static compute_dispatch *collection_dispatch(qv_collection *c) {
 }
 
 static int device_wanted(qv_collection *c, size_t nq, size_t k, int use_graph) {
-  if (k == 0 || k > FLAT_GPU_MAX_K || c->cfg.distance == QV_DIST_MANHATTAN) return 0;
+  if (!flat_gpu_supports(c->cfg.distance, k)) return 0;
   if (use_graph && nq < GPU_MIN_BATCH) return 0;
+  /* A copy that did not fit is not tried again while c is as large (D3): such a search
+   * never takes the device lock, and never counts as a device success in the breaker. */
+  size_t unfit = __atomic_load_n(&c->gpu_unfit, __ATOMIC_RELAXED);
+  if (unfit && c->n >= unfit) return 0;
   const qv_backend *gpu = collection_dispatch(c)->gpu;
   return gpu && gpu->search_exact && gpu->map;
 }
@@ -1701,7 +1707,7 @@ static int device_wanted(qv_collection *c, size_t nq, size_t k, int use_graph) {
 /* Brings the copy in step (D2, D3). Caller holds rw shared and gpu_mu. QV_EUNSUPPORTED:
  * no resident copy this time (the CPU path answers). */
 static qv_status device_sync(qv_collection *c) {
-  if (c->gpu_unfit && c->n < c->gpu_unfit) c->gpu_unfit = 0;
+  if (c->gpu_unfit && c->n < c->gpu_unfit) __atomic_store_n(&c->gpu_unfit, 0, __ATOMIC_RELAXED);
   if (c->gpu_unfit) return QV_EUNSUPPORTED;
   if (c->gpu && !flat_gpu_resident(c->gpu)) {
     flat_gpu_free(c->gpu);
@@ -1713,7 +1719,7 @@ static qv_status device_sync(qv_collection *c) {
     if (!st) st = flat_gpu_set_rows(g, 0, c->n, c->vecs, c->stride, NULL);
     if (st || !flat_gpu_resident(g)) {
       flat_gpu_free(g);
-      c->gpu_unfit = c->n ? c->n : 1;
+      __atomic_store_n(&c->gpu_unfit, c->n ? c->n : 1, __ATOMIC_RELAXED);
       LOG_INFO("collection %s: %zu vectors do not fit the GPU's budget; exact search stays on the CPU", c->name,
                c->n);
       return QV_EUNSUPPORTED;
@@ -1772,7 +1778,7 @@ static qv_status device_search(qv_collection *c, const float *qs, size_t nq, siz
   compute_dispatch *d = collection_dispatch(c);
   qv_gpu_config cfg;
   device_config(&cfg);
-  size_t batch = cfg.batch_size > 0 ? (size_t)cfg.batch_size : 64;
+  size_t batch = (size_t)cfg.batch_size; /* 1..4096, checked when set */
   *done = 0;
   while (*done < nq) {
     size_t m = nq - *done < batch ? nq - *done : batch;
@@ -1830,7 +1836,7 @@ qv_status qv_collection_search(qv_collection *c, const float *queries, size_t nq
     int use_graph = c->graph && !p->exact && vectors_kb(c, c->n) >= fst && vectors_kb(c, allowed) >= fst;
     size_t q0 = 0; /* queries [0, q0) answered on the device */
     if (!st && device_wanted(c, nq, k, use_graph)) st = device_search(c, qs, nq, k, mask, hits, counts, &q0, err);
-    if (!st && use_graph) {
+    if (!st && use_graph && q0 < nq) {
       size_t ef = p->hnsw_ef ? p->hnsw_ef : DEFAULT_EF;
       if (ef < k) ef = k;
       flat_hit *extra = NULL;
