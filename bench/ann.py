@@ -142,7 +142,12 @@ def in_child(fn, *args):
             child.send(("error", repr(e)))
     p = ctx.Process(target=target)
     p.start()
-    status, value = parent.recv()
+    child.close()  # so that a child that dies without sending ends recv() with EOFError
+    try:
+        status, value = parent.recv()
+    except EOFError:
+        p.join()
+        raise RuntimeError(f"{fn.__name__} died with exit code {p.exitcode}") from None
     p.join()
     if status != "ok":
         raise RuntimeError(value)
@@ -164,8 +169,6 @@ def run_quiver(paths, metric, threads, efs, sthreads, collection=None):
         env = dict(os.environ, QUIVER_THREADS=str(threads))
     r = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True, env=env).stdout)
     n = r["n"]
-    for run in r["runs"]:
-        run["qps"] = run["qps_by_threads"][0]
     if collection:
         own = r["vector_bytes"] + r["graph_bytes"] + r["quantized_bytes"]
         return {"build_s": r["build_s"], "bytes_per_point": (r["rss_load_bytes"] + r["rss_build_bytes"]) / n,
@@ -337,6 +340,8 @@ def main():
     a = ap.parse_args()
     efs = [int(e) for e in a.ef.split(",")]
     sthreads = [int(t) for t in a.search_threads.split(",")]
+    if sthreads[0] != 1:
+        ap.error("--search-threads must start with 1: the curves and the first QPS are single-threaded")
     wanted = a.datasets.split(",")
     results = {}
     with tempfile.TemporaryDirectory(prefix="quiver-ann-") as tmp:
