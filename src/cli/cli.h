@@ -59,6 +59,9 @@ typedef struct cli_progress {
 } cli_progress;
 void cli_progress_start(cli_progress *p, const char *label, const char *unit, size_t total);
 void cli_progress_update(cli_progress *p, size_t done);
+/* Whether the next cli_progress_update would draw (a terminal, and the last line is old
+ * enough): for callers whose note costs something to compute. */
+int cli_progress_due(const cli_progress *p);
 void cli_progress_end(cli_progress *p, size_t done);
 double cli_now(void);
 

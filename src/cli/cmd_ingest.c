@@ -23,7 +23,7 @@ static const char usage[] =
 
 /* The progress line: files, their rate and ETA, and the chunks/s that the files become. */
 static void show(cli_progress *p, text_ingester *ing, size_t done, int final) {
-  if (!p->tty) return;
+  if (!p->tty || (!final && !cli_progress_due(p))) return;
   text_ingest_stats s;
   text_ingester_stats(ing, &s);
   double el = cli_now() - p->start;

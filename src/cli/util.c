@@ -208,10 +208,11 @@ static void progress_line(cli_progress *p, size_t done, double now) {
   fputs("\033[K", stderr);
 }
 
+int cli_progress_due(const cli_progress *p) { return p->tty && cli_now() - p->last >= 0.1; }
+
 void cli_progress_update(cli_progress *p, size_t done) {
-  if (!p->tty) return;
+  if (!cli_progress_due(p)) return;
   double now = cli_now();
-  if (now - p->last < 0.1) return;
   p->last = now;
   progress_line(p, done, now);
 }
