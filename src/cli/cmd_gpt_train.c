@@ -1,5 +1,6 @@
 /* quiver gpt train | list: train the small GPT on documents, and show its checkpoints. */
 #define _GNU_SOURCE /* sigaction */
+#include <jansson.h>
 #include <math.h>
 #include <signal.h>
 #include <stdio.h>
@@ -77,7 +78,13 @@ static int on_step(void *c, const gpt_train_stats *s) {
     fprintf(x->log, "{\"step\":%ld,\"loss\":%.9g,\"lr\":%.9g,\"grad_norm\":%.9g,\"elapsed_s\":%.6f", s->step,
             (double)s->loss, (double)s->lr, s->grad_norm, s->elapsed_s);
     if (isfinite(s->val_loss)) fprintf(x->log, ",\"val_loss\":%.9g", s->val_loss);
-    if (s->saved) fprintf(x->log, ",\"saved\":\"%s\"", s->saved);
+    if (s->saved) {
+      json_t *p = json_string(s->saved);
+      char *q = p ? json_dumps(p, JSON_ENCODE_ANY) : NULL;
+      if (q) fprintf(x->log, ",\"saved\":%s", q);
+      free(q);
+      json_decref(p);
+    }
     fputs("}\n", x->log);
     fflush(x->log);
   }
@@ -179,9 +186,9 @@ int cmd_gpt_train(int argc, char **argv) {
   if (!resume) {
     o.chunk = tcli_chunk_config(&ca, 0);
   }
-  if (resume && (lr || min_lr || warmup || wd || clip || seed || batch || accum))
-    cli_die("gpt train: with --resume the optimizer options come from the checkpoint (only --steps, --data, "
-            "--eval-every, --save-every, --log may change)");
+  if (resume && (lr || min_lr || warmup || wd || clip || seed || batch || accum || val_frac || eval_batches))
+    cli_die("gpt train: with --resume the optimizer and validation options come from the checkpoint (only "
+            "--steps, --data, --eval-every, --save-every, --log may change)");
 
   run_ctx x = {0};
   x.out = out;
@@ -228,14 +235,19 @@ int cmd_gpt_list(int argc, char **argv) {
   for (size_t i = 0; i < n; i++) {
     const gpt_ckpt_entry *k = &e[i];
     if (json) {
-      printf("{\"dir\":\"%s\",\"step\":%ld,\"params\":%zu,\"n_layer\":%d,\"n_head\":%d,\"n_embd\":%d,"
-             "\"n_ctx\":%d,\"vocab_size\":%d,\"tokens_seen\":%llu,\"timestamp\":\"%s\",\"best\":%s",
-             k->dir, k->meta.step, k->nparams, k->cfg.n_layer, k->cfg.n_head, k->cfg.n_embd, k->cfg.n_ctx,
-             k->cfg.vocab_size, (unsigned long long)k->meta.tokens_seen, k->meta.timestamp,
-             (long)i == best ? "true" : "false");
-      if (isfinite(k->meta.train_loss)) printf(",\"train_loss\":%.9g", k->meta.train_loss);
-      if (isfinite(k->meta.val_loss)) printf(",\"val_loss\":%.9g", k->meta.val_loss);
-      puts("}");
+      /* through jansson: folder names and timestamps may hold quotes or backslashes */
+      json_t *o = json_pack("{s:s,s:I,s:I,s:i,s:i,s:i,s:i,s:i,s:I,s:s,s:b}", "dir", k->dir, "step",
+                            (json_int_t)k->meta.step, "params", (json_int_t)k->nparams, "n_layer", k->cfg.n_layer,
+                            "n_head", k->cfg.n_head, "n_embd", k->cfg.n_embd, "n_ctx", k->cfg.n_ctx, "vocab_size",
+                            k->cfg.vocab_size, "tokens_seen", (json_int_t)k->meta.tokens_seen, "timestamp",
+                            k->meta.timestamp, "best", (long)i == best);
+      if (o && isfinite(k->meta.train_loss)) json_object_set_new(o, "train_loss", json_real(k->meta.train_loss));
+      if (o && isfinite(k->meta.val_loss)) json_object_set_new(o, "val_loss", json_real(k->meta.val_loss));
+      char *line = o ? json_dumps(o, JSON_COMPACT | JSON_REAL_PRECISION(9)) : NULL;
+      if (!line) cli_die("out of memory");
+      puts(line);
+      free(line);
+      json_decref(o);
       continue;
     }
     char shape[48];

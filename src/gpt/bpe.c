@@ -24,6 +24,7 @@
  */
 #define _GNU_SOURCE /* memmem */
 #include "gpt/bpe.h"
+#include "gpt/ckpt.h"
 
 #include <errno.h>
 #include <jansson.h>
@@ -990,26 +991,9 @@ done:
 qv_status gpt_bpe_save(const gpt_bpe *b, const char *path, qv_error *err) {
   char *json = gpt_bpe_to_json(b);
   if (!json) return qv_fail(err, QV_ENOMEM, "out of memory");
-  size_t n = strlen(json);
-  char tmp[4096];
-  if ((size_t)snprintf(tmp, sizeof tmp, "%s.tmp", path) >= sizeof tmp) {
-    free(json);
-    return qv_fail(err, QV_EINVAL, "%s: path too long", path);
-  }
-  qv_status rc = QV_OK;
-  FILE *f = fopen(tmp, "wb");
-  if (!f) {
-    rc = qv_fail(err, errno, "%s: %s", tmp, strerror(errno));
-  } else {
-    /* written whole to a temporary name, synced, then renamed: a crash leaves the old file or
-     * the new one, never half of one */
-    int bad = fwrite(json, 1, n, f) != n || fputc('\n', f) == EOF || fflush(f) || fsync(fileno(f));
-    int e = errno;
-    if (fclose(f)) bad = 1, e = errno;
-    if (bad) rc = qv_fail(err, e ? e : QV_ESTORE, "%s: write failed: %s", tmp, strerror(e));
-    else if (rename(tmp, path)) rc = qv_fail(err, errno, "%s: %s", path, strerror(errno));
-    if (rc) remove(tmp);
-  }
+  /* a unique temporary beside path, fsynced, renamed, the folder fsynced: a crash leaves
+   * the old file or the new one */
+  qv_status rc = gpt_ckpt_write_file(path, json, strlen(json), err);
   free(json);
   return rc;
 }

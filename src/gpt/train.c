@@ -318,8 +318,6 @@ qv_status gpt_train_run(const gpt_train_opts *opts, qv_error *err) {
     snprintf(tp, sizeof tp, "%s/tokenizer.json", o.resume);
     if ((st = gpt_bpe_load(&bpe, tp, err))) goto done;
     if ((st = chunking_from_json(&o.chunk, rmeta.chunking, err))) goto done;
-    char op[4096];
-    snprintf(op, sizeof op, "%s/optimizer.safetensors", o.resume);
     /* read the arguments first: batch size sizes the activations */
     {
       gpt_model *probe = NULL;

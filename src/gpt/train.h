@@ -65,8 +65,10 @@ typedef struct gpt_train_opts {
 /* Options with the defaults `quiver gpt train` documents. */
 void gpt_train_defaults(gpt_train_opts *o);
 
-/* Runs the training. With resume, the model config, tokenizer, chunking and any option the
- * caller left at its default come from the checkpoint; steps may be raised to go on. */
+/* Runs the training. With resume, the model config, tokenizer, chunking and the optimizer
+ * and validation options (batch, accum, lr, min_lr, warmup, weight decay, clip, betas,
+ * seed, eval_batches, val_fraction) come from the checkpoint, whatever o holds; steps and
+ * data are taken from the checkpoint only when o leaves them unset. */
 qv_status gpt_train_run(const gpt_train_opts *o, qv_error *err);
 
 #endif

@@ -4,6 +4,7 @@ import gzip
 import json
 import math
 import os
+import shutil
 import struct
 import subprocess
 
@@ -173,6 +174,13 @@ def test_list_marks_the_best(base_run):
     assert js[1]["val_loss"] == base_run["log"][-1]["val_loss"]
 
 
+def test_list_json_escapes_folder_names(base_run, tmp_path):
+    odd = tmp_path / 'runs "a\\b"'
+    shutil.copytree(base_run["ck"] / "step-000040", odd / "step-000040")
+    js = [json.loads(l) for l in run("gpt", "list", odd, "--json").stdout.splitlines()]
+    assert len(js) == 1 and js[0]["dir"].endswith("step-000040") and '"a\\b"' in js[0]["dir"]
+
+
 def test_bad_input_is_one_clear_line(base_run, corpus, tmp_path):
     assert "--out" in fail("gpt", "train", "--data", corpus)
     assert "no-such" in fail("gpt", "train", "--data", tmp_path / "no-such", "--out", tmp_path / "o")
@@ -188,6 +196,10 @@ def test_bad_input_is_one_clear_line(base_run, corpus, tmp_path):
                              "--steps", "40")
     assert "checkpoint" in fail("gpt", "train", "--resume", base_run["ck"] / "step-000040", "--out", tmp_path / "r",
                                 "--width", "64")
+    # the held-out split and validation batches are the checkpoint's: a different one is refused
+    for flag, value in (("--val-fraction", "0.2"), ("--eval-batches", "3")):
+        assert "checkpoint" in fail("gpt", "train", "--resume", base_run["ck"] / "step-000020", "--out",
+                                    tmp_path / "r", flag, value)
     assert "no checkpoints" in fail("gpt", "list", tmp_path)
     bad = tmp_path / "bad"
     bad.mkdir()
