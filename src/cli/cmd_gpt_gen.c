@@ -85,14 +85,10 @@ static gpt_sample_params sample_params(const gen_cli *c) {
 }
 
 static gpt_bpe *load_tokenizer(const char *dir) {
-  char path[4096];
-  snprintf(path, sizeof path, "%s/tokenizer.json", dir);
   qv_error err = {0};
   gpt_bpe *b = NULL;
-  /* our checkpoints and HF's gpt2 carry tokenizer.json; older GPT-2 folders have
-   * vocab.json + merges.txt, which gpt_bpe_load reads from the folder */
-  qv_status st = gpt_bpe_load(&b, access(path, R_OK) == 0 ? path : dir, &err);
-  cli_check(st, &err, "tokenizer");
+  /* a folder: its tokenizer.json (ours, HF's gpt2), or else vocab.json + merges.txt */
+  cli_check(gpt_bpe_load(&b, dir, &err), &err, "tokenizer");
   return b;
 }
 

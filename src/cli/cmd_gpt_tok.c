@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "base/file.h"
 #include "cli/cli.h"
 #include "gpt/bpe.h"
 #include "text/ingest.h"
@@ -30,20 +31,9 @@ static const char usage[] =
 /* ---- train ------------------------------------------------------------------------------ */
 
 static char *slurp(const char *path, size_t *len) {
-  FILE *f = fopen(path, "rb");
-  if (!f) cli_die("%s: %s", path, strerror(errno));
-  size_t cap = 1 << 16, n = 0;
-  char *buf = malloc(cap);
-  for (;;) {
-    if (!buf) cli_die("%s: out of memory", path);
-    size_t k = fread(buf + n, 1, cap - n, f);
-    n += k;
-    if (n < cap) break;
-    buf = realloc(buf, cap *= 2);
-  }
-  if (ferror(f)) cli_die("%s: read error", path);
-  fclose(f);
-  *len = n;
+  char *buf;
+  qv_error err = {0};
+  cli_check(qv_read_file(path, &buf, len, &err), &err, "gpt tokenizer train");
   return buf;
 }
 

@@ -326,32 +326,11 @@ qv_status gpt_ckpt_read_config(const char *dir, gpt_config *cfg, gpt_ckpt_meta *
   }
   char *path = path_join(dir, "config.json");
   if (!path) return qv_fail(err, QV_ENOMEM, "out of memory");
-  FILE *f = fopen(path, "rb");
-  qv_status st = QV_OK;
   char *buf = NULL;
-  if (!f) {
-    st = qv_fail(err, errno == ENOENT ? QV_NOTFOUND : errno, "%s: %s", path, strerror(errno));
-    goto done;
-  }
-  size_t cap = 1 << 14, n = 0, r;
-  buf = malloc(cap);
-  while (buf && (r = fread(buf + n, 1, cap - n, f)) > 0) {
-    n += r;
-    if (n == cap) {
-      if (cap >= (size_t)64 << 20) { /* a config.json is a few hundred bytes */
-        st = qv_fail(err, QV_ERANGE, "%s: over 64 MiB", path);
-        goto done;
-      }
-      char *nb = realloc(buf, cap *= 2);
-      if (!nb) free(buf);
-      buf = nb;
-    }
-  }
-  if (!buf) st = qv_fail(err, QV_ENOMEM, "out of memory");
-  else if (ferror(f)) st = qv_fail(err, QV_EINVAL, "%s: read error", path);
-  else if ((st = gpt_ckpt_parse_config(buf, n, cfg, meta, err))) qv_error_prefix(err, "%s", path);
-done:
-  if (f) fclose(f);
+  size_t n = 0;
+  qv_status st = qv_read_file(path, &buf, &n, err);
+  if (st == ENOENT) st = qv_fail(err, QV_NOTFOUND, "%s: %s", path, strerror(ENOENT));
+  else if (!st && (st = gpt_ckpt_parse_config(buf, n, cfg, meta, err))) qv_error_prefix(err, "%s", path);
   free(buf);
   free(path);
   return st;

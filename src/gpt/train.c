@@ -314,9 +314,7 @@ qv_status gpt_train_run(const gpt_train_opts *opts, qv_error *err) {
   if (o.resume) {
     /* the model, tokenizer, chunking and optimizer arguments come from the checkpoint */
     if ((st = gpt_load(&m, o.resume, &rmeta, err))) goto done;
-    char tp[4096];
-    snprintf(tp, sizeof tp, "%s/tokenizer.json", o.resume);
-    if ((st = gpt_bpe_load(&bpe, tp, err))) goto done;
+    if ((st = gpt_bpe_load(&bpe, o.resume, err))) goto done; /* the folder's tokenizer.json */
     if ((st = chunking_from_json(&o.chunk, rmeta.chunking, err))) goto done;
     /* read the arguments first: batch size sizes the activations */
     {
