@@ -610,8 +610,9 @@ qv_status http_start(server *s, qv_error *err) {
   pthread_mutex_init(&h->off_mu, NULL);
   pthread_cond_init(&h->off_cv, NULL);
   /* Fewer threads than asked only cost merging; none at all runs model routes inline,
-   * which is all a server without models needs (its model routes answer 503 at once). */
-  int want = s->model || s->reranker ? OFFLOAD_THREADS : 0;
+   * which is all a server configured without models needs (its model routes answer 503
+   * at once). The models load after this, so the configuration decides. */
+  int want = s->cfg.model[0] || s->cfg.reranker[0] ? OFFLOAD_THREADS : 0;
   while (h->n_off < want && !pthread_create(&h->off_threads[h->n_off], NULL, offload_main, h)) h->n_off++;
   if (h->n_off < want) LOG_WARN("http: %d of %d offload threads started", h->n_off, want);
   h->d = MHD_start_daemon(MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_USE_ITC | MHD_USE_ERROR_LOG |
