@@ -185,8 +185,11 @@ typedef struct qv_collection_stats {
   size_t indexed;          /* points reachable through the HNSW graph */
   size_t tombstones;       /* deleted points still linked in the graph */
   int indexing;            /* a background build or repair is running */
-  size_t vector_bytes;     /* float32 vectors in memory */
-  size_t graph_bytes;      /* HNSW links and levels */
+  size_t vector_bytes;     /* float32 vectors held beside the graph, resident pages counted:
+                            * all of them without a graph or with an int8 one; with a
+                            * float32 graph only those not in it yet (the graph holds the
+                            * rest, counted in graph_bytes) */
+  size_t graph_bytes;      /* HNSW links and levels (and float32 vectors, see above) */
   size_t quantized_bytes;  /* int8 codes, when quantization is on */
 } qv_collection_stats;
 void qv_collection_stats_get(qv_collection *c, qv_collection_stats *out);

@@ -160,6 +160,7 @@ static void select_block(flat_hit *h, size_t *len, size_t cap, const float *keys
 typedef struct search_ctx {
   const float *queries; /* (nq, dim) */
   const flat_matrix *m;
+  const float *const *rows; /* (n) row pointers, or NULL: rows are m->data */
   const uint64_t *mask; /* (n bits) or NULL */
   const float *xnorms;  /* (n) Euclid in GEMM mode, else NULL */
   const float *qnorms;  /* (nq) Euclid in GEMM mode, else NULL */
@@ -169,9 +170,14 @@ typedef struct search_ctx {
   int gemm;
   size_t nq, kk, rblk, qblk, nblocks;
   float *scores;        /* (workers, qblk, rblk) */
+  float *gather;        /* (workers, rblk, stride) when rows in GEMM mode, else NULL */
   flat_hit *heaps;      /* (workers, nq, kk) */
   size_t *lens;         /* (workers, nq) */
 } search_ctx;
+
+static inline const float *row_at(const search_ctx *c, size_t r) {
+  return c->rows ? c->rows[r] : c->m->data + r * c->m->stride;
+}
 
 /* Turns a kernel result into a key where higher is better. */
 static inline float kernel_key(qv_distance d, float s) {
@@ -194,7 +200,12 @@ static void block_task(void *arg, size_t task, int worker) {
   float *s = c->scores + (size_t)worker * c->qblk * c->rblk; /* (qblk, nr) */
   flat_hit *heaps = c->heaps + (size_t)worker * c->nq * c->kk;
   size_t *lens = c->lens + (size_t)worker * c->nq;
-  const float *x = m->data + r0 * m->stride; /* (nr, stride) */
+  const float *x = c->rows ? NULL : m->data + r0 * m->stride; /* (nr, stride) */
+  if (c->rows && c->gemm) {
+    float *g = c->gather + (size_t)worker * c->rblk * m->stride;
+    for (size_t j = 0; j < nr; j++) memcpy(g + j * m->stride, c->rows[r0 + j], m->dim * sizeof(float));
+    x = g;
+  }
 
   for (size_t q0 = 0; q0 < c->nq; q0 += c->qblk) {
     size_t nqb = c->nq - q0 < c->qblk ? c->nq - q0 : c->qblk;
@@ -212,7 +223,7 @@ static void block_task(void *arg, size_t task, int worker) {
             keys[j] = -INFINITY; /* select_block skips it */
             continue;
           }
-          keys[j] = kernel_key(c->dist, c->kernel(qv, x + j * m->stride, m->dim));
+          keys[j] = kernel_key(c->dist, c->kernel(qv, row_at(c, r0 + j), m->dim));
         }
       } else if (c->dist == QV_DIST_EUCLID) {
         const float *xn = c->xnorms + r0;
@@ -228,6 +239,7 @@ static void block_task(void *arg, size_t task, int worker) {
 }
 
 typedef struct norms_ctx {
+  const search_ctx *s;
   const flat_matrix *m;
   float *out; /* (n) */
   dist_fn dot;
@@ -239,7 +251,7 @@ static void norms_task(void *arg, size_t task, int worker) {
   norms_ctx *c = arg;
   size_t r0 = task * NORMS_BLK, r1 = r0 + NORMS_BLK < c->m->n ? r0 + NORMS_BLK : c->m->n;
   for (size_t r = r0; r < r1; r++) {
-    const float *x = c->m->data + r * c->m->stride;
+    const float *x = row_at(c->s, r);
     c->out[r] = c->dot(x, x, c->m->dim);
   }
 }
@@ -270,7 +282,7 @@ static void merge_task(void *arg, size_t q, int worker) {
     const flat_matrix *m = s->m;
     const float *qv = s->queries + q * m->dim;
     for (size_t i = 0; i < len; i++)
-      h[i].score = -sqrtf(s->kernel(qv, m->data + (size_t)h[i].row * m->stride, m->dim));
+      h[i].score = -sqrtf(s->kernel(qv, row_at(s, h[i].row), m->dim));
     for (size_t i = len / 2; i > 0; i--) sift_down(h, len, i - 1);
   }
   flat_hit *out = c->hits + q * c->k;
@@ -297,22 +309,23 @@ static int part_size(size_t *out, size_t a, size_t b, size_t elem) {
   return 0;
 }
 
-qv_status flat_search(flat_hit *hits, size_t *counts, const float *queries, size_t nq,
-                      const flat_matrix *m, qv_distance dist, size_t k, const uint64_t *mask,
-                      qv_pool *pool) {
+static qv_status search(flat_hit *hits, size_t *counts, const float *queries, size_t nq,
+                       const flat_matrix *m, const float *const *rows, qv_distance dist, size_t k,
+                       const uint64_t *mask, qv_pool *pool) {
   if (nq == 0) return QV_OK;
   if (!counts || !m) return QV_EINVAL;
   if (k == 0 || m->n == 0) {
     memset(counts, 0, nq * sizeof *counts);
     return QV_OK;
   }
-  if (!hits || !queries || !m->data || m->dim == 0 || m->stride < m->dim ||
+  if (!hits || !queries || (!m->data && !rows) || m->dim == 0 || m->stride < m->dim ||
       m->n > (size_t)UINT32_MAX || (unsigned)dist > QV_DIST_MANHATTAN)
     return QV_EINVAL;
 
   search_ctx c = {0};
   c.queries = queries;
   c.m = m;
+  c.rows = rows;
   c.mask = mask;
   c.dist = dist;
   c.nq = nq;
@@ -344,8 +357,9 @@ qv_status flat_search(flat_hit *hits, size_t *counts, const float *queries, size
   int workers = pool_size(run_pool);
 
   int need_norms = c.gemm && dist == QV_DIST_EUCLID;
-  size_t sz_scores, sz_heaps, sz_lens, sz_xn = 0, sz_qn = 0;
+  size_t sz_scores, sz_heaps, sz_lens, sz_xn = 0, sz_qn = 0, sz_gather = 0;
   if (part_size(&sz_scores, (size_t)workers * c.qblk, c.rblk, sizeof(float)) ||
+      (rows && c.gemm && part_size(&sz_gather, (size_t)workers * c.rblk, m->stride, sizeof(float))) ||
       part_size(&sz_heaps, (size_t)workers * nq, c.kk, sizeof(flat_hit)) ||
       part_size(&sz_lens, (size_t)workers, nq, sizeof(size_t)) ||
       (need_norms && !m->sqnorms && part_size(&sz_xn, m->n, 1, sizeof(float))) ||
@@ -355,7 +369,8 @@ qv_status flat_search(flat_hit *hits, size_t *counts, const float *queries, size
   if (__builtin_add_overflow(total, sz_heaps, &total) ||
       __builtin_add_overflow(total, sz_lens, &total) ||
       __builtin_add_overflow(total, sz_xn, &total) ||
-      __builtin_add_overflow(total, sz_qn, &total))
+      __builtin_add_overflow(total, sz_qn, &total) ||
+      __builtin_add_overflow(total, sz_gather, &total))
     return QV_ENOMEM;
   char *block = qv_aligned_alloc(total);
   if (!block) return QV_ENOMEM;
@@ -364,6 +379,10 @@ qv_status flat_search(flat_hit *hits, size_t *counts, const float *queries, size
   c.lens = (size_t *)(block + sz_scores + sz_heaps);
   memset(c.lens, 0, (size_t)workers * nq * sizeof(size_t));
   char *next = block + sz_scores + sz_heaps + sz_lens;
+  if (sz_gather) {
+    c.gather = (float *)next;
+    next += sz_gather;
+  }
 
   if (need_norms) {
     dist_fn dot = dist_get_kernels()->dot;
@@ -372,7 +391,7 @@ qv_status flat_search(flat_hit *hits, size_t *counts, const float *queries, size
     } else {
       float *xn = (float *)next;
       next += sz_xn;
-      norms_ctx nc = {m, xn, dot};
+      norms_ctx nc = {&c, m, xn, dot};
       pool_run(run_pool, (m->n + NORMS_BLK - 1) / NORMS_BLK, norms_task, &nc);
       c.xnorms = xn;
     }
@@ -389,4 +408,18 @@ qv_status flat_search(flat_hit *hits, size_t *counts, const float *queries, size
 
   qv_aligned_free(block);
   return QV_OK;
+}
+
+qv_status flat_search(flat_hit *hits, size_t *counts, const float *queries, size_t nq,
+                      const flat_matrix *m, qv_distance dist, size_t k, const uint64_t *mask,
+                      qv_pool *pool) {
+  return search(hits, counts, queries, nq, m, NULL, dist, k, mask, pool);
+}
+
+qv_status flat_search_rows(flat_hit *hits, size_t *counts, const float *queries, size_t nq,
+                           const float *const *rows, const float *sqnorms, size_t n, size_t dim,
+                           qv_distance dist, size_t k, const uint64_t *mask, qv_pool *pool) {
+  /* the gather buffer's rows are stride floats apart: dim rounded up to a cache line */
+  flat_matrix m = {NULL, sqnorms, n, dim, (dim + 15) & ~(size_t)15};
+  return search(hits, counts, queries, nq, &m, rows, dist, k, mask, pool);
 }

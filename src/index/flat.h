@@ -44,4 +44,12 @@ qv_status flat_search(flat_hit *hits, size_t *counts, const float *queries, size
                       const flat_matrix *m, qv_distance dist, size_t k, const uint64_t *mask,
                       qv_pool *pool);
 
+/* The same over rows that are not one matrix: row r is rows[r] (dim floats each, no
+ * alignment needed); sqnorms may be NULL. GEMM mode copies each block's rows into a
+ * per-worker buffer before the product. For stores whose vectors live in several
+ * places (a collection whose graph holds most of them). */
+qv_status flat_search_rows(flat_hit *hits, size_t *counts, const float *queries, size_t nq,
+                           const float *const *rows, const float *sqnorms, size_t n, size_t dim,
+                           qv_distance dist, size_t k, const uint64_t *mask, qv_pool *pool);
+
 #endif

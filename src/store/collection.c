@@ -26,7 +26,14 @@
  *     (load_graph). A crash during a build or a save costs a rebuild, never data.
  *  8. The GPU copy is derived data too, and is brought in step before every device search
  *     (see "device path" below, invariants D1-D4).
+ *  9. Each float32 vector is held once. A row mapped to a node of a float32 graph has its
+ *     vector in the graph's node block (the copy the search reads), and its slot in vecs
+ *     is unspecified (its page may have been given back); every other row's vector is in
+ *     vecs. Readers go through row_read; a row leaves the graph only by being rewritten
+ *     (set_row) or removed (remove_row), or by a build that does not take it (build_locked
+ *     copies such vectors back first).
  */
+#define _GNU_SOURCE /* mremap */
 #include "store/collection.h"
 
 #include <dirent.h>
@@ -38,6 +45,10 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <limits.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
 
 #include <jansson.h>
 
@@ -78,7 +89,9 @@ struct qv_collection {
   pthread_rwlock_t rw;            /* guards the rows below */
   int sticky;                     /* guarded by write_mu */
   size_t n, cap;
-  float *vecs;                    /* (cap, stride) */
+  float *vecs;                    /* (cap, stride) an anonymous mapping of vecs_bytes; see
+                                   * "rows in memory" for which rows it holds */
+  size_t vecs_bytes;
   float *sqnorms;                 /* (cap) squared L2 norm of each row */
   qv_point_id *ids;               /* (cap) */
   json_t **payloads;              /* (cap) parsed payload objects, NULL for none */
@@ -331,7 +344,6 @@ static qv_status reserve_rows(qv_collection *c, size_t more) {
   while (cap < need) cap = cap + cap / 2;
   size_t bytes;
   if (qv_mul_overflow(cap, c->stride * sizeof(float), &bytes)) return QV_ENOMEM;
-  float *vecs = qv_aligned_alloc(bytes);
   float *sq = realloc(c->sqnorms, cap * sizeof *sq);
   if (sq) c->sqnorms = sq;
   qv_point_id *ids = realloc(c->ids, cap * sizeof *ids);
@@ -343,20 +355,83 @@ static qv_status reserve_rows(qv_collection *c, size_t more) {
     c->row2node = r2n;
     for (size_t i = c->cap; i < cap; i++) r2n[i] = NODE_NONE;
   }
-  if (!vecs || !sq || !ids || !pl || !r2n) {
-    qv_aligned_free(vecs);
-    return QV_ENOMEM;
-  }
-  /* The padding floats stay zero, so kernels that read the whole stride see no garbage. */
-  memset(vecs, 0, bytes);
-  if (c->n) memcpy(vecs, c->vecs, c->n * c->stride * sizeof(float));
-  qv_aligned_free(c->vecs);
-  c->vecs = vecs;
+  if (!sq || !ids || !pl || !r2n) return QV_ENOMEM;
+  /* Anonymous pages start zero (the padding floats stay zero, so kernels that read the
+   * whole stride see no garbage), and mremap moves page tables instead of copying, so
+   * pages given back by release_rows stay given back. */
+  void *v = c->vecs ? mremap(c->vecs, c->vecs_bytes, bytes, MREMAP_MAYMOVE)
+                    : mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (v == MAP_FAILED) return QV_ENOMEM;
+  c->vecs = v;
+  c->vecs_bytes = bytes;
   c->cap = cap;
   return QV_OK;
 }
 
+/* A row's slot in vecs, for writing (invariant 9 says when it holds the vector). */
 static float *row_vec(const qv_collection *c, size_t row) { return c->vecs + row * c->stride; }
+
+/* Whether mapped rows keep their vector in the graph: a float32 graph (an int8 one holds
+ * codes, and the rows keep the floats that rescore its hits). */
+static int vec_in_graph(const qv_collection *c) { return c->graph && !hnsw_quantized(c->graph); }
+
+/* A row's vector (invariant 9). Caller holds rw, or write_mu (which every writer of the
+ * graph, row2node and vecs holds). */
+static const float *row_read(const qv_collection *c, size_t row) {
+  uint32_t node = c->graph ? c->row2node[row] : NODE_NONE;
+  if (node != NODE_NONE && !hnsw_quantized(c->graph)) return hnsw_vector(c->graph, node);
+  return row_vec(c, row);
+}
+
+/* Exact search over every row (allowed by mask) for queries (nq, dim) into hits (nq, k)
+ * and counts (nq): over vecs as one matrix, or, while vectors live in the graph, over a
+ * table of where each row's vector is (invariant 9). Caller holds rw. */
+static qv_status exact_search(const qv_collection *c, const float *qs, size_t nq, size_t k,
+                              const uint64_t *mask, qv_pool *pool, flat_hit *hits, size_t *counts) {
+  if (!vec_in_graph(c)) {
+    flat_matrix m = {c->vecs, c->sqnorms, c->n, c->cfg.size, c->stride};
+    return flat_search(hits, counts, qs, nq, &m, c->cfg.distance, k, mask, pool);
+  }
+  const float **t = malloc((c->n ? c->n : 1) * sizeof *t);
+  if (!t) return QV_ENOMEM;
+  for (size_t r = 0; r < c->n; r++) t[r] = row_read(c, r);
+  qv_status st = flat_search_rows(hits, counts, qs, nq, t, c->sqnorms, c->n, c->cfg.size, c->cfg.distance, k,
+                                  mask, pool);
+  free(t);
+  return st;
+}
+
+/* Resident bytes of vecs up to row c->n (mincore), so what stats report is what the
+ * rows hold, pages given back excluded. Caller holds rw. */
+static size_t rows_resident(const qv_collection *c) {
+  size_t pg = (size_t)sysconf(_SC_PAGESIZE), len = c->n * c->stride * sizeof(float);
+  size_t pages = (len + pg - 1) / pg, got = 0;
+  unsigned char *v = pages ? malloc(pages) : NULL;
+  if (!v || mincore(c->vecs, len, v)) {
+    free(v);
+    return len; /* unknown: count every row */
+  }
+  for (size_t i = 0; i < pages; i++) got += v[i] & 1;
+  free(v);
+  return got * pg < len ? got * pg : len;
+}
+
+/* Gives the pages of vecs back to the kernel where every row of [lo, hi) they hold, up to
+ * c->n, has its vector in a float32 graph (invariant 9); rows past c->n are free slots
+ * and need nothing. A page given back reads as zeros and is faulted in again by the next
+ * write, so this only lowers memory. Caller holds write_mu. */
+static void release_rows(qv_collection *c, size_t lo, size_t hi) {
+  if (!vec_in_graph(c) || lo >= hi || !c->vecs) return;
+  size_t pg = (size_t)sysconf(_SC_PAGESIZE), rb = c->stride * sizeof(float);
+  size_t p0 = lo * rb / pg, p1 = (hi * rb + pg - 1) / pg, run = p0;
+  for (size_t p = p0; p <= p1; p++) {
+    int ok = p < p1 && (p + 1) * pg <= c->vecs_bytes;
+    for (size_t r = p * pg / rb; ok && r < c->n && r * rb < (p + 1) * pg; r++) ok = c->row2node[r] != NODE_NONE;
+    if (ok) continue;
+    if (p > run) madvise((char *)c->vecs + run * pg, (p - run) * pg, MADV_DONTNEED);
+    run = p + 1;
+  }
+}
 
 /* Marks a row the GPU copy must take again (D2). Caller holds rw for writing. Without a
  * copy (always, in a process without a GPU) it is one branch. */
@@ -409,7 +484,9 @@ static void remove_row(qv_collection *c, size_t row) {
   if (c->graph) c->unindexed--; /* the row is gone, not waiting for the graph */
   size_t last = --c->n;
   if (row != last) {
-    memcpy(row_vec(c, row), row_vec(c, last), c->stride * sizeof(float));
+    /* a vector held by the graph moves with its node: nothing to copy (invariant 9) */
+    if (!vec_in_graph(c) || c->row2node[last] == NODE_NONE)
+      memcpy(row_vec(c, row), row_vec(c, last), c->stride * sizeof(float));
     c->sqnorms[row] = c->sqnorms[last];
     c->ids[row] = c->ids[last];
     c->payloads[row] = c->payloads[last];
@@ -422,6 +499,28 @@ static void remove_row(qv_collection *c, size_t row) {
   c->row2node[last] = NODE_NONE;
 }
 
+/* Opening read every record through LMDB's read-only map, and those pages would stay in
+ * the process's resident set although searches never read them (they use the rows in
+ * memory). Dropping them from the mapping costs nothing: they stay in the page cache and
+ * whatever reads them next (a transaction, the open's own cursor) faults them in again. LMDB does not say where its map is, so
+ * it is found in /proc/self/maps by the data file's device and inode. */
+static void drop_map_pages(const qv_collection *c) {
+  char path[PATH_MAX], line[PATH_MAX + 256];
+  struct stat sb;
+  if (snprintf(path, sizeof path, "%s/data.mdb", c->dir) >= (int)sizeof path || stat(path, &sb)) return;
+  FILE *f = fopen("/proc/self/maps", "r");
+  if (!f) return;
+  while (fgets(line, sizeof line, f)) {
+    unsigned long lo, hi, ino;
+    unsigned dmaj, dmin;
+    if (sscanf(line, "%lx-%lx %*s %*s %x:%x %lu", &lo, &hi, &dmaj, &dmin, &ino) == 5 && ino == sb.st_ino &&
+        makedev(dmaj, dmin) == sb.st_dev)
+      madvise((void *)lo, hi - lo, MADV_DONTNEED);
+  }
+  fclose(f);
+}
+
+#define LOAD_DROP_EVERY 32768
 static qv_status load_points(qv_collection *c, MDB_txn *txn, qv_error *err) {
   MDB_stat stat;
   int rc = mdb_stat(txn, c->points, &stat);
@@ -450,6 +549,7 @@ static qv_status load_points(qv_collection *c, MDB_txn *txn, qv_error *err) {
     }
     memcpy(tmp, rv.vector, c->cfg.size * sizeof(float));
     set_row(c, &id, tmp, payload);
+    if (c->n % LOAD_DROP_EVERY == 0) drop_map_pages(c); /* keeps the peak down too */
   }
   free(tmp);
   mdb_cursor_close(cur);
@@ -526,7 +626,7 @@ typedef struct index_job {
 static qv_status insert_chunk(qv_collection *c, index_job *j, size_t from, size_t cnt) {
   size_t dim = c->cfg.size;
   for (size_t i = 0; i < cnt; i++) {
-    memcpy(j->buf + i * dim, row_vec(c, j->rows[from + i]), dim * sizeof(float));
+    memcpy(j->buf + i * dim, row_read(c, j->rows[from + i]), dim * sizeof(float));
     j->labels[i] = j->rows[from + i];
   }
   return hnsw_add_batch(j->g, j->labels, j->buf, cnt, cnt >= 64 ? pool_default() : NULL, j->ids);
@@ -554,6 +654,7 @@ static qv_status index_rows(qv_collection *c, const size_t *rows, size_t n) {
   for (size_t from = 0; !st && from < n; from += BUILD_CHUNK) {
     size_t cnt = n - from < BUILD_CHUNK ? n - from : BUILD_CHUNK;
     st = insert_chunk(c, &j, from, cnt);
+    size_t lo = SIZE_MAX, hi = 0;
     pthread_rwlock_wrlock(&c->rw);
     for (size_t i = 0; i < cnt; i++) {
       if (j.ids[i] == UINT32_MAX || j.ids[i] >= c->node_cap) continue; /* stays unindexed: scanned */
@@ -561,8 +662,11 @@ static qv_status index_rows(qv_collection *c, const size_t *rows, size_t n) {
       c->node2row[j.ids[i]] = (uint32_t)row;
       c->row2node[row] = j.ids[i];
       c->unindexed--;
+      if (row < lo) lo = row;
+      if (row + 1 > hi) hi = row + 1;
     }
     pthread_rwlock_unlock(&c->rw);
+    release_rows(c, lo, hi);
     c->graph_dirty = 1;
   }
   job_free(&j);
@@ -588,7 +692,7 @@ static qv_status quant_range(const qv_collection *c, float quantile, float *lo, 
   if (!v) return QV_ENOMEM;
   for (size_t i = 0; i < take; i++) {
     size_t at = (size_t)((double)i * (double)total / (double)take);
-    v[i] = row_vec(c, at / dim)[at % dim];
+    v[i] = row_read(c, at / dim)[at % dim];
   }
   qsort(v, take, sizeof *v, cmp_float);
   double tail = (1.0 - quantile) / 2;
@@ -597,6 +701,26 @@ static qv_status quant_range(const qv_collection *c, float quantile, float *lo, 
   *hi = v[b];
   free(v);
   return QV_OK;
+}
+
+/* The metric the graph is built with: rows and queries of a Cosine collection are
+ * normalized already (prepare_point, qv_collection_search), so the graph takes them as
+ * they are, by inner product, and its vectors stay bit-identical to the rows' (invariant
+ * 9); normalizing them again could move the last bit. */
+static qv_distance graph_metric(const qv_collection *c) {
+  return c->cfg.distance == QV_DIST_COSINE ? QV_DIST_DOT : c->cfg.distance;
+}
+
+/* Before a build swaps graphs: rows whose vector lives in the old float32 graph and that
+ * the new graph does not hold as floats (it is int8, or the row failed to go in) get it
+ * back in vecs (invariant 9). Caller holds write_mu and rw for writing. */
+static void unload_rows(qv_collection *c, const hnsw *next, const uint32_t *next_r2n) {
+  if (!vec_in_graph(c)) return;
+  for (size_t r = 0; r < c->n; r++) {
+    uint32_t node = c->row2node[r];
+    if (node == NODE_NONE || (!hnsw_quantized(next) && next_r2n[r] != NODE_NONE)) continue;
+    memcpy(row_vec(c, r), hnsw_vector(c->graph, node), c->cfg.size * sizeof(float));
+  }
 }
 
 /* Builds a new graph over every row and swaps it in. Caller holds write_mu; searches go
@@ -610,7 +734,7 @@ static qv_status build_locked(qv_collection *c) {
   size_t *rows = malloc((n ? n : 1) * sizeof *rows);
   index_job j = {0};
   qv_status st = n2r && r2n && rows ? QV_OK : QV_ENOMEM;
-  if (!st) st = hnsw_new(&g, c->cfg.size, c->cfg.distance, c->cfg.hnsw.m, c->cfg.hnsw.ef_construct, 42);
+  if (!st) st = hnsw_new(&g, c->cfg.size, graph_metric(c), c->cfg.hnsw.m, c->cfg.hnsw.ef_construct, 42);
   if (!st && c->cfg.quant.type == QV_QUANT_INT8) {
     float lo, hi;
     st = quant_range(c, c->cfg.quant.quantile, &lo, &hi);
@@ -639,6 +763,7 @@ static qv_status build_locked(qv_collection *c) {
     }
   }
   pthread_rwlock_wrlock(&c->rw);
+  unload_rows(c, g, r2n);
   hnsw *old = c->graph;
   c->graph = g;
   g = old;
@@ -653,6 +778,7 @@ static qv_status build_locked(qv_collection *c) {
   c->graph_cfg = c->cfg.hnsw;
   c->graph_quant = c->cfg.quant;
   pthread_rwlock_unlock(&c->rw);
+  release_rows(c, 0, c->n);
   c->graph_dirty = 1;
   LOG_INFO("collection %s: HNSW index built over %zu points (m %u, ef_construct %u)", c->name, n,
            c->cfg.hnsw.m, c->cfg.hnsw.ef_construct);
@@ -752,7 +878,7 @@ static void load_graph(qv_collection *c) {
     why = "it was saved before later writes";
     goto out;
   }
-  if (hnsw_dim(g) != c->cfg.size || hnsw_distance(g) != c->cfg.distance) {
+  if (hnsw_dim(g) != c->cfg.size || hnsw_distance(g) != graph_metric(c)) {
     why = "its dimension or distance differ";
     goto out;
   }
@@ -794,6 +920,7 @@ static void load_graph(qv_collection *c) {
   /* the quantile is not in the file: a graph with codes is taken to match the config's */
   c->graph_quant = hnsw_quantized(c->graph) ? c->cfg.quant : (qv_quant_config){0};
   c->graph_loaded = 1;
+  release_rows(c, 0, c->n);
   goto out;
 unmap:
   for (size_t r = 0; r < c->n; r++) c->row2node[r] = NODE_NONE;
@@ -898,6 +1025,7 @@ qv_status collection_open_dir(qv_collection **out, const char *dir, const char *
   if (st) mdb_txn_abort(txn);
   else mdb_txn_commit(txn);
   if (st) goto fail;
+  drop_map_pages(c);
   sweep_graph_tmp(c);
   load_graph(c);
   if (pthread_create(&c->worker, NULL, index_worker, c)) {
@@ -934,7 +1062,7 @@ void collection_close(qv_collection *c) {
   free(c->row2node);
   if (c->env) mdb_env_close(c->env);
   for (size_t i = 0; i < c->n; i++) json_decref(c->payloads[i]);
-  qv_aligned_free(c->vecs);
+  if (c->vecs) munmap(c->vecs, c->vecs_bytes);
   free(c->sqnorms);
   free(c->ids);
   free(c->payloads);
@@ -1416,7 +1544,7 @@ void qv_collection_stats_get(qv_collection *c, qv_collection_stats *out) {
   memset(out, 0, sizeof *out);
   pthread_rwlock_rdlock(&c->rw);
   out->points = c->n;
-  out->vector_bytes = c->n * c->stride * sizeof(float);
+  out->vector_bytes = rows_resident(c);
   if (c->graph) {
     out->indexed = c->n - c->unindexed;
     out->tombstones = hnsw_deleted_count(c->graph);
@@ -1452,7 +1580,7 @@ static qv_status fill_record(const qv_collection *c, size_t row, float score, in
   if (with_vector) {
     rec->vector = malloc(c->cfg.size * sizeof(float));
     if (!rec->vector) return QV_ENOMEM;
-    memcpy(rec->vector, row_vec(c, row), c->cfg.size * sizeof(float));
+    memcpy(rec->vector, row_read(c, row), c->cfg.size * sizeof(float));
   }
   if (with_payload) {
     rec->payload = c->payloads[row] ? json_dumps(c->payloads[row], JSON_COMPACT) : strdup("{}");
@@ -1612,7 +1740,7 @@ static qv_status graph_search(const qv_collection *c, const float *q, size_t k, 
     uint32_t row = c->node2row[hh[i].id];
     if (row == NODE_NONE) continue;
     /* rescore from the row: the stored float32 vector is the reference for every path */
-    float sc = dist_score(c->cfg.distance, q, row_vec(c, row), dim);
+    float sc = dist_score(c->cfg.distance, q, row_read(c, row), dim);
     all[m++] = (ranked){higher ? sc : -sc, row, sc};
   }
   for (size_t i = 0; !st && i < xn; i++)
@@ -1623,8 +1751,7 @@ static qv_status graph_search(const qv_collection *c, const float *q, size_t k, 
     size_t want = allowed < k ? allowed : k;
     if (m < want) {
       /* the beam missed allowed points (tombstones or a filter cut it off): scan exactly */
-      flat_matrix fm = {c->vecs, c->sqnorms, c->n, dim, c->stride};
-      st = flat_search(hits, count, q, 1, &fm, c->cfg.distance, k, mask, NULL);
+      st = exact_search(c, q, 1, k, mask, NULL, hits, count);
     } else {
       for (size_t i = 0; i < m; i++) hits[i] = (flat_hit){all[i].score, all[i].row};
       *count = m;
@@ -1646,6 +1773,7 @@ static qv_status unindexed_search(const qv_collection *c, const float *qs, size_
   for (size_t r = 0; r < c->n; r++)
     if (c->row2node[r] == NODE_NONE && (!mask || (mask[r / 64] >> (r % 64) & 1)))
       umask[r / 64] |= 1ULL << (r % 64);
+  /* vecs holds every unindexed row (invariant 9); the mask skips the others */
   flat_matrix fm = {c->vecs, c->sqnorms, c->n, c->cfg.size, c->stride};
   qv_status st = flat_search(extra, xn, qs, nq, &fm, c->cfg.distance, k, umask, nq > 1 ? pool_default() : NULL);
   free(umask);
@@ -1704,6 +1832,22 @@ static int device_wanted(qv_collection *c, size_t nq, size_t k, int use_graph) {
   return gpu && gpu->search_exact && gpu->map;
 }
 
+/* Copies rows [lo, lo + n) into the device copy, gathering them in chunks when vectors
+ * live in the graph (invariant 9). Caller holds rw shared. */
+static qv_status gpu_put_rows(const qv_collection *c, flat_gpu *g, size_t lo, size_t n) {
+  if (!vec_in_graph(c)) return flat_gpu_set_rows(g, lo, n, row_vec(c, lo), c->stride, NULL);
+  enum { CHUNK = 1024 };
+  float *buf = malloc(CHUNK * c->cfg.size * sizeof *buf);
+  qv_status st = buf ? QV_OK : QV_ENOMEM;
+  for (size_t at = 0; !st && at < n; at += CHUNK) {
+    size_t m = n - at < CHUNK ? n - at : CHUNK;
+    for (size_t i = 0; i < m; i++) memcpy(buf + i * c->cfg.size, row_read(c, lo + at + i), c->cfg.size * sizeof *buf);
+    st = flat_gpu_set_rows(g, lo + at, m, buf, c->cfg.size, NULL);
+  }
+  free(buf);
+  return st;
+}
+
 /* Brings the copy in step (D2, D3). Caller holds rw shared and gpu_mu. QV_EUNSUPPORTED:
  * no resident copy this time (the CPU path answers). */
 static qv_status device_sync(qv_collection *c) {
@@ -1716,7 +1860,7 @@ static qv_status device_sync(qv_collection *c) {
   if (!c->gpu) {
     flat_gpu *g = NULL;
     qv_status st = flat_gpu_create(&g, c->cfg.size, c->cfg.distance, c->n, NULL);
-    if (!st) st = flat_gpu_set_rows(g, 0, c->n, c->vecs, c->stride, NULL);
+    if (!st) st = gpu_put_rows(c, g, 0, c->n);
     if (st || !flat_gpu_resident(g)) {
       flat_gpu_free(g);
       __atomic_store_n(&c->gpu_unfit, c->n ? c->n : 1, __ATOMIC_RELAXED);
@@ -1737,7 +1881,7 @@ static qv_status device_sync(qv_collection *c) {
     hi = c->n;
   }
   if (hi > c->n) hi = c->n;
-  if (!st && lo < hi) st = flat_gpu_set_rows(c->gpu, lo, hi - lo, row_vec(c, lo), c->stride, NULL);
+  if (!st && lo < hi) st = gpu_put_rows(c, c->gpu, lo, hi - lo);
   if (st || !flat_gpu_resident(c->gpu)) {
     flat_gpu_free(c->gpu);
     c->gpu = NULL;
@@ -1852,9 +1996,7 @@ qv_status qv_collection_search(qv_collection *c, const float *queries, size_t nq
       free(extra);
       free(xn);
     } else if (!st && q0 < nq) {
-      flat_matrix m = {c->vecs, c->sqnorms, c->n, dim, c->stride};
-      st = flat_search(hits + q0 * k, counts + q0, qs + q0 * dim, nq - q0, &m, c->cfg.distance, k, mask,
-                       pool_default());
+      st = exact_search(c, qs + q0 * dim, nq - q0, k, mask, pool_default(), hits + q0 * k, counts + q0);
     }
   }
   for (size_t q = 0; q < nq && !st; q++) {
