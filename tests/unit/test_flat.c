@@ -317,6 +317,56 @@ TEST(every_isa) {
   dist_force_isa(NULL);
 }
 
-TEST_MAIN(T(random_small), T(random_threads), T(single_query_large_n), T(mask), T(stride),
+/* flat_search_rows over rows scattered in memory (row pointers in shuffled order, as a
+ * collection's graph blocks are) gives exactly what flat_search gives over the same rows
+ * as one matrix: both modes (1 and 40 queries), each distance, with a mask and a pool. */
+TEST(rows_as_pointers_match_the_matrix) {
+  qv_pool *p = test_pool();
+  ASSERT(p);
+  size_t n = 2500, dim = 40, k = 12, nqs[2] = {1, 40};
+  uint64_t *mask = calloc((n + 63) / 64, sizeof *mask);
+  for (size_t r = 0; r < n; r++)
+    if (r % 3) mask[r / 64] |= 1ULL << (r % 64);
+  for (size_t di = 0; di < 4; di++) {
+    float *x = random_rows(n, dim, dim, all_dists[di] == QV_DIST_COSINE), *q = random_rows(40, dim, dim, 0);
+    float *scattered = malloc(n * (dim + 3) * sizeof *scattered);
+    const float **rows = malloc(n * sizeof *rows);
+    ASSERT(x && q && scattered && rows);
+    for (size_t r = 0; r < n; r++) { /* row r at slot (r * 7919) % n, an odd offset apart */
+      float *at = scattered + ((r * 7919) % n) * (dim + 3) + 1;
+      memcpy(at, x + r * dim, dim * sizeof *at);
+      rows[r] = at;
+    }
+    flat_matrix m = {x, NULL, n, dim, dim};
+    for (int masked = 0; masked < 2; masked++)
+      for (size_t i = 0; i < 2; i++) {
+        size_t nq = nqs[i];
+        flat_hit *a = malloc(nq * k * sizeof *a), *b = malloc(nq * k * sizeof *b);
+        size_t *ca = calloc(nq, sizeof *ca), *cb = calloc(nq, sizeof *cb);
+        const uint64_t *mk = masked ? mask : NULL;
+        ASSERT_OK(flat_search(a, ca, q, nq, &m, all_dists[di], k, mk, p));
+        ASSERT_OK(flat_search_rows(b, cb, q, nq, rows, NULL, n, dim, all_dists[di], k, mk, p));
+        for (size_t j = 0; j < nq; j++) {
+          ASSERT_EQ(ca[j], cb[j]);
+          for (size_t h = 0; h < ca[j]; h++) {
+            ASSERT_EQ(a[j * k + h].row, b[j * k + h].row);
+            ASSERT(a[j * k + h].score == b[j * k + h].score);
+          }
+        }
+        free(a);
+        free(b);
+        free(ca);
+        free(cb);
+      }
+    free(x);
+    free(q);
+    free(scattered);
+    free(rows);
+  }
+  free(mask);
+  pool_destroy(p);
+}
+
+TEST_MAIN(T(random_small), T(rows_as_pointers_match_the_matrix), T(random_threads), T(single_query_large_n), T(mask), T(stride),
           T(k_larger_than_n), T(dim_1), T(dim_4096), T(empty_and_k0), T(invalid), T(ties),
           T(nan_never_wins), T(every_isa))
