@@ -116,6 +116,7 @@ typedef struct scratch {
   const float **todov; /* (M0) their vectors */
   cand *sel;         /* ((HNSW_MAX_LEVEL + 1) * M) neighbours chosen per level */
   size_t nsel[HNSW_MAX_LEVEL + 1];
+  cand *batch;       /* (M0) one expansion's neighbours that beat the beam's worst */
   cand *tmp;         /* (M0 + 1) a list being pruned */
   cand *kept;        /* (M0 + 1) */
   const float **kv;  /* (M0 + 1) vectors of kept candidates */
@@ -488,6 +489,7 @@ static void scratch_free(scratch *s) {
   free(s->todo);
   free(s->todov);
   free(s->sel);
+  free(s->batch);
   free(s->tmp);
   free(s->kept);
   free(s->kv);
@@ -578,15 +580,16 @@ static scratch *scratch_new(const hnsw *h) {
   s->todo = malloc(m1 * sizeof *s->todo);
   s->todov = malloc(m1 * sizeof *s->todov);
   s->sel = malloc((size_t)(HNSW_MAX_LEVEL + 1) * h->M * sizeof *s->sel);
+  s->batch = malloc(m1 * sizeof *s->batch);
   s->tmp = malloc(m1 * sizeof *s->tmp);
   s->kept = malloc(m1 * sizeof *s->kept);
   s->kv = malloc(m1 * sizeof *s->kv);
-  if (!s->q || !s->todo || !s->todov || !s->sel || !s->tmp || !s->kept || !s->kv) {
+  if (!s->q || !s->todo || !s->todov || !s->sel || !s->batch || !s->tmp || !s->kept || !s->kv) {
     scratch_free(s);
     return NULL;
   }
   s->bytes = sizeof *s + align_up(h->dim * sizeof(float), 64) +
-             m1 * (4 + 2 * sizeof(cand) + 2 * sizeof(void *)) +
+             m1 * (4 + 3 * sizeof(cand) + 2 * sizeof(void *)) +
              (size_t)(HNSW_MAX_LEVEL + 1) * h->M * sizeof(cand);
   return s;
 }
@@ -673,23 +676,6 @@ static uint32_t greedy(const hnsw *h, const space *sp, const float *q, uint32_t 
   return cur;
 }
 
-/* Inserts (d, id) into the sorted beam p of *n entries (at most ef; the worst drops out
- * when full). Ties go after existing entries. Returns the position. Caller checked that
- * d beats the worst entry when the beam is full. */
-static inline size_t beam_insert(cand *p, size_t *n, size_t ef, float d, uint32_t id) {
-  size_t lo = 0, hi = *n;
-  while (lo < hi) {
-    size_t mid = (lo + hi) >> 1;
-    if (p[mid].d <= d) lo = mid + 1;
-    else hi = mid;
-  }
-  size_t keep = *n < ef ? *n : ef - 1;
-  memmove(p + lo + 1, p + lo, (keep - lo) * sizeof *p);
-  p[lo] = (cand){d, id};
-  if (*n < ef) (*n)++;
-  return lo;
-}
-
 /* Collects the unvisited neighbours of node id on level l into s->todo (and their vectors
  * into s->todov), marking them visited and prefetching the first line of each vector;
  * returns how many. Ids past the visited array (nodes added after this search took its
@@ -711,14 +697,55 @@ static inline size_t gather(const hnsw *h, scratch *s, uint32_t id, int l, uint1
   return nt;
 }
 
+/* Merges b (nb entries, sorted, each closer than the beam's worst when the beam is full)
+ * into the sorted beam p of *n entries, keeping at most ef. Ties: existing entries first,
+ * then b in its order, so the beam equals what inserting b one entry at a time (each
+ * checked against the worst of the moment) would leave. Works from the back: each entry
+ * of b, largest first, finds its place by binary search and the block above it moves up
+ * once, so the beam moves at most once per expansion however many entries arrive.
+ * Returns the position of b[0], the lowest that changed. */
+static size_t beam_merge(cand *p, size_t *n, size_t ef, const cand *b, size_t nb) {
+  size_t nn = *n + nb < ef ? *n + nb : ef;
+  size_t hi = *n; /* p[0..hi) has not moved yet */
+  for (size_t j = nb; j > 0; j--) {
+    float d = b[j - 1].d;
+    size_t lo = 0, top = hi;
+    while (lo < top) {
+      size_t mid = (lo + top) >> 1;
+      if (p[mid].d <= d) lo = mid + 1;
+      else top = mid;
+    }
+    /* p[lo..hi) moves up by j and b[j - 1] lands just below it; whatever would land at
+     * or past nn drops out. */
+    if (lo + j < nn) {
+      size_t end = hi < nn - j ? hi : nn - j;
+      memmove(p + lo + j, p + lo, (end - lo) * sizeof *p);
+    }
+    if (lo + j - 1 < nn) p[lo + j - 1] = b[j - 1];
+    hi = lo;
+  }
+  *n = nn;
+  return hi;
+}
+
 /* Best-first search on level l from the n entries already in s->pool (sorted), keeping
  * the ef closest nodes seen; every node in the beam gets expanded, which stops the search
- * exactly where hnswlib's two-heap loop stops it. A sorted array beats two binary heaps
- * here: inserts are one binary search and a short memmove, and the next node to expand
- * is found by a forward scan. Returns the beam's size; ids in it carry CHK. */
+ * exactly where hnswlib's two-heap loop stops it. Returns the beam's size; ids in it carry
+ * CHK.
+ *
+ * The beam is a sorted array, and the next node to expand is found by a forward scan from
+ * the lowest position that changed. An expansion's neighbours are not inserted one by one
+ * (a binary search and a memmove of up to ef entries each: at ef = 1024 an insert moved
+ * 400 entries on average, 3 inserts an expansion, on random-128d) but collected (those
+ * closer than the worst entry at the start of the expansion), sorted, and merged once
+ * (beam_merge). The beam ends up the same as with one-by-one inserts, so results do not
+ * change; measured on 100k random-128d, same graph, interleaved runs: about 4-8% more
+ * queries/s at ef 128..2048 and no loss at ef 16..64. Two binary heaps (hnswlib's
+ * layout) measured no faster at ef 256..1024 (+4..8% at 2048 only) and order equal
+ * distances differently. */
 static size_t beam_search(const hnsw *h, scratch *s, const space *sp, const float *q, int l,
                           size_t ef, size_t n, uint16_t tag) {
-  cand *pool = s->pool;
+  cand *pool = s->pool, *batch = s->batch;
   size_t cur = 0;
   while (cur < n) {
     uint32_t id = pool[cur].id;
@@ -726,17 +753,25 @@ static size_t beam_search(const hnsw *h, scratch *s, const space *sp, const floa
     /* The next candidate to expand is most likely the one after this: fetch its list. */
     if (cur + 1 < n) __builtin_prefetch(node_at(h, pool[cur + 1].id & ID_MASK), 0, 3);
     size_t nt = gather(h, s, id, l, tag);
-    size_t lo = cur + 1;
+    int full = n == ef;
+    float worst = pool[n - 1].d;
+    size_t nb = 0;
     for (size_t t = 0; t < nt; t++) {
-      uint32_t x = s->todo[t];
       if (t + PREFETCH_AHEAD < nt) prefetch_rest(h, s->todov[t + PREFETCH_AHEAD]);
       float d = dist(sp, q, s->todov[t]);
-      if (n < ef || d < pool[n - 1].d) {
-        size_t pos = beam_insert(pool, &n, ef, d, x);
-        if (pos < lo) lo = pos;
+      if (full && !(d < worst)) continue;
+      size_t j = nb++; /* insertion sort, stable: at most M0 entries */
+      while (j > 0 && batch[j - 1].d > d) {
+        batch[j] = batch[j - 1];
+        j--;
       }
+      batch[j] = (cand){d, s->todo[t]};
     }
-    cur = lo;
+    cur++;
+    if (nb) {
+      size_t lo = beam_merge(pool, &n, ef, batch, nb);
+      if (lo < cur) cur = lo;
+    }
     while (cur < n && (pool[cur].id & CHK)) cur++;
   }
   return n;
