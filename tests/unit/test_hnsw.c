@@ -156,6 +156,80 @@ TEST(recall_dot) { check_recall(QV_DIST_DOT, 20000); }
 TEST(recall_euclid) { check_recall(QV_DIST_EUCLID, 20000); }
 TEST(recall_manhattan) { check_recall(QV_DIST_MANHATTAN, 10000); }
 
+/* A beam as wide as the index (ef >= n) expands every node it reaches, so on a connected
+ * graph the search is exact: the top k equal brute force's, in order, with the same
+ * scores. ef = 600 of 1500 nodes fills the beam, so each expansion's neighbours are
+ * merged into a full beam whose worst entries drop out (beam_merge); that beam also finds
+ * the exact top 1 and top 10 here (the build is single-threaded and seeded, so this is
+ * deterministic; its top 100 under Dot is not exact, as expected of a partial search).
+ * k = 100 with ef >= n makes many merges land inside a long beam. */
+static void check_large_ef_exact(qv_distance d) {
+  size_t n = 1500, dim = 16, nq = 40;
+  float *x = clustered(n, dim, 21), *q = queries(nq, dim, 21);
+  uint64_t *labels = iota_labels(n);
+  hnsw *h;
+  ASSERT_OK(hnsw_new(&h, dim, d, 8, 64, 3));
+  ASSERT_OK(hnsw_add_batch(h, labels, x, n, NULL, NULL));
+  size_t ks[] = {1, 10, 100};
+  hnsw_hit *hits = malloc(100 * sizeof *hits);
+  ASSERT(hits != NULL);
+  for (size_t a = 0; a < sizeof ks / sizeof *ks; a++) {
+    size_t k = ks[a];
+    uint32_t *want = exact(x, n, q, nq, dim, d, NULL, k);
+    for (size_t e = k == 100; e < 2; e++) { /* e = 0: ef 600, e = 1: ef 2048 */
+      for (size_t i = 0; i < nq; i++) {
+        size_t c;
+        ASSERT_OK(hnsw_search(h, q + i * dim, k, e ? 2048 : 600, NULL, hits, &c));
+        ASSERT_EQ(c, k);
+        for (size_t j = 0; j < k; j++) {
+          /* equal scores may come in either order; the scores themselves may not differ */
+          float s = dist_score(d, q + i * dim, x + want[i * k + j] * dim, dim);
+          ASSERT_NEAR(hits[j].score, s, 1e-4 * fmax(1.0, fabs(s)));
+          if (hits[j].label != want[i * k + j]) {
+            float t = dist_score(d, q + i * dim, x + hits[j].label * dim, dim);
+            ASSERT_NEAR(t, s, 1e-5 * fmax(1.0, fabs(s)));
+          }
+        }
+      }
+    }
+    free(want);
+  }
+  free(hits);
+  hnsw_free(h);
+  free(labels);
+  free(x);
+  free(q);
+}
+
+TEST(large_ef_is_exact_euclid) { check_large_ef_exact(QV_DIST_EUCLID); }
+TEST(large_ef_is_exact_dot) { check_large_ef_exact(QV_DIST_DOT); }
+
+/* On the 20k recall fixture, beams of 256, 1024 and 2048 find at least what a beam of 64
+ * finds, and the widest is near exact. */
+TEST(large_ef_recall_not_below_small_ef) {
+  size_t n = 20000, dim = 64, nq = 200;
+  float *x = clustered(n, dim, 11), *q = queries(nq, dim, 11);
+  uint64_t *labels = iota_labels(n);
+  hnsw *h;
+  ASSERT_OK(hnsw_new(&h, dim, QV_DIST_EUCLID, 16, 100, 1));
+  ASSERT_OK(hnsw_add_batch(h, labels, x, n, pool2(), NULL));
+  uint32_t *want = exact(x, n, q, nq, dim, QV_DIST_EUCLID, NULL, K);
+  size_t efs[] = {64, 256, 1024, 2048};
+  double small = 0, r = 0;
+  for (size_t a = 0; a < sizeof efs / sizeof *efs; a++) {
+    r = recall(h, x, q, nq, dim, QV_DIST_EUCLID, want, efs[a]);
+    printf("  ef=%zu recall@10 %.4f\n", efs[a], r);
+    if (a == 0) small = r;
+    ASSERT(r >= small);
+  }
+  ASSERT(r >= 0.999);
+  hnsw_free(h);
+  free(want);
+  free(labels);
+  free(x);
+  free(q);
+}
+
 TEST(rejects_bad_arguments) {
   hnsw *h;
   ASSERT_STATUS(hnsw_new(&h, 0, QV_DIST_EUCLID, 16, 100, 1), QV_EINVAL);
@@ -739,6 +813,7 @@ TEST(int8_portable_kernels_match_simd) {
 }
 
 TEST_MAIN(T(int8_quantized_graph), T(int8_portable_kernels_match_simd), T(memory_counts_used_blocks), T(recall_cosine), T(recall_dot), T(recall_euclid), T(recall_manhattan),
+          T(large_ef_is_exact_euclid), T(large_ef_is_exact_dot), T(large_ef_recall_not_below_small_ef),
           T(rejects_bad_arguments), T(empty_index), T(one_node), T(dim_one_and_duplicates),
           T(dim_4096), T(deleted_never_returned), T(filtered_exact), T(save_load_round_trip),
           T(corrupt_and_truncated_files), T(crash_during_save), T(concurrent_adds_and_searches))
