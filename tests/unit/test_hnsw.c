@@ -204,17 +204,19 @@ static void check_large_ef_exact(qv_distance d) {
 TEST(large_ef_is_exact_euclid) { check_large_ef_exact(QV_DIST_EUCLID); }
 TEST(large_ef_is_exact_dot) { check_large_ef_exact(QV_DIST_DOT); }
 
-/* On the 20k recall fixture, beams of 256, 1024 and 2048 find at least what a beam of 64
- * finds, and the widest is near exact. */
+/* A sparse graph (M = 8, ef_construct 32) over 8k points, where a beam of 16 misses a
+ * good share of the true top 10: beams of 256, 1024 and 2048 find at least as much, and
+ * the widest is near exact. (The 20k fixture is too easy for this: ef 64 already finds
+ * 99.8% there.) */
 TEST(large_ef_recall_not_below_small_ef) {
-  size_t n = 20000, dim = 64, nq = 200;
-  float *x = clustered(n, dim, 11), *q = queries(nq, dim, 11);
+  size_t n = 8000, dim = 32, nq = 200;
+  float *x = clustered(n, dim, 13), *q = queries(nq, dim, 13);
   uint64_t *labels = iota_labels(n);
   hnsw *h;
-  ASSERT_OK(hnsw_new(&h, dim, QV_DIST_EUCLID, 16, 100, 1));
+  ASSERT_OK(hnsw_new(&h, dim, QV_DIST_EUCLID, 8, 32, 1));
   ASSERT_OK(hnsw_add_batch(h, labels, x, n, pool2(), NULL));
   uint32_t *want = exact(x, n, q, nq, dim, QV_DIST_EUCLID, NULL, K);
-  size_t efs[] = {64, 256, 1024, 2048};
+  size_t efs[] = {16, 256, 1024, 2048};
   double small = 0, r = 0;
   for (size_t a = 0; a < sizeof efs / sizeof *efs; a++) {
     r = recall(h, x, q, nq, dim, QV_DIST_EUCLID, want, efs[a]);
@@ -222,7 +224,8 @@ TEST(large_ef_recall_not_below_small_ef) {
     if (a == 0) small = r;
     ASSERT(r >= small);
   }
-  ASSERT(r >= 0.999);
+  ASSERT(small < 0.95);
+  ASSERT(r >= 0.99);
   hnsw_free(h);
   free(want);
   free(labels);
