@@ -17,6 +17,7 @@
 #include "server/batcher.h"
 #include "server/docs.h"
 #include "server/server.h"
+#include "server/vecjson.h"
 
 /* The version GET / reports: qdrant-client warns unless major.minor is within one minor
  * version of its own (1.20.x here, so it accepts 1.19..1.21). */
@@ -97,8 +98,18 @@ static qv_status decode_ids(json_t *arr, size_t max, qv_point_id **out, size_t *
   return QV_OK;
 }
 
+/* Whether j holds a vector: a list, or one vecjson_rewrite turned into a string. */
+static int is_vector_list(const json_t *j) { return json_is_array(j) || vecjson_is(j); }
+
 /* Numbers into out (size); the list must have exactly size finite numbers. */
-static qv_status decode_floats(json_t *arr, uint32_t size, float *out, qv_error *err) {
+static qv_status decode_floats(const vecjson *vt, json_t *arr, uint32_t size, float *out, qv_error *err) {
+  if (vecjson_is(arr)) {
+    size_t n;
+    qv_status st = vecjson_floats(vt, arr, out, size, &n);
+    if (st == QV_EDIM) return qv_fail(err, QV_EDIM, "the vector has %zu dimensions; the collection's has %u", n, size);
+    if (st == QV_ENONFINITE) return qv_fail(err, QV_ENONFINITE, "vector[%zu] is out of float range", n);
+    return st ? qv_fail(err, st, "a vector must be a list of numbers") : QV_OK;
+  }
   if (!json_is_array(arr)) return qv_fail(err, QV_EINVAL, "a vector must be a list of numbers");
   if (json_array_size(arr) != size)
     return qv_fail(err, QV_EDIM, "the vector has %zu dimensions; the collection's has %u", json_array_size(arr), size);
@@ -117,7 +128,7 @@ static qv_status decode_document(json_t *j, const char **text, size_t *len, qv_e
   *text = NULL;
   /* A string "text" makes a Document; {"text": [..]} is a vector named "text". */
   json_t *t = json_object_get(j, "text");
-  if (!json_is_object(j) || !json_is_string(t)) return QV_OK;
+  if (!json_is_object(j) || !json_is_string(t) || vecjson_is(t)) return QV_OK;
   (void)err;
   *text = json_string_value(t);
   *len = json_string_length(t);
@@ -126,10 +137,10 @@ static qv_status decode_document(json_t *j, const char **text, size_t *len, qv_e
 
 /* A point's vector: a list, or {name: list} naming the collection's vector, or a Document.
  * Fills out, or sets *text for a Document. */
-static qv_status decode_point_vector(json_t *j, const qv_collection_config *cfg, float *out, const char **text,
-                                     size_t *text_len, qv_error *err) {
+static qv_status decode_point_vector(const vecjson *vt, json_t *j, const qv_collection_config *cfg, float *out,
+                                     const char **text, size_t *text_len, qv_error *err) {
   *text = NULL;
-  if (json_is_array(j)) return decode_floats(j, cfg->size, out, err);
+  if (is_vector_list(j)) return decode_floats(vt, j, cfg->size, out, err);
   if (!json_is_object(j)) return qv_fail(err, QV_EINVAL, "a vector must be a list of numbers or {name: list}");
   qv_status st = decode_document(j, text, text_len, err);
   if (st || *text) return st;
@@ -144,7 +155,7 @@ static qv_status decode_point_vector(json_t *j, const qv_collection_config *cfg,
     st = decode_document(v, text, text_len, err);
     if (st || *text) return st;
   }
-  return decode_floats(v, cfg->size, out, err);
+  return decode_floats(vt, v, cfg->size, out, err);
 }
 
 void qdrant_points_free(qdrant_points *p) {
@@ -182,13 +193,13 @@ static qv_status decode_payload(json_t *j, char **out, qv_error *err) {
 }
 
 static qv_status decode_one(qdrant_points *p, size_t i, json_t *id, json_t *vec, json_t *payload,
-                            const qv_collection_config *cfg, qv_error *err) {
+                            const vecjson *vt, const qv_collection_config *cfg, qv_error *err) {
   qv_status st = qdrant_decode_id(id, &p->ids[i], err);
   if (st) return st;
   if (!vec) return qv_fail(err, QV_EINVAL, "missing \"vector\"");
   const char *text = NULL;
   size_t tl = 0;
-  if ((st = decode_point_vector(vec, cfg, p->vectors + i * cfg->size, &text, &tl, err))) return st;
+  if ((st = decode_point_vector(vt, vec, cfg, p->vectors + i * cfg->size, &text, &tl, err))) return st;
   if (text) {
     p->texts[p->n_texts] = text;
     p->text_lens[p->n_texts] = tl;
@@ -197,8 +208,8 @@ static qv_status decode_one(qdrant_points *p, size_t i, json_t *id, json_t *vec,
   return decode_payload(payload, &p->payloads[i], err);
 }
 
-qv_status qdrant_decode_points(json_t *body, const qv_collection_config *cfg, size_t max_batch, qdrant_points *out,
-                               qv_error *err) {
+qv_status qdrant_decode_points(json_t *body, const vecjson *vt, const qv_collection_config *cfg, size_t max_batch,
+                               qdrant_points *out, qv_error *err) {
   memset(out, 0, sizeof *out);
   json_t *pts = json_object_get(body, "points"), *batch = json_object_get(body, "batch");
   qv_status st;
@@ -215,7 +226,7 @@ qv_status qdrant_decode_points(json_t *body, const qv_collection_config *cfg, si
         goto fail;
       }
       if ((st = decode_one(out, i, json_object_get(pt, "id"), json_object_get(pt, "vector"),
-                           json_object_get(pt, "payload"), cfg, err))) {
+                           json_object_get(pt, "payload"), vt, cfg, err))) {
         qv_error_prefix(err, "points[%zu]", i);
         goto fail;
       }
@@ -242,7 +253,7 @@ qv_status qdrant_decode_points(json_t *body, const qv_collection_config *cfg, si
   if ((st = points_alloc(out, n, cfg->size, err))) goto fail;
   for (size_t i = 0; i < n; i++) {
     if ((st = decode_one(out, i, json_array_get(ids, i), json_array_get(vecs, i),
-                         json_is_array(pls) ? json_array_get(pls, i) : NULL, cfg, err))) {
+                         json_is_array(pls) ? json_array_get(pls, i) : NULL, vt, cfg, err))) {
       qv_error_prefix(err, "batch[%zu]", i);
       goto fail;
     }
@@ -369,7 +380,8 @@ void qdrant_query_free(qdrant_query *q) {
 }
 
 /* The query itself: a vector, {"nearest": ...}, a point id, a Document, or a fusion. */
-static qv_status decode_query_value(json_t *j, const qv_collection_config *cfg, qdrant_query *q, qv_error *err) {
+static qv_status decode_query_value(json_t *j, const vecjson *vt, const qv_collection_config *cfg, qdrant_query *q,
+                                    qv_error *err) {
   qv_status st;
   if (!j || json_is_null(j)) return QV_OK;
   if (json_is_object(j) && json_object_get(j, "nearest")) {
@@ -378,7 +390,7 @@ static qv_status decode_query_value(json_t *j, const qv_collection_config *cfg, 
       /* {"nearest": {name: vec}} is not Qdrant's shape; a named vector goes in "using". */
       return qv_fail(err, QV_EINVAL, "\"nearest\" must be a vector, a point id or a document");
     }
-    return decode_query_value(n, cfg, q, err);
+    return decode_query_value(n, vt, cfg, q, err);
   }
   if (json_is_object(j) && json_object_get(j, "fusion")) {
     json_t *f = json_object_get(j, "fusion");
@@ -396,21 +408,21 @@ static qv_status decode_query_value(json_t *j, const qv_collection_config *cfg, 
     q->rrf_k = k ? (int)k : 2;
     return QV_OK;
   }
-  if (json_is_object(j) && json_is_string(json_object_get(j, "text"))) {
+  if (json_is_object(j) && json_is_string(json_object_get(j, "text")) && !vecjson_is(json_object_get(j, "text"))) {
     if ((st = decode_document(j, &q->text, &q->text_len, err))) return st;
     q->kind = QQ_TEXT;
+    return QV_OK;
+  }
+  if (is_vector_list(j)) { /* before ids: a rewritten vector is a string */
+    q->vector = malloc((size_t)cfg->size * sizeof *q->vector);
+    if (!q->vector) return qv_fail(err, QV_ENOMEM, "out of memory");
+    if ((st = decode_floats(vt, j, cfg->size, q->vector, err))) return st;
+    q->kind = QQ_VECTOR;
     return QV_OK;
   }
   if (json_is_integer(j) || json_is_string(j)) {
     if ((st = qdrant_decode_id(j, &q->id, err))) return st;
     q->kind = QQ_ID;
-    return QV_OK;
-  }
-  if (json_is_array(j)) {
-    q->vector = malloc((size_t)cfg->size * sizeof *q->vector);
-    if (!q->vector) return qv_fail(err, QV_ENOMEM, "out of memory");
-    if ((st = decode_floats(j, cfg->size, q->vector, err))) return st;
-    q->kind = QQ_VECTOR;
     return QV_OK;
   }
   return qv_fail(err, QV_EUNSUPPORTED,
@@ -439,8 +451,8 @@ static qv_status decode_with_payload(json_t *wp, qv_error *err) {
   return QV_OK;
 }
 
-qv_status qdrant_decode_query(json_t *body, const qv_collection_config *cfg, int legacy, int depth, qdrant_query *q,
-                              qv_error *err) {
+qv_status qdrant_decode_query(json_t *body, const vecjson *vt, const qv_collection_config *cfg, int legacy, int depth,
+                              qdrant_query *q, qv_error *err) {
   memset(q, 0, sizeof *q);
   q->limit = 10;
   qv_status st;
@@ -455,10 +467,10 @@ qv_status qdrant_decode_query(json_t *body, const qv_collection_config *cfg, int
         return qv_fail(err, QV_EINVAL, "no vector by that name in this collection");
       v = json_object_get(v, "vector");
     }
-    if (!json_is_array(v)) return qv_fail(err, QV_EINVAL, "\"vector\" must be a list of numbers");
-    if ((st = decode_query_value(v, cfg, q, err))) return st;
+    if (!is_vector_list(v)) return qv_fail(err, QV_EINVAL, "\"vector\" must be a list of numbers");
+    if ((st = decode_query_value(v, vt, cfg, q, err))) return st;
   } else {
-    if ((st = decode_query_value(json_object_get(body, "query"), cfg, q, err))) return st;
+    if ((st = decode_query_value(json_object_get(body, "query"), vt, cfg, q, err))) return st;
     json_t *u = json_object_get(body, "using");
     /* "bm25" names the keyword index, unless the collection's vector has that name. */
     if (q->kind == QQ_TEXT && json_is_string(u) && !strcmp(json_string_value(u), "bm25") &&
@@ -512,7 +524,8 @@ qv_status qdrant_decode_query(json_t *body, const qv_collection_config *cfg, int
     q->prefetch = calloc(n ? n : 1, sizeof *q->prefetch);
     if (!q->prefetch) return qv_fail(err, QV_ENOMEM, "out of memory");
     for (size_t i = 0; i < n; i++) {
-      st = qdrant_decode_query(json_is_array(pf) ? json_array_get(pf, i) : pf, cfg, 0, depth + 1, &q->prefetch[i], err);
+      st = qdrant_decode_query(json_is_array(pf) ? json_array_get(pf, i) : pf, vt, cfg, 0, depth + 1, &q->prefetch[i],
+                               err);
       q->n_prefetch = i + 1;
       if (st) {
         qv_error_prefix(err, "prefetch[%zu]", i);
@@ -591,12 +604,29 @@ static json_t *records_json(const qv_records *rs, const qv_collection_config *cf
 
 /* ---- handler plumbing ----------------------------------------------------------------- */
 
-json_t *qdrant_body(http_req *r, http_resp *w, double t0) {
+/* With vectors, the body's vector lists arrive as one string each (vecjson.h): only for
+ * routes that read every vector through decode_floats. A body that does not parse then is
+ * parsed again as sent, so the error names the client's own line and column. */
+static json_t *parse_body(http_req *r, http_resp *w, double t0, vecjson *vt) {
   char why[256];
-  json_t *j = http_parse_body(r, 0, why, sizeof why);
+  json_t *j = NULL;
+  size_t len;
+  char *fast = vt && r->body_len ? vecjson_rewrite(r->body, r->body_len, &len, vt) : NULL;
+  if (fast) {
+    j = json_loadb(fast, len, JSON_REJECT_DUPLICATES, NULL);
+    free(fast);
+    if (j && !json_is_object(j)) {
+      json_decref(j);
+      j = NULL;
+    }
+    if (!j) vecjson_free(vt);
+  }
+  if (!j) j = http_parse_body(r, 0, why, sizeof why);
   if (!j) qdrant_error(w, 400, t0, "%s", why);
   return j;
 }
+
+json_t *qdrant_body(http_req *r, http_resp *w, double t0) { return parse_body(r, w, t0, NULL); }
 
 /* An optional body: {} when empty. */
 static json_t *body_opt(http_req *r, http_resp *w, double t0) {
@@ -774,13 +804,15 @@ static void upsert(http_req *r, http_resp *w) {
   qv_collection_config cfg;
   qv_collection *c = open_coll(r, w, t0, &cfg);
   if (!c) return;
-  json_t *b = qdrant_body(r, w, t0);
+  vecjson vt;
+  json_t *b = parse_body(r, w, t0, &vt);
   if (!b) return;
   qdrant_points pts;
   qv_error err = {0};
   qv_point *pv = NULL;
   float *tv = NULL;
-  qv_status st = qdrant_decode_points(b, &cfg, r->srv->cfg.max_batch, &pts, &err);
+  qv_status st = qdrant_decode_points(b, &vt, &cfg, r->srv->cfg.max_batch, &pts, &err);
+  vecjson_free(&vt);
   if (st) goto done;
   if (pts.n_texts) {
     tv = malloc(pts.n_texts * cfg.size * sizeof *tv);
@@ -1266,7 +1298,8 @@ static void query_common(http_req *r, http_resp *w, int legacy, int batch) {
   qv_collection_config cfg;
   qv_collection *c = open_coll(r, w, t0, &cfg);
   if (!c) return;
-  json_t *b = qdrant_body(r, w, t0);
+  vecjson vt;
+  json_t *b = parse_body(r, w, t0, &vt);
   if (!b) return;
   qv_error err = {0};
   qv_status st = QV_OK;
@@ -1287,7 +1320,7 @@ static void query_common(http_req *r, http_resp *w, int legacy, int batch) {
   for (size_t i = 0; i < n && !st; i++) {
     qdrant_query q;
     qv_records rs = {0};
-    st = qdrant_decode_query(batch ? json_array_get(reqs, i) : reqs, &cfg, legacy, 0, &q, &err);
+    st = qdrant_decode_query(batch ? json_array_get(reqs, i) : reqs, &vt, &cfg, legacy, 0, &q, &err);
     if (!st) st = run_query(r->srv, c, &cfg, &q, 1, &rs, &err);
     if (!st) {
       json_t *pts = records_json(&rs, &cfg, q.with_payload, 0, 1);
@@ -1310,6 +1343,7 @@ static void query_common(http_req *r, http_resp *w, int legacy, int batch) {
   }
 done:
   json_decref(b);
+  vecjson_free(&vt);
   if (st) {
     json_decref(result);
     return qdrant_fail(w, st, &err, t0);

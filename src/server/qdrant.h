@@ -9,6 +9,7 @@
 
 #include "quiver.h"
 #include "server/http.h"
+#include "server/vecjson.h"
 
 /* Qdrant's error shape {"status": {"error": "..."}, "time": t}. */
 void qdrant_error(http_resp *w, int status, double t0, const char *fmt, ...)
@@ -50,7 +51,8 @@ typedef struct qdrant_points {
   size_t *text_lens;
   size_t *text_rows;
 } qdrant_points;
-qv_status qdrant_decode_points(json_t *body, const qv_collection_config *cfg, size_t max_batch,
+/* vt: the vectors vecjson_rewrite took out of the body, or NULL when it was parsed as sent. */
+qv_status qdrant_decode_points(json_t *body, const vecjson *vt, const qv_collection_config *cfg, size_t max_batch,
                                qdrant_points *out, qv_error *err);
 void qdrant_points_free(qdrant_points *p);
 
@@ -79,8 +81,9 @@ typedef struct qdrant_query {
   size_t n_prefetch;
 } qdrant_query;
 
-/* legacy = 1 decodes a search request ({"vector": ...}) instead of a query request. */
-qv_status qdrant_decode_query(json_t *body, const qv_collection_config *cfg, int legacy, int depth,
+/* legacy = 1 decodes a search request ({"vector": ...}) instead of a query request. vt as
+ * for qdrant_decode_points. */
+qv_status qdrant_decode_query(json_t *body, const vecjson *vt, const qv_collection_config *cfg, int legacy, int depth,
                               qdrant_query *q, qv_error *err);
 void qdrant_query_free(qdrant_query *q);
 

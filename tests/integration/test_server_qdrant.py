@@ -226,6 +226,37 @@ def test_query_points_vector_matches_numpy(client):
     assert np.allclose(res[0].vector, vecs[res[0].id] / np.linalg.norm(vecs[res[0].id]), atol=1e-6)
 
 
+def test_vector_lists_and_payload_lists_round_trip_exactly(quiver_server):
+    """Vectors go through the fast decoder (server/vecjson.c); lists with the same key
+    names inside payloads and filters stay lists, and stored vectors are bit-exact."""
+    u = quiver_server
+    assert httpx.put(f"{u}/collections/vj", json={"vectors": {"size": 4, "distance": "Dot"}}).status_code == 200
+    vecs = [[0.1, -0.0, 3.3e38, 7], [1e-40, 2.5, -1, 0.30000001192092896]]
+    payload = {"vector": [1, 2, 3], "query": [[4, 5]], "nearest": [6.5], "vectors": [[7]]}
+    body = {"points": [{"id": 1, "vector": vecs[0], "payload": payload},
+                       {"id": 2, "vector": {"": vecs[1]}, "payload": {"tag": "b"}}]}
+    r = httpx.put(f"{u}/collections/vj/points?wait=true", json=body)
+    assert r.status_code == 200, r.text
+    got = httpx.post(f"{u}/collections/vj/points", json={"ids": [1, 2], "with_vector": True,
+                                                          "with_payload": True}).json()["result"]
+    by_id = {p["id"]: p for p in got}
+    assert by_id[1]["payload"] == payload
+    for i, v in ((1, vecs[0]), (2, vecs[1])):
+        assert np.array_equal(np.array(by_id[i]["vector"], dtype=np.float32), np.array(v, dtype=np.float32))
+    flt = {"must": [{"key": "tag", "match": {"any": ["b"]}}]}
+    r = httpx.post(f"{u}/collections/vj/points/query", json={"query": [0, 1, 0, 0], "filter": flt, "limit": 5})
+    assert [p["id"] for p in r.json()["result"]["points"]] == [2]
+    # Malformed bodies and bad vectors answer as before: the client's own position, the count.
+    r = httpx.post(f"{u}/collections/vj/points/query", content=b'{"query": [1, 2, 3, 4], }')
+    assert r.status_code == 400 and "column" in r.json()["status"]["error"]
+    r = httpx.post(f"{u}/collections/vj/points/query", json={"query": [1, 2, 3]})
+    assert r.status_code == 400 and "3 dimensions" in r.json()["status"]["error"]
+    r = httpx.post(f"{u}/collections/vj/points/query", content=b'{"query": [1, 2, 3, 1e39]}')
+    assert r.status_code == 400 and "vector[3]" in r.json()["status"]["error"]
+    r = httpx.post(f"{u}/collections/vj/points/query", content=b'{"query": [1, 2, 3, 1e400]}')
+    assert r.status_code == 400 and "column" in r.json()["status"]["error"]
+
+
 def test_query_by_point_id_excludes_the_point(client):
     client.create_collection("i", vectors_config=models.VectorParams(size=DIM, distance=models.Distance.COSINE))
     vecs, pts = make_points(60, seed=2)

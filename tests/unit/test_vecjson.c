@@ -1,0 +1,170 @@
+/* vecjson: vector lists taken out of request bodies decode to exactly the floats jansson
+ * would have given, and nothing else in a body changes meaning. */
+#include <jansson.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "server/vecjson.h"
+#include "test.h"
+
+/* Rewrites body; returns the parsed rewritten body (NULL when nothing was rewritten). */
+static json_t *rewrite(const char *body, vecjson *vt) {
+  size_t len;
+  char *fast = vecjson_rewrite(body, strlen(body), &len, vt);
+  if (!fast) return NULL;
+  json_t *j = json_loadb(fast, len, JSON_REJECT_DUPLICATES, NULL);
+  ASSERT(j != NULL);
+  ASSERT(strlen(fast) == len);
+  free(fast);
+  return j;
+}
+
+/* The floats jansson gives for a list. */
+static void jansson_floats(const json_t *arr, float *out) {
+  for (size_t i = 0; i < json_array_size(arr); i++) out[i] = (float)json_number_value(json_array_get(arr, i));
+}
+
+TEST(vectors_decode_to_the_floats_jansson_gives) {
+  const char *body = "{\"query\": [0, -0, 1, -17, 0.1, 3.3e38, 1e-50, 0.10000000149011612, "
+                     "123456789012345678, -2.5E+3, 7e0, 0.30000001192092896], \"limit\": 3}";
+  json_t *plain = json_loads(body, 0, NULL);
+  vecjson vt;
+  json_t *j = rewrite(body, &vt);
+  ASSERT(plain && j);
+  json_t *q = json_object_get(j, "query");
+  ASSERT(vecjson_is(q));
+  ASSERT(json_integer_value(json_object_get(j, "limit")) == 3);
+  float want[12], got[12];
+  jansson_floats(json_object_get(plain, "query"), want);
+  size_t n;
+  ASSERT_OK(vecjson_floats(&vt, q, got, 12, &n));
+  ASSERT_EQ(n, 12);
+  ASSERT(memcmp(want, got, sizeof want) == 0); /* bit for bit, -0 included */
+  ASSERT_STATUS(vecjson_floats(&vt, q, got, 11, &n), QV_EDIM);
+  ASSERT_EQ(n, 12);
+  json_decref(j);
+  json_decref(plain);
+  vecjson_free(&vt);
+}
+
+TEST(only_vector_places_are_rewritten) {
+  const char *body =
+      "{\"points\": [{\"id\": 1, \"vector\": [1, 2], \"payload\": {\"vector\": [3, 4], \"query\": [5]}},"
+      " {\"id\": 2, \"vector\": {\"dense\": [6, 7]}}],"
+      " \"batch\": {\"ids\": [1, 2], \"vectors\": [[8, 9], [10, 11]], \"payloads\": [{\"vector\": [12]}, null]},"
+      " \"filter\": {\"must\": [{\"key\": \"vector\", \"match\": {\"any\": [13, 14]}}]},"
+      " \"\\u0071uery\": [15], \"nearest\": [], \"prefetch\": {\"query\": {\"nearest\": [16, 17]}},"
+      " \"with_vector\": [18], \"other\": [19], \"mixed\": {\"query\": [20, \"x\"]}, \"deep\": {\"query\": [[21]]}}";
+  vecjson vt;
+  json_t *j = rewrite(body, &vt);
+  ASSERT(j);
+  json_t *p0 = json_array_get(json_object_get(j, "points"), 0), *p1 = json_array_get(json_object_get(j, "points"), 1);
+  ASSERT(vecjson_is(json_object_get(p0, "vector")));
+  ASSERT(json_is_array(json_object_get(json_object_get(p0, "payload"), "vector")));
+  ASSERT(json_is_array(json_object_get(json_object_get(p0, "payload"), "query")));
+  ASSERT(vecjson_is(json_object_get(json_object_get(p1, "vector"), "dense")));
+  json_t *batch = json_object_get(j, "batch");
+  ASSERT(json_is_array(json_object_get(batch, "ids")));
+  ASSERT(vecjson_is(json_array_get(json_object_get(batch, "vectors"), 1)));
+  ASSERT(json_is_array(json_object_get(json_array_get(json_object_get(batch, "payloads"), 0), "vector")));
+  json_t *any = json_object_get(json_object_get(json_array_get(json_object_get(json_object_get(j, "filter"), "must"), 0),
+                                                "match"),
+                                "any");
+  ASSERT(json_is_array(any) && json_array_size(any) == 2);
+  ASSERT(json_is_array(json_object_get(j, "query")));   /* an escaped key stays as sent */
+  ASSERT(json_is_array(json_object_get(j, "nearest"))); /* empty */
+  ASSERT(vecjson_is(json_object_get(json_object_get(json_object_get(j, "prefetch"), "query"), "nearest")));
+  ASSERT(json_is_array(json_object_get(j, "with_vector")));
+  ASSERT(json_is_array(json_object_get(j, "other")));
+  ASSERT(json_is_array(json_object_get(json_object_get(j, "mixed"), "query")));
+  ASSERT(json_is_array(json_object_get(json_object_get(j, "deep"), "query")));
+  /* and each rewritten one carries its own numbers */
+  float v[2];
+  size_t n;
+  ASSERT_OK(vecjson_floats(&vt, json_array_get(json_object_get(batch, "vectors"), 1), v, 2, &n));
+  ASSERT(v[0] == 10 && v[1] == 11);
+  ASSERT_OK(vecjson_floats(&vt, json_object_get(json_object_get(p1, "vector"), "dense"), v, 2, &n));
+  ASSERT(v[0] == 6 && v[1] == 7);
+  json_decref(j);
+  vecjson_free(&vt);
+}
+
+TEST(numbers_jansson_refuses_stay_for_jansson_to_report) {
+  vecjson vt;
+  size_t len;
+  /* a real that overflows and an integer past int64: jansson rejects the whole body */
+  const char *bodies[] = {"{\"query\": [1e400, 2]}", "{\"query\": [99999999999999999999]}"};
+  for (size_t i = 0; i < 2; i++) {
+    ASSERT(vecjson_rewrite(bodies[i], strlen(bodies[i]), &len, &vt) == NULL);
+    ASSERT_EQ(vt.n, 0);
+    ASSERT(json_loads(bodies[i], 0, NULL) == NULL);
+  }
+  /* a finite double outside float range is a vector with a bad number, as before */
+  json_t *j = rewrite("{\"vector\": [1, 2, 1e39]}", &vt);
+  ASSERT(j);
+  float v[3];
+  size_t n;
+  ASSERT_STATUS(vecjson_floats(&vt, json_object_get(j, "vector"), v, 3, &n), QV_ENONFINITE);
+  ASSERT_EQ(n, 2);
+  json_decref(j);
+  vecjson_free(&vt);
+}
+
+TEST(malformed_bodies_stay_malformed) {
+  const char *bodies[] = {"{\"query\": [1, 2] ", "{\"query\": [1, 2], }", "{\"query\": [1, 2]]}",
+                          "[1, 2]", "{\"query\": [1, 2], \"query\": [3]}", "{\"a\": \"[\", \"query\": [1,2]"};
+  for (size_t i = 0; i < sizeof bodies / sizeof *bodies; i++) {
+    vecjson vt;
+    size_t len;
+    char *fast = vecjson_rewrite(bodies[i], strlen(bodies[i]), &len, &vt);
+    json_t *a = json_loads(bodies[i], JSON_REJECT_DUPLICATES, NULL);
+    json_t *b = fast ? json_loadb(fast, len, JSON_REJECT_DUPLICATES, NULL) : NULL;
+    if (fast) ASSERT(!a == !b);
+    json_decref(a);
+    json_decref(b);
+    free(fast);
+    vecjson_free(&vt);
+  }
+}
+
+TEST(markers_cannot_be_forged_and_read_the_table_given) {
+  vecjson vt, other;
+  json_t *j = rewrite("{\"query\": [1, 2]}", &vt);
+  json_t *k = rewrite("{\"query\": [1, 2, 3]}", &other);
+  ASSERT(j && k);
+  /* a client's string shaped like a marker, without the process's secret */
+  json_t *forged = json_string("\x01qvf32:0000000000000000:0");
+  ASSERT(!vecjson_is(forged));
+  float v[3];
+  size_t n;
+  ASSERT_STATUS(vecjson_floats(&vt, forged, v, 2, &n), QV_EINVAL);
+  ASSERT_STATUS(vecjson_floats(NULL, json_object_get(j, "query"), v, 2, &n), QV_EINVAL);
+  /* a marker is read against the table it is given: here entry 0 holds 2 numbers, not 3 */
+  ASSERT_STATUS(vecjson_floats(&vt, json_object_get(k, "query"), v, 3, &n), QV_EDIM);
+  json_decref(forged);
+  json_decref(j);
+  json_decref(k);
+  vecjson_free(&vt);
+  vecjson_free(&other);
+}
+
+TEST(deep_nesting_is_left_to_jansson) {
+  size_t depth = VECJSON_MAX_DEPTH + 5;
+  char *body = malloc(depth * 8 + 64);
+  char *p = body;
+  for (size_t i = 0; i < depth; i++) p += sprintf(p, "{\"a\":");
+  p += sprintf(p, "{\"query\": [1]}");
+  for (size_t i = 0; i < depth; i++) *p++ = '}';
+  *p = 0;
+  vecjson vt;
+  size_t len;
+  ASSERT(vecjson_rewrite(body, strlen(body), &len, &vt) == NULL);
+  free(body);
+}
+
+TEST_MAIN(T(vectors_decode_to_the_floats_jansson_gives), T(only_vector_places_are_rewritten),
+          T(numbers_jansson_refuses_stay_for_jansson_to_report), T(malformed_bodies_stay_malformed),
+          T(markers_cannot_be_forged_and_read_the_table_given), T(deep_nesting_is_left_to_jansson))
