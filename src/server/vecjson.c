@@ -184,6 +184,45 @@ void vecjson_free(vecjson *vt) {
   *vt = (vecjson){0};
 }
 
+/* Clinger's fast path: a JSON real whose significant digits fit in 2^53 and whose decimal
+ * exponent is within 10^22 is one exact integer times or over one exact power of ten, so
+ * a single IEEE operation rounds it correctly: the double strtod returns, without its
+ * multi-precision path. Returns 0 (strtod decides) for anything else. */
+static int fast_real(const char *p, char **end, double *out) {
+  static const double pow10[] = {1e0,  1e1,  1e2,  1e3,  1e4,  1e5,  1e6,  1e7,  1e8,  1e9,  1e10, 1e11,
+                                 1e12, 1e13, 1e14, 1e15, 1e16, 1e17, 1e18, 1e19, 1e20, 1e21, 1e22};
+  const char *q = p;
+  int neg = *q == '-';
+  q += neg;
+  uint64_t m = 0;
+  int digits = 0, exp10 = 0;
+  for (; is_digit(*q); q++)
+    if (m || *q != '0') {
+      if (++digits > 15) return 0;
+      m = m * 10 + (uint64_t)(*q - '0');
+    }
+  if (*q == '.')
+    for (q++; is_digit(*q); q++, exp10--)
+      if (m || *q != '0') {
+        if (++digits > 15) return 0;
+        m = m * 10 + (uint64_t)(*q - '0');
+      }
+  if (*q == 'e' || *q == 'E') {
+    q++;
+    int eneg = *q == '-', e = 0;
+    q += *q == '-' || *q == '+';
+    for (; is_digit(*q); q++)
+      if ((e = e * 10 + (*q - '0')) > 1000) return 0;
+    exp10 += eneg ? -e : e;
+  }
+  if (exp10 < -22 || exp10 > 22) return m == 0 ? (*end = (char *)q, *out = neg ? -0.0 : 0.0, 1) : 0;
+  double d = (double)m; /* exact: m < 10^15 < 2^53 */
+  d = exp10 < 0 ? d / pow10[-exp10] : d * pow10[exp10];
+  *out = neg ? -d : d;
+  *end = (char *)q;
+  return 1;
+}
+
 /* One number of a span, as jansson would read it: integers through strtoll (so "-0" is 0
  * and the double is the integer's), the rest through strtod. Returns -1 where jansson
  * would refuse the number (an integer outside int64, a real that overflows), so that the
@@ -197,6 +236,7 @@ static int parse_number(const char *p, char **end, double *out) {
     *out = (double)v;
     return 0;
   }
+  if (fast_real(p, end, out)) return 0;
   *out = strtod(p, end);
   return errno == ERANGE && (*out == HUGE_VAL || *out == -HUGE_VAL) ? -1 : 0;
 }

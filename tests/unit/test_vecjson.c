@@ -50,6 +50,57 @@ TEST(vectors_decode_to_the_floats_jansson_gives) {
   vecjson_free(&vt);
 }
 
+/* Random numbers of every shape (1 to 18 digits, a point anywhere, exponents -40..19,
+ * signs, zeros): the fast path and strtod's give jansson's floats bit for bit. */
+TEST(random_numbers_decode_as_jansson_decodes_them) {
+  enum { N = 20000 };
+  char *body = malloc(N * 48 + 32), *p = body;
+  uint64_t x = 0x243F6A8885A308D3ULL;
+  p += sprintf(p, "{\"query\": [");
+  for (int i = 0; i < N; i++) {
+    x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+    int digits = 1 + (int)(x % 18), point = (int)((x >> 8) % (uint64_t)(digits + 1));
+    if (i) *p++ = ',';
+    if ((x >> 16) & 1) *p++ = '-';
+    uint64_t y = x;
+    for (int d = 0; d < digits; d++) {
+      if (d == point && d > 0) *p++ = '.';
+      y = y * 6364136223846793005ULL + 1442695040888963407ULL;
+      int dig = (int)((y >> 33) % 10);
+      if (d == 0) dig = (x >> 20) % 7 == 0 ? 0 : 1 + dig % 9;
+      *p++ = (char)('0' + dig);
+      if (d == 0 && dig == 0 && digits > 1) { /* JSON: no leading zeros, so "0." then the rest */
+        *p++ = '.';
+        point = -1;
+      }
+    }
+    if ((x >> 24) % 3 == 0) p += sprintf(p, "e%d", (int)((x >> 32) % 60) - 40); /* stays in float range */
+  }
+  p += sprintf(p, "]}");
+  json_t *plain = json_loads(body, 0, NULL);
+  ASSERT(plain != NULL);
+  vecjson vt;
+  json_t *j = rewrite(body, &vt);
+  ASSERT(j != NULL);
+  float *want = malloc(N * sizeof *want), *got = malloc(N * sizeof *got);
+  jansson_floats(json_object_get(plain, "query"), want);
+  size_t n;
+  ASSERT_OK(vecjson_floats(&vt, json_object_get(j, "query"), got, N, &n));
+  for (size_t i = 0; i < N; i++) {
+    if (memcmp(&want[i], &got[i], sizeof *got)) {
+      json_t *t = json_array_get(json_object_get(plain, "query"), i);
+      fprintf(stderr, "  %.60s\n  #%zu: %.17g vs %.9g (jansson %.9g)\n", body, i, json_number_value(t), (double)got[i], (double)want[i]);
+    }
+    ASSERT(memcmp(&want[i], &got[i], sizeof *got) == 0);
+  }
+  free(want);
+  free(got);
+  free(body);
+  json_decref(j);
+  json_decref(plain);
+  vecjson_free(&vt);
+}
+
 TEST(only_vector_places_are_rewritten) {
   const char *body =
       "{\"points\": [{\"id\": 1, \"vector\": [1, 2], \"payload\": {\"vector\": [3, 4], \"query\": [5]}},"
@@ -165,6 +216,6 @@ TEST(deep_nesting_is_left_to_jansson) {
   free(body);
 }
 
-TEST_MAIN(T(vectors_decode_to_the_floats_jansson_gives), T(only_vector_places_are_rewritten),
+TEST_MAIN(T(vectors_decode_to_the_floats_jansson_gives), T(random_numbers_decode_as_jansson_decodes_them), T(only_vector_places_are_rewritten),
           T(numbers_jansson_refuses_stay_for_jansson_to_report), T(malformed_bodies_stay_malformed),
           T(markers_cannot_be_forged_and_read_the_table_given), T(deep_nesting_is_left_to_jansson))
