@@ -1,6 +1,6 @@
 /* HNSW graph: storage, insertion, search, persistence.
  *
- * Layout. Every node has one level-0 block of `stride` bytes (a multiple of 64; of 16
+ * Layout. Every node has one level-0 block of `stride` bytes (a multiple of 64; of 8
  * with int8 codes, see hnsw_quantize_int8):
  *
  *   0  u16 count0            links in use on level 0          (atomic: written under lock)
@@ -1194,9 +1194,10 @@ qv_status hnsw_quantize_int8(hnsw *h, float lo, float hi) {
   h->q_step = hi > lo ? (hi - lo) / 255.0f : 1.0f;
   h->q_sum_off = align_up(h->dim, 4);
   /* Codes are read with unaligned loads, so the block needs only the header's 8-byte
-   * alignment (16 here): at 128 dimensions that is 288 bytes a node instead of 384. */
-  h->off_vec = align_up(h->off_upper + sizeof(uint32_t *), 16);
-  h->stride = align_up(h->off_vec + h->q_sum_off + 4, 16);
+   * alignment (the label and upper pointer; the code sum is 4-aligned by q_sum_off): at
+   * 128 dimensions and M=16 that is 288 bytes a node instead of 704 for floats. */
+  h->off_vec = align_up(h->off_upper + sizeof(uint32_t *), 8);
+  h->stride = align_up(h->off_vec + h->q_sum_off + 4, 8);
   unsigned cs = 4;
   while (cs < 16 && ((size_t)2 << cs) * h->stride <= CHUNK0_BYTES) cs++;
   h->cshift = cs;
