@@ -503,10 +503,11 @@ static void remove_row(qv_collection *c, size_t row) {
 
 /* LMDB's read-only map of the data file: opening reads every record through it, and
  * those pages would stay in the process's resident set although searches never read
- * them (they use the rows in memory). (Write transactions touch few map pages: a load
- * of 100k points left RSS the same with or without dropping them after each commit.) Dropping them from the mapping costs little: they stay in the page cache,
- * and whatever reads them next faults them in again. LMDB does not say where its map is,
- * so find_map looks it up once in /proc/self/maps by the data file's device and inode (it
+ * them (they use the rows in memory). Dropping them from the mapping costs little: they
+ * stay in the page cache, and whatever reads them next faults them in again. (Write
+ * transactions touch few map pages: a load of 100k points left RSS the same with or
+ * without dropping them after each commit.) LMDB does not say where its map is, so
+ * find_map looks it up once in /proc/self/maps by the data file's device and inode (it
  * does not move: the map size is fixed when the environment opens). */
 static void find_map(qv_collection *c) {
   char path[PATH_MAX], line[PATH_MAX + 256];
