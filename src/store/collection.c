@@ -32,6 +32,12 @@
  *     vecs. Readers go through row_read; a row leaves the graph only by being rewritten
  *     (set_row) or removed (remove_row), or by a build that does not take it (build_locked
  *     copies such vectors back first).
+ * 10. A page of vecs is marked in `gone` exactly while release_pages has given it back and
+ *     nothing has written it since: release_pages marks the pages it gives back, and every
+ *     write into vecs goes through row_write, which writes whole strides (so every page
+ *     below row c->n's end has been written) and clears the marks of the pages it touches.
+ *     gone_live counts the marks below row c->n's end and moves with c->n (rows_set_n), so
+ *     the resident bytes stats report cost no system call (rows_resident).
  */
 #define _GNU_SOURCE /* mremap */
 #include "store/collection.h"
@@ -103,6 +109,11 @@ struct qv_collection {
   uint64_t points_version;        /* committed writes that changed points or vectors (not
                                    * payload-only edits); meta "points_version"; names the
                                    * graph file; under write_mu */
+  size_t page;                    /* the system's page size; read-only */
+  uint64_t *gone;                 /* (pages of vecs_bytes, in bits) pages given back
+                                   * (invariant 10); under write_mu */
+  size_t gone_live;               /* marks of gone below row n's end; written under write_mu,
+                                   * read atomically */
 
   /* The HNSW index (see "index" below). Rows move (swap-remove) and UUIDs do not fit a
    * graph label, so the graph's internal node ids are the stable names and two arrays
@@ -337,6 +348,32 @@ static int cmp_size(const void *a, const void *b) {
 
 /* ---- rows in memory ------------------------------------------------------------------- */
 
+/* Pages of vecs that rows [0, n) reach into: those whose residency stats count. */
+static size_t rows_pages(const qv_collection *c, size_t n) {
+  return (n * c->stride * sizeof(float) + c->page - 1) / c->page;
+}
+
+static int page_gone(const qv_collection *c, size_t p) { return (int)(c->gone[p / 64] >> (p % 64) & 1); }
+
+/* Marks page p given back or not (invariant 10). Caller holds write_mu. */
+static void page_mark(qv_collection *c, size_t p, int gone) {
+  if (page_gone(c, p) == gone) return;
+  c->gone[p / 64] ^= 1ULL << (p % 64);
+  if (p >= rows_pages(c, c->n)) return;
+  size_t live = __atomic_load_n(&c->gone_live, __ATOMIC_RELAXED);
+  __atomic_store_n(&c->gone_live, gone ? live + 1 : live - 1, __ATOMIC_RELAXED);
+}
+
+/* Sets the row count, moving gone_live with it (invariant 10). Caller holds write_mu and
+ * rw for writing. */
+static void rows_set_n(qv_collection *c, size_t n) {
+  size_t a = rows_pages(c, c->n), b = rows_pages(c, n), d = 0;
+  for (size_t p = a < b ? a : b; p < (a < b ? b : a); p++) d += (size_t)page_gone(c, p);
+  size_t live = __atomic_load_n(&c->gone_live, __ATOMIC_RELAXED);
+  __atomic_store_n(&c->gone_live, b > a ? live + d : live - d, __ATOMIC_RELAXED);
+  c->n = n;
+}
+
 static qv_status reserve_rows(qv_collection *c, size_t more) {
   if (idmap_reserve(&c->map, more)) return QV_ENOMEM;
   size_t need = c->n + more;
@@ -358,6 +395,13 @@ static qv_status reserve_rows(qv_collection *c, size_t more) {
     for (size_t i = c->cap; i < cap; i++) r2n[i] = NODE_NONE;
   }
   if (!sq || !ids || !pl || !r2n) return QV_ENOMEM;
+  size_t bits = 64 * c->page, words = (bytes + bits - 1) / bits, had = (c->vecs_bytes + bits - 1) / bits;
+  if (words > had) {
+    uint64_t *g = realloc(c->gone, words * sizeof *g);
+    if (!g) return QV_ENOMEM;
+    memset(g + had, 0, (words - had) * sizeof *g);
+    c->gone = g;
+  }
   /* Anonymous pages start zero (the padding floats stay zero, so kernels that read the
    * whole stride see no garbage), and mremap moves page tables instead of copying, so
    * pages given back by release_rows stay given back. */
@@ -370,8 +414,18 @@ static qv_status reserve_rows(qv_collection *c, size_t more) {
   return QV_OK;
 }
 
-/* A row's slot in vecs, for writing (invariant 9 says when it holds the vector). */
+/* A row's slot in vecs (invariant 9 says when it holds the vector). */
 static float *row_vec(const qv_collection *c, size_t row) { return c->vecs + row * c->stride; }
+
+/* Writes a row's vector into its slot, padding zeroed: the whole stride, so the pages it
+ * spans are resident and no longer marked given back (invariant 10). */
+static void row_write(qv_collection *c, size_t row, const float *v) {
+  float *d = row_vec(c, row);
+  memcpy(d, v, c->cfg.size * sizeof(float));
+  memset(d + c->cfg.size, 0, (c->stride - c->cfg.size) * sizeof(float));
+  size_t rb = c->stride * sizeof(float);
+  for (size_t p = row * rb / c->page; p <= ((row + 1) * rb - 1) / c->page; p++) page_mark(c, p, 0);
+}
 
 /* Whether mapped rows keep their vector in the graph: a float32 graph (an int8 one holds
  * codes, and the rows keep the floats that rescore its hits). */
@@ -403,36 +457,66 @@ static qv_status exact_search(const qv_collection *c, const float *qs, size_t nq
   return st;
 }
 
-/* Resident bytes of vecs up to row c->n (mincore), so what stats report is what the
- * rows hold, pages given back excluded. Caller holds rw. */
+/* Resident bytes of vecs up to row c->n: the pages rows reach into, less those given back
+ * (invariant 10), so what stats report is what the rows hold, without a system call.
+ * Caller holds rw. */
 static size_t rows_resident(const qv_collection *c) {
-  size_t pg = (size_t)sysconf(_SC_PAGESIZE), len = c->n * c->stride * sizeof(float);
-  size_t pages = (len + pg - 1) / pg, got = 0;
-  unsigned char *v = pages ? malloc(pages) : NULL;
-  if (!v || mincore(c->vecs, len, v)) {
-    free(v);
-    return len; /* unknown: count every row */
-  }
-  for (size_t i = 0; i < pages; i++) got += v[i] & 1;
-  free(v);
-  return got * pg < len ? got * pg : len;
+  size_t len = c->n * c->stride * sizeof(float);
+  size_t got = (rows_pages(c, c->n) - __atomic_load_n(&c->gone_live, __ATOMIC_ACQUIRE)) * c->page;
+  return got < len ? got : len;
 }
 
-/* Gives the pages of vecs back to the kernel where every row of [lo, hi) they hold, up to
- * c->n, has its vector in a float32 graph (invariant 9); rows past c->n are free slots
- * and need nothing. A page given back reads as zeros and is faulted in again by the next
- * write, so this only lowers memory. Caller holds write_mu. */
-static void release_rows(qv_collection *c, size_t lo, size_t hi) {
-  if (!vec_in_graph(c) || lo >= hi || !c->vecs) return;
-  size_t pg = (size_t)sysconf(_SC_PAGESIZE), rb = c->stride * sizeof(float);
-  size_t p0 = lo * rb / pg, p1 = (hi * rb + pg - 1) / pg, run = p0;
+size_t collection_rows_mincore(qv_collection *c) {
+  pthread_rwlock_rdlock(&c->rw);
+  size_t len = c->n * c->stride * sizeof(float), pages = rows_pages(c, c->n), got = 0;
+  unsigned char *v = pages ? malloc(pages) : NULL;
+  if (v && !mincore(c->vecs, len, v))
+    for (size_t i = 0; i < pages; i++) got += v[i] & 1;
+  else got = pages;
+  free(v);
+  pthread_rwlock_unlock(&c->rw);
+  return got * c->page < len ? got * c->page : len;
+}
+
+/* Gives back the pages [p0, p1) of vecs where every row they hold, up to c->n, has its
+ * vector in a float32 graph (invariant 9), and marks them (invariant 10); rows past c->n
+ * are free slots and need nothing. A page given back reads as zeros and is faulted in
+ * again by the next write, so this only lowers memory. Caller holds write_mu. */
+static void release_pages(qv_collection *c, size_t p0, size_t p1) {
+  if (!vec_in_graph(c) || !c->vecs) return;
+  size_t pg = c->page, rb = c->stride * sizeof(float), run = p0;
   for (size_t p = p0; p <= p1; p++) {
-    int ok = p < p1 && (p + 1) * pg <= c->vecs_bytes;
+    int ok = p < p1 && (p + 1) * pg <= c->vecs_bytes && !page_gone(c, p);
     for (size_t r = p * pg / rb; ok && r < c->n && r * rb < (p + 1) * pg; r++) ok = c->row2node[r] != NODE_NONE;
     if (ok) continue;
-    if (p > run) madvise((char *)c->vecs + run * pg, (p - run) * pg, MADV_DONTNEED);
+    if (p > run && !madvise((char *)c->vecs + run * pg, (p - run) * pg, MADV_DONTNEED))
+      for (size_t q = run; q < p; q++) page_mark(c, q, 1);
     run = p + 1;
   }
+}
+
+/* release_pages over the pages rows [lo, hi) reach into. */
+static void release_rows(qv_collection *c, size_t lo, size_t hi) {
+  size_t rb = c->stride * sizeof(float);
+  if (lo < hi) release_pages(c, lo * rb / c->page, (hi * rb + c->page - 1) / c->page);
+}
+
+/* release_pages over the pages of the given rows (ascending): rows whose pages touch make
+ * one range, so new rows at the end cost one madvise and rows scattered over the
+ * collection cost their own pages, not every page between them. */
+static void release_row_list(qv_collection *c, const size_t *rows, size_t n) {
+  size_t rb = c->stride * sizeof(float), a0 = 0, a1 = 0;
+  for (size_t i = 0; i < n; i++) {
+    size_t a = rows[i] * rb / c->page, b = ((rows[i] + 1) * rb + c->page - 1) / c->page;
+    if (i && a <= a1) {
+      if (b > a1) a1 = b;
+      continue;
+    }
+    if (i) release_pages(c, a0, a1);
+    a0 = a;
+    a1 = b;
+  }
+  if (n) release_pages(c, a0, a1);
 }
 
 /* Marks a row the GPU copy must take again (D2). Caller holds rw for writing. Without a
@@ -466,13 +550,14 @@ static void set_row(qv_collection *c, const qv_point_id *id, const float *vec, j
     json_decref(c->payloads[row]);
     unlink_row(c, row);
   } else {
-    row = c->n++;
+    row = c->n;
+    rows_set_n(c, row + 1);
     c->ids[row] = *id;
     c->row2node[row] = NODE_NONE;
     if (c->graph) c->unindexed++;
     idmap_put(&c->map, id, (uint32_t)row);
   }
-  memcpy(row_vec(c, row), vec, c->cfg.size * sizeof(float));
+  row_write(c, row, vec);
   c->sqnorms[row] = dist_dot(vec, vec, c->cfg.size);
   c->payloads[row] = payload;
   gpu_touch(c, row);
@@ -484,11 +569,10 @@ static void remove_row(qv_collection *c, size_t row) {
   json_decref(c->payloads[row]);
   unlink_row(c, row);
   if (c->graph) c->unindexed--; /* the row is gone, not waiting for the graph */
-  size_t last = --c->n;
+  size_t last = c->n - 1;
   if (row != last) {
     /* a vector held by the graph moves with its node: nothing to copy (invariant 9) */
-    if (!vec_in_graph(c) || c->row2node[last] == NODE_NONE)
-      memcpy(row_vec(c, row), row_vec(c, last), c->stride * sizeof(float));
+    if (!vec_in_graph(c) || c->row2node[last] == NODE_NONE) row_write(c, row, row_vec(c, last));
     c->sqnorms[row] = c->sqnorms[last];
     c->ids[row] = c->ids[last];
     c->payloads[row] = c->payloads[last];
@@ -499,6 +583,7 @@ static void remove_row(qv_collection *c, size_t row) {
     gpu_touch(c, row);
   }
   c->row2node[last] = NODE_NONE;
+  rows_set_n(c, last);
 }
 
 /* LMDB's read-only map of the data file: opening reads every record through it, and
@@ -665,7 +750,6 @@ static qv_status index_rows(qv_collection *c, const size_t *rows, size_t n) {
   for (size_t from = 0; !st && from < n; from += BUILD_CHUNK) {
     size_t cnt = n - from < BUILD_CHUNK ? n - from : BUILD_CHUNK;
     st = insert_chunk(c, &j, from, cnt);
-    size_t lo = SIZE_MAX, hi = 0;
     pthread_rwlock_wrlock(&c->rw);
     for (size_t i = 0; i < cnt; i++) {
       if (j.ids[i] == UINT32_MAX || j.ids[i] >= c->node_cap) continue; /* stays unindexed: scanned */
@@ -673,11 +757,9 @@ static qv_status index_rows(qv_collection *c, const size_t *rows, size_t n) {
       c->node2row[j.ids[i]] = (uint32_t)row;
       c->row2node[row] = j.ids[i];
       c->unindexed--;
-      if (row < lo) lo = row;
-      if (row + 1 > hi) hi = row + 1;
     }
     pthread_rwlock_unlock(&c->rw);
-    release_rows(c, lo, hi);
+    release_row_list(c, rows + from, cnt);
     c->graph_dirty = 1;
   }
   job_free(&j);
@@ -730,7 +812,7 @@ static void unload_rows(qv_collection *c, const hnsw *next, const uint32_t *next
   for (size_t r = 0; r < c->n; r++) {
     uint32_t node = c->row2node[r];
     if (node == NODE_NONE || (!hnsw_quantized(next) && next_r2n[r] != NODE_NONE)) continue;
-    memcpy(row_vec(c, r), hnsw_vector(c->graph, node), c->cfg.size * sizeof(float));
+    row_write(c, r, hnsw_vector(c->graph, node));
   }
 }
 
@@ -1013,6 +1095,7 @@ qv_status collection_open_dir(qv_collection **out, const char *dir, const char *
   pthread_mutex_init(&c->idx_mu, NULL);
   pthread_cond_init(&c->idx_cv, NULL);
   pthread_mutex_init(&c->gpu_mu, NULL);
+  c->page = (size_t)sysconf(_SC_PAGESIZE);
   qv_status st = c->name && c->dir ? QV_OK : qv_fail(err, QV_ENOMEM, "out of memory");
   if (!st) st = env_open(&c->env, dir, err);
   if (st) goto fail;
@@ -1075,6 +1158,7 @@ void collection_close(qv_collection *c) {
   if (c->env) mdb_env_close(c->env);
   for (size_t i = 0; i < c->n; i++) json_decref(c->payloads[i]);
   if (c->vecs) munmap(c->vecs, c->vecs_bytes);
+  free(c->gone);
   free(c->sqnorms);
   free(c->ids);
   free(c->payloads);

@@ -24,6 +24,10 @@ void collection_index_wait(qv_collection *c);
 /* Whether the graph in use was read from its file at open (not rebuilt). */
 int collection_index_loaded(const qv_collection *c);
 
+/* For tests: the resident bytes of the rows' vectors as the kernel reports them (mincore
+ * over the rows' pages), which stats' vector_bytes counts without asking it. */
+size_t collection_rows_mincore(qv_collection *c);
+
 /* Whether `name` may be a collection name: 1..QV_MAX_NAME bytes of [A-Za-z0-9_.-], not
  * starting with '.', so it is always one safe path component. */
 qv_status collection_name_check(const char *name, qv_error *err);

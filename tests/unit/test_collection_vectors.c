@@ -69,6 +69,15 @@ static void vectors_are(qv_collection *c, const float *want, const int *live) {
   free(ids);
 }
 
+/* Stats' vector_bytes (kept by count, invariant 10) is what the kernel says the rows'
+ * pages hold, to the byte; returns it. */
+static size_t resident_exact(qv_collection *c) {
+  qv_collection_stats s;
+  qv_collection_stats_get(c, &s);
+  ASSERT_EQ(s.vector_bytes, collection_rows_mincore(c));
+  return s.vector_bytes;
+}
+
 /* Exact search (all rows, and rows of payload group g) equals a brute-force scan of want. */
 static void exact_matches_brute_force(qv_collection *c, const float *want, const int *live, const float *q) {
   for (int filtered = 0; filtered < 2; filtered++) {
@@ -124,6 +133,7 @@ TEST(vectors_live_once_and_every_read_path_sees_them_exactly) {
   /* the graph holds the vectors; the rows gave their pages back */
   ASSERT(s.vector_bytes < all_rows / 50);
   ASSERT(s.graph_bytes > all_rows);
+  size_t indexed_bytes = resident_exact(c);
   vectors_are(c, want, live);
   exact_matches_brute_force(c, want, live, q);
 
@@ -134,6 +144,8 @@ TEST(vectors_live_once_and_every_read_path_sees_them_exactly) {
   size_t deleted;
   ASSERT_OK(qv_collection_delete_ids(c, del, nd, &deleted, NULL));
   ASSERT_EQ(deleted, nd);
+  /* the moved rows' vectors stayed in their nodes: no page came back */
+  ASSERT(resident_exact(c) <= indexed_bytes);
   float *y = unit_vectors(N);
   memcpy(x + 3 * DIM, y + 3 * DIM, DIM * sizeof *x);
   memcpy(x + (N - 1) * DIM, y + (N - 1) * DIM, DIM * sizeof *x);
@@ -143,6 +155,11 @@ TEST(vectors_live_once_and_every_read_path_sees_them_exactly) {
   memcpy(want + (N - 1) * DIM, x + (N - 1) * DIM, DIM * sizeof *x);
   dist_normalize(want + 3 * DIM, DIM);
   dist_normalize(want + (N - 1) * DIM, DIM);
+  /* the replaced rows (one far from the other) went into the graph and gave their pages
+   * back again */
+  qv_collection_stats_get(c, &s);
+  ASSERT_EQ(s.indexed, N - nd);
+  ASSERT(resident_exact(c) <= indexed_bytes);
   vectors_are(c, want, live);
   exact_matches_brute_force(c, want, live, q);
   /* the replaced point is found by its new vector through the graph */
@@ -163,6 +180,7 @@ TEST(vectors_live_once_and_every_read_path_sees_them_exactly) {
   qv_collection_stats_get(c, &s);
   ASSERT(s.quantized_bytes > 0);
   ASSERT(s.vector_bytes >= (N - nd) * DIM * sizeof(float));
+  ASSERT_EQ(resident_exact(c), (N - nd) * DIM * sizeof(float));
   vectors_are(c, want, live);
   exact_matches_brute_force(c, want, live, q);
 
@@ -177,6 +195,7 @@ TEST(vectors_live_once_and_every_read_path_sees_them_exactly) {
   qv_collection_stats_get(c, &s);
   ASSERT_EQ(s.quantized_bytes, 0);
   ASSERT(s.vector_bytes < all_rows / 50);
+  resident_exact(c);
   vectors_are(c, want, live);
   exact_matches_brute_force(c, want, live, q);
 
@@ -188,6 +207,7 @@ TEST(vectors_live_once_and_every_read_path_sees_them_exactly) {
   dist_normalize(want, DIM);
   vectors_are(c, want, live);
   exact_matches_brute_force(c, want, live, q);
+  resident_exact(c);
   qv_db_close(db);
   free(x);
   free(y);
