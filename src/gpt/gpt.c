@@ -6,11 +6,12 @@
  *   2. Every parallel loop either writes disjoint outputs per task (rows, heads, column
  *      ranges) or runs sequentially, and every sum over rows runs in row order, so results
  *      do not depend on scheduling (training determinism, --seed).
- *   3. Matmuls go to cblas_sgemm with OpenBLAS single-threaded, sliced over the pool by rows
- *      of the output into slices fixed by the pool's size. OpenBLAS's bits for a row depend
- *      on the call's M (measured: one M=1024 x K=512 call differs from two of M=512), so
- *      results are bit-identical at a fixed pool size (QUIVER_THREADS) and agree to float
- *      rounding across sizes.
+ *   3. Matmuls are sliced over the pool by rows of the output into slices fixed by the pool's
+ *      size. With AVX2+FMA they run gptk_gemm (kernels.h), whose bits do not depend on the
+ *      slicing; elsewhere cblas_sgemm with OpenBLAS single-threaded, whose bits for a row
+ *      depend on the call's M (measured: one M=1024 x K=512 call differs from two of
+ *      M=512). Either way results are bit-identical at a fixed pool size (QUIVER_THREADS)
+ *      and agree to float rounding across sizes.
  */
 #include "gpt/gpt.h"
 
@@ -24,6 +25,7 @@
 #include "base/error.h"
 #include "base/mem.h"
 #include "compute/simd.h"
+#include "gpt/kernels.h"
 
 #define GPT_PI 3.14159265358979323846
 
@@ -196,7 +198,7 @@ struct gpt_acts {
   float *fch, *fch_gelu; /* (L, B, T, 4C) */
   float *residual3;      /* (L, B, T, C) */
   float *lnf, *lnf_mean, *lnf_rstd; /* (B, T, C), (B, T) x2 */
-  float *logits, *probs; /* (B, T, V) */
+  float *logits, *probs; /* (B, T, V); probs is logits (the softmax runs in place) */
   float *losses;         /* (B, T) */
   /* gradients of activations, one block, zeroed at the start of every backward */
   float *gblock;
@@ -289,7 +291,7 @@ qv_status gpt_train_alloc(gpt_model *m, int B, int T, qv_error *err) {
 #define PAD(n) (((size_t)(n) + 15) & ~(size_t)15)
   size_t asize = PAD(BT * C) + 3 * (PAD(L * BT * C) + 2 * PAD(L * BT)) + PAD(L * BT * 3 * C) + PAD(L * BT * C) +
                  PAD(L * B * H * Tn * Tn) + PAD(L * BT * C) + 2 * PAD(L * BT * 4 * C) + PAD(BT * C) +
-                 2 * PAD(BT * V) + PAD(BT);
+                 PAD(BT * V) + PAD(BT);
   size_t gsize = PAD(BT * C) + 2 * PAD(L * BT * C) + 3 * PAD(BT * C) + PAD(BT * 3 * C) + 2 * PAD(BT * 4 * C) +
                  PAD(BT * V) + PAD((size_t)B * H * Tn * Tn);
 #undef PAD
@@ -341,7 +343,7 @@ qv_status gpt_train_alloc(gpt_model *m, int B, int T, qv_error *err) {
   a->lnf_mean = take(&p, BT);
   a->lnf_rstd = take(&p, BT);
   a->logits = take(&p, BT * V);
-  a->probs = take(&p, BT * V);
+  a->probs = a->logits; /* the softmax runs in place: the logits are not needed after it */
   a->losses = take(&p, BT);
   float *g = a->gblock;
   a->gsize = gsize;
@@ -473,29 +475,46 @@ void gpt_layernorm_backward(qv_pool *pool, float *dinp, float *dw, float *db, co
   par_range(pool, (size_t)C, (size_t)N * 4, ln_bwd_cols, &s);
 }
 
-/* Matmuls are sliced over the pool with OpenBLAS itself single-threaded (as the CPU backend
- * does, src/compute/cpu.c): small GPT matrices gain little from OpenBLAS's threads, and one
- * kind of thread keeps the cores from being oversubscribed. Slices are rows of the output,
- * so each output's sum over K stays whole in one sgemm call (invariant 3). */
+/* Matmuls are sliced over the pool by rows of the output. Where the CPU has AVX2+FMA they run
+ * gptk_gemm (kernels.h), whose bits do not depend on the slicing; elsewhere OpenBLAS,
+ * single-threaded (as the CPU backend, src/compute/cpu.c), one call per slice (invariant 3). */
 typedef struct mm_ctx {
   float *out;
   const float *a, *b;
   int N, IC, OC;
-  int kind; /* 0: out += a @ b, 1: out += a @ b^T, 3: out += a^T @ b; all sliced by rows of out */
+  int kind; /* 0: out = a @ b, 1: out = a @ b^T, 3: out = a^T @ b; all sliced by rows of out */
+  int acc;  /* 1: out += ..., 0: out = bias + ... (bias NULL: zeros) */
+  const float *bias;
 } mm_ctx;
 
 static void mm_slice(void *c, size_t lo, size_t hi) {
   mm_ctx *x = c;
   int n = (int)(hi - lo);
-  if (x->kind == 0) /* out (n, OC) = a (n, IC) @ b (IC, OC) (+ out when a bias was copied in) */
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, x->OC, x->IC, 1.0f, x->a + lo * x->IC, x->IC, x->b,
-                x->OC, 1.0f, x->out + lo * x->OC, x->OC);
+  size_t IC = (size_t)x->IC, OC = (size_t)x->OC, w = x->kind == 1 ? IC : OC; /* w: out's row length */
+  float *out = x->out + lo * w;
+  if (gptk_gemm_available()) {
+    if (x->kind == 0)
+      gptk_gemm(out, OC, x->a + lo * IC, IC, 1, x->b, OC, 1, n, x->OC, x->IC, x->acc, x->bias);
+    else if (x->kind == 1) /* B(k, j) = b[j, k] */
+      gptk_gemm(out, IC, x->a + lo * OC, OC, 1, x->b, 1, OC, n, x->IC, x->OC, x->acc, x->bias);
+    else /* A(i, k) = a[k, lo + i] */
+      gptk_gemm(out, OC, x->a + lo, 1, IC, x->b, OC, 1, n, x->OC, x->N, x->acc, x->bias);
+    return;
+  }
+  if (!x->acc)
+    for (int r = 0; r < n; r++) {
+      if (x->bias) memcpy(out + (size_t)r * w, x->bias, w * sizeof(float));
+      else memset(out + (size_t)r * w, 0, w * sizeof(float));
+    }
+  if (x->kind == 0) /* out (n, OC) += a (n, IC) @ b (IC, OC) */
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, x->OC, x->IC, 1.0f, x->a + lo * IC, x->IC, x->b,
+                x->OC, 1.0f, out, x->OC);
   else if (x->kind == 1) /* out (n, IC) += a (n, OC) @ b^T, b (IC, OC) */
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, x->IC, x->OC, 1.0f, x->a + lo * x->OC, x->OC, x->b,
-                x->OC, 1.0f, x->out + lo * x->IC, x->IC);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, x->IC, x->OC, 1.0f, x->a + lo * OC, x->OC, x->b,
+                x->OC, 1.0f, out, x->IC);
   else /* kind 3: out (rows, OC) += a^T @ b for rows [lo, hi) of IC: a (N, IC), b (N, OC) */
     cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, n, x->OC, x->N, 1.0f, x->a + lo, x->IC, x->b, x->OC, 1.0f,
-                x->out + lo * x->OC, x->OC);
+                out, x->OC);
 }
 
 typedef struct mm_job {
@@ -523,14 +542,9 @@ static void mm_par(qv_pool *pool, mm_ctx *x, size_t n, size_t work_per) {
   pool_run(pool, (n + per - 1) / per, mm_task, &j);
 }
 
-
 void gpt_matmul_forward(qv_pool *pool, float *out, const float *inp, const float *w, const float *b, int N,
                         int IC, int OC) {
-  for (int n = 0; n < N; n++) {
-    if (b) memcpy(out + (size_t)n * OC, b, (size_t)OC * sizeof(float));
-    else memset(out + (size_t)n * OC, 0, (size_t)OC * sizeof(float));
-  }
-  mm_ctx x = {out, inp, w, N, IC, OC, 0};
+  mm_ctx x = {out, inp, w, N, IC, OC, 0, 0, b};
   mm_par(pool, &x, (size_t)N, (size_t)IC * OC);
 }
 
@@ -548,17 +562,23 @@ static void bias_cols(void *c, size_t lo, size_t hi) {
   }
 }
 
-void gpt_matmul_backward(qv_pool *pool, float *dinp, float *dw, float *db, const float *dout,
-                         const float *inp, const float *w, int N, int IC, int OC) {
-  /* dinp (N, IC) += dout (N, OC) @ w^T; dw (IC, OC) += inp^T (IC, N) @ dout (N, OC) */
-  mm_ctx x = {dinp, dout, w, N, IC, OC, 1};
+/* gpt_matmul_backward with dinp overwritten (acc_dinp 0) or accumulated into (1). */
+static void matmul_backward(qv_pool *pool, float *dinp, float *dw, float *db, const float *dout,
+                            const float *inp, const float *w, int N, int IC, int OC, int acc_dinp) {
+  /* dinp (N, IC) (+)= dout (N, OC) @ w^T; dw (IC, OC) += inp^T (IC, N) @ dout (N, OC) */
+  mm_ctx x = {dinp, dout, w, N, IC, OC, 1, acc_dinp, NULL};
   mm_par(pool, &x, (size_t)N, (size_t)IC * OC);
-  mm_ctx y = {dw, inp, dout, N, IC, OC, 3};
+  mm_ctx y = {dw, inp, dout, N, IC, OC, 3, 1, NULL};
   mm_par(pool, &y, (size_t)IC, (size_t)OC * N);
   if (db) {
     bias_ctx z = {db, dout, (size_t)N, (size_t)OC};
     par_range(pool, (size_t)OC, (size_t)N, bias_cols, &z);
   }
+}
+
+void gpt_matmul_backward(qv_pool *pool, float *dinp, float *dw, float *db, const float *dout,
+                         const float *inp, const float *w, int N, int IC, int OC) {
+  matmul_backward(pool, dinp, dw, db, dout, inp, w, N, IC, OC, 1);
 }
 
 typedef struct att_ctx {
@@ -672,6 +692,7 @@ static inline float fast_tanh(float x) {
 typedef struct gelu_ctx {
   float *out;
   const float *inp, *dout;
+  int acc; /* backward: 1 adds into out, 0 overwrites it */
 } gelu_ctx;
 
 static inline float gelu1(float v) {
@@ -716,7 +737,7 @@ AVX2 static size_t gelu_fwd_avx2(float *out, const float *in, size_t lo, size_t 
   return i;
 }
 
-AVX2 static size_t gelu_bwd_avx2(float *dinp, const float *in, const float *dout, size_t lo, size_t hi) {
+AVX2 static size_t gelu_bwd_avx2(float *dinp, const float *in, const float *dout, size_t lo, size_t hi, int acc) {
   const __m256 half = _mm256_set1_ps(0.5f), one = _mm256_set1_ps(1.0f);
   const __m256 c3 = _mm256_set1_ps(3.0f * 0.044715f), sc = _mm256_set1_ps(GELU_SCALE);
   size_t i = lo;
@@ -727,7 +748,8 @@ AVX2 static size_t gelu_bwd_avx2(float *dinp, const float *in, const float *dout
     __m256 du = _mm256_mul_ps(sc, _mm256_fmadd_ps(c3, _mm256_mul_ps(v, v), one));
     /* 0.5 (1 + th) + 0.5 v sech2 du */
     __m256 g = _mm256_mul_ps(half, _mm256_fmadd_ps(_mm256_mul_ps(v, sech2), du, _mm256_add_ps(one, th)));
-    _mm256_storeu_ps(dinp + i, _mm256_fmadd_ps(g, _mm256_loadu_ps(dout + i), _mm256_loadu_ps(dinp + i)));
+    __m256 base = acc ? _mm256_loadu_ps(dinp + i) : _mm256_setzero_ps();
+    _mm256_storeu_ps(dinp + i, _mm256_fmadd_ps(g, _mm256_loadu_ps(dout + i), base));
   }
   return i;
 }
@@ -749,7 +771,7 @@ static void gelu_fwd(void *c, size_t lo, size_t hi) {
 }
 
 void gpt_gelu_forward(qv_pool *pool, float *out, const float *inp, size_t n) {
-  gelu_ctx x = {out, inp, NULL};
+  gelu_ctx x = {out, inp, NULL, 0};
   par_range(pool, n, 20, gelu_fwd, &x);
 }
 
@@ -763,13 +785,13 @@ static void gelu_bwd(void *c, size_t lo, size_t hi) {
   gelu_ctx *x = c;
   size_t i = lo;
 #if defined(__x86_64__)
-  if (have_avx2()) i = gelu_bwd_avx2(x->out, x->inp, x->dout, lo, hi);
+  if (have_avx2()) i = gelu_bwd_avx2(x->out, x->inp, x->dout, lo, hi, x->acc);
 #endif
-  for (; i < hi; i++) x->out[i] += gelu_grad1(x->inp[i]) * x->dout[i];
+  for (; i < hi; i++) x->out[i] = (x->acc ? x->out[i] : 0.0f) + gelu_grad1(x->inp[i]) * x->dout[i];
 }
 
 void gpt_gelu_backward(qv_pool *pool, float *dinp, const float *inp, const float *dout, size_t n) {
-  gelu_ctx x = {dinp, inp, dout};
+  gelu_ctx x = {dinp, inp, dout, 1};
   par_range(pool, n, 24, gelu_bwd, &x);
 }
 
@@ -779,6 +801,7 @@ typedef struct ce_ctx {
   const int32_t *targets;
   int V;
   float dloss;
+  int acc; /* backward: 1 adds into dlogits, 0 overwrites it */
 } ce_ctx;
 
 static void ce_fwd(void *c, size_t lo, size_t hi) {
@@ -786,22 +809,10 @@ static void ce_fwd(void *c, size_t lo, size_t hi) {
   size_t V = (size_t)x->V;
   for (size_t n = lo; n < hi; n++) {
     const float *l = x->logits + n * V; // (V)
-    float *p = x->probs + n * V;
-    float maxv = -INFINITY;
-    for (size_t i = 0; i < V; i++)
-      if (l[i] > maxv) maxv = l[i];
-    float sum = 0;
-    for (size_t i = 0; i < V; i++) {
-      p[i] = expf(l[i] - maxv);
-      sum += p[i];
-    }
-    float inv = 1.0f / sum;
-    for (size_t i = 0; i < V; i++) p[i] *= inv;
-    if (x->losses) {
-      int32_t tg = x->targets ? x->targets[n] : -1;
-      /* from the logits, not log(p): exact for tiny probabilities */
-      x->losses[n] = tg >= 0 ? (maxv + logf(sum)) - l[tg] : 0.0f;
-    }
+    int32_t tg = x->targets ? x->targets[n] : -1;
+    float lt = tg >= 0 ? l[tg] : 0.0f; /* read before the row may be overwritten (probs == logits) */
+    float lse = gptk_softmax(x->probs + n * V, l, x->V);
+    if (x->losses) x->losses[n] = tg >= 0 ? lse - lt : 0.0f;
   }
 }
 
@@ -816,16 +827,24 @@ static void ce_bwd(void *c, size_t lo, size_t hi) {
   size_t V = (size_t)x->V;
   for (size_t n = lo; n < hi; n++) {
     int32_t tg = x->targets[n];
-    if (tg < 0) continue;
-    const float *p = x->cprobs + n * V;
     float *d = x->dlogits + n * V;
-    for (size_t i = 0; i < V; i++) d[i] += (p[i] - (i == (size_t)tg ? 1.0f : 0.0f)) * x->dloss;
+    if (tg < 0) {
+      if (!x->acc) memset(d, 0, V * sizeof(float));
+      continue;
+    }
+    const float *p = x->cprobs + n * V;
+    if (x->acc) {
+      for (size_t i = 0; i < V; i++) d[i] += p[i] * x->dloss;
+    } else {
+      for (size_t i = 0; i < V; i++) d[i] = p[i] * x->dloss;
+    }
+    d[tg] -= x->dloss;
   }
 }
 
 void gpt_crossentropy_backward(qv_pool *pool, float *dlogits, const float *probs, const int32_t *targets,
                                int N, int V, float dloss) {
-  ce_ctx x = {.dlogits = dlogits, .cprobs = probs, .targets = targets, .V = V, .dloss = dloss};
+  ce_ctx x = {.dlogits = dlogits, .cprobs = probs, .targets = targets, .V = V, .dloss = dloss, .acc = 1};
   par_range(pool, (size_t)N, (size_t)V * 2, ce_bwd, &x);
 }
 
@@ -879,8 +898,7 @@ qv_status gpt_forward(gpt_model *m, const int32_t *inputs, const int32_t *target
                         c->ln_eps);
   /* logits (BT, V) = lnf (BT, C) @ wte^T */
   /* logits (BT, V) = lnf (BT, C) @ wte^T: the "dinp" shape of a matmul with w = wte */
-  memset(a->logits, 0, BT * (size_t)V * sizeof(float));
-  mm_ctx head = {a->logits, a->lnf, m->w.wte, (int)BT, V, C, 1};
+  mm_ctx head = {a->logits, a->lnf, m->w.wte, (int)BT, V, C, 1, 0, NULL};
   mm_par(pool, &head, BT, (size_t)V * C);
   if (targets) {
     gpt_crossentropy_forward(pool, a->probs, a->losses, a->logits, targets, (int)BT, V);
@@ -911,13 +929,17 @@ void gpt_backward(gpt_model *m, float loss_scale) {
   int B = a->lastB, T = a->lastT, C = c->n_embd, V = c->vocab_size, H = c->n_head, L = c->n_layer;
   size_t BT = (size_t)B * T, sC = BT * C, s3C = 3 * sC, s4C = 4 * sC, sN = BT, sTT = (size_t)B * H * T * T;
   qv_pool *pool = pool_of(m);
-  memset(a->gblock, 0, a->gsize * sizeof(float));
-  gpt_crossentropy_backward(pool, a->dlogits, a->probs, a->targets, (int)BT, V, loss_scale / (float)a->nvalid);
+  /* only the residual stream's gradients accumulate (+=); every other gradient of an
+   * activation is overwritten by the pass that produces it */
+  memset(a->gblock, 0, (size_t)(a->dln - a->gblock) * sizeof(float));
+  ce_ctx ce = {.dlogits = a->dlogits, .cprobs = a->probs, .targets = a->targets, .V = V,
+               .dloss = loss_scale / (float)a->nvalid, .acc = 0};
+  par_range(pool, BT, (size_t)V * 2, ce_bwd, &ce);
   /* logits = lnf @ wte^T: dlnf (BT, C) += dlogits (BT, V) @ wte (V, C);
    * dwte (V, C) += dlogits^T (V, BT) @ lnf (BT, C) */
-  mm_ctx h1 = {a->dlnf, a->dlogits, m->w.wte, (int)BT, V, C, 0};
+  mm_ctx h1 = {a->dlnf, a->dlogits, m->w.wte, (int)BT, V, C, 0, 0, NULL};
   mm_par(pool, &h1, BT, (size_t)V * C);
-  mm_ctx h2 = {m->g.wte, a->dlogits, a->lnf, (int)BT, V, C, 3};
+  mm_ctx h2 = {m->g.wte, a->dlogits, a->lnf, (int)BT, V, C, 3, 1, NULL};
   mm_par(pool, &h2, (size_t)V, (size_t)BT * C);
   const float *last = a->residual3 + (size_t)(L - 1) * sC;
   gpt_layernorm_backward(pool, a->dresidual3 + (size_t)(L - 1) * sC, m->g.lnfw, m->g.lnfb, a->dlnf, last,
@@ -933,22 +955,18 @@ void gpt_backward(gpt_model *m, float loss_scale) {
     const float *fchg = a->fch_gelu + l * s4C;
     /* res3 = res2 + fcproj(gelu(fc(ln2(res2)))) */
     for (size_t i = 0; i < sC; i++) dres2[i] += dres3[i];
-    memset(a->dfch_gelu, 0, s4C * sizeof(float));
-    memset(a->dfch, 0, s4C * sizeof(float));
-    memset(a->dln, 0, sC * sizeof(float));
-    gpt_matmul_backward(pool, a->dfch_gelu, g->fcprojw, g->fcprojb, dres3, fchg, w->fcprojw, (int)BT, 4 * C, C);
-    gpt_gelu_backward(pool, a->dfch, fch, a->dfch_gelu, s4C);
-    gpt_matmul_backward(pool, a->dln, g->fcw, g->fcb, a->dfch, ln2, w->fcw, (int)BT, C, 4 * C);
+    matmul_backward(pool, a->dfch_gelu, g->fcprojw, g->fcprojb, dres3, fchg, w->fcprojw, (int)BT, 4 * C, C, 0);
+    gelu_ctx gb = {a->dfch, fch, a->dfch_gelu, 0};
+    par_range(pool, s4C, 24, gelu_bwd, &gb);
+    matmul_backward(pool, a->dln, g->fcw, g->fcb, a->dfch, ln2, w->fcw, (int)BT, C, 4 * C, 0);
     gpt_layernorm_backward(pool, dres2, g->ln2w, g->ln2b, a->dln, res2, w->ln2w, a->ln2_mean + l * sN,
                            a->ln2_rstd + l * sN, (int)BT, C);
     /* res2 = residual + attproj(attention(qkv(ln1(residual)))) */
     for (size_t i = 0; i < sC; i++) dresidual[i] += dres2[i];
-    memset(a->datty, 0, sC * sizeof(float));
     memset(a->dqkv, 0, s3C * sizeof(float));
-    memset(a->dln, 0, sC * sizeof(float));
-    gpt_matmul_backward(pool, a->datty, g->attprojw, g->attprojb, dres2, atty, w->attprojw, (int)BT, C, C);
+    matmul_backward(pool, a->datty, g->attprojw, g->attprojb, dres2, atty, w->attprojw, (int)BT, C, C, 0);
     gpt_attention_backward(pool, a->dqkv, a->dscratch, a->datty, qkv, a->att + l * sTT, B, T, C, H);
-    gpt_matmul_backward(pool, a->dln, g->qkvw, g->qkvb, a->dqkv, ln1, w->qkvw, (int)BT, C, 3 * C);
+    matmul_backward(pool, a->dln, g->qkvw, g->qkvb, a->dqkv, ln1, w->qkvw, (int)BT, C, 3 * C, 0);
     gpt_layernorm_backward(pool, dresidual, g->ln1w, g->ln1b, a->dln, residual, w->ln1w, a->ln1_mean + l * sN,
                            a->ln1_rstd + l * sN, (int)BT, C);
   }

@@ -25,8 +25,9 @@
  *
  * Nothing allocates inside a step: gpt_train_alloc(m, B, T) sizes the activations,
  * gradients and optimizer state once; gpt_forward / gpt_backward / gpt_adamw then only
- * write into them. Reductions over rows run in a fixed order and OpenBLAS runs
- * single-threaded (gpt_create sets it; the pool does the slicing), so the same inputs give
+ * write into them. Reductions over rows run in a fixed order and matmuls are the AVX2 GEMM of
+ * kernels.h or OpenBLAS single-threaded (gpt_create sets it; the pool does the slicing),
+ * so the same inputs give
  * bit-identical results at a fixed pool size (training determinism); across pool sizes
  * they agree to float rounding. */
 #ifndef QV_GPT_GPT_H
@@ -110,8 +111,9 @@ void gpt_init(gpt_model *m, uint64_t seed);
 qv_status gpt_train_alloc(gpt_model *m, int B, int T, qv_error *err);
 
 /* Forward over inputs (B, T) token ids in [0, V). With targets (B, T) it also computes the
- * mean cross-entropy into m->loss (and returns it; targets < 0 are ignored); without, the
- * logits are left in gpt_logits(m). Returns QV_EINVAL for an id out of range or B, T larger
+ * mean cross-entropy into m->loss (and returns it; targets < 0 are ignored), and
+ * gpt_logits(m) then holds the softmax probabilities (computed in place); without, it holds
+ * the logits. Returns QV_EINVAL for an id out of range or B, T larger
  * than gpt_train_alloc's. */
 qv_status gpt_forward(gpt_model *m, const int32_t *inputs, const int32_t *targets, int B, int T);
 const float *gpt_logits(const gpt_model *m); /* (B, T, V) after gpt_forward */

@@ -1,0 +1,133 @@
+/* gpt/kernels.c: the GEMM against a plain fused-multiply-add loop, bit for bit, on every
+ * operand layout training uses, edge tiles, K across blocks, bias and accumulate modes, and
+ * any split of the output; the softmax against a double-precision reference. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "gpt/gpt.h"
+#include "gpt/kernels.h"
+#include "test.h"
+
+static void fill(float *x, size_t n, gpt_rng *r) {
+  for (size_t i = 0; i < n; i++) x[i] = gpt_rng_normal(r);
+}
+
+/* The contract of kernels.h: per element, start from init and add the terms in k order,
+ * one fmaf each. */
+static void reference(float *c, size_t ldc, const float *a, size_t ars, size_t aks, const float *b, size_t bks,
+                      size_t bjs, int M, int N, int K, int acc, const float *bias) {
+  for (int i = 0; i < M; i++)
+    for (int j = 0; j < N; j++) {
+      float s = acc ? c[(size_t)i * ldc + j] : bias ? bias[j] : 0.0f;
+      for (int k = 0; k < K; k++) s = fmaf(a[i * ars + k * aks], b[k * bks + j * bjs], s);
+      c[(size_t)i * ldc + j] = s;
+    }
+}
+
+/* layout 0: A (M, K) row-major, B (K, N) row-major; 1: B given as (N, K) (transposed);
+ * 2: A given as (K, M) (transposed), B (K, N). c has 3 spare columns (ldc = N + 3). */
+static int check(int layout, int M, int N, int K, int acc, int with_bias, gpt_rng *r) {
+  size_t ldc = (size_t)N + 3;
+  float *a = malloc(sizeof(float) * ((size_t)M * K + 1)), *b = malloc(sizeof(float) * ((size_t)K * N + 1));
+  float *bias = malloc(sizeof(float) * (size_t)N + 4);
+  float *c = malloc(sizeof(float) * ((size_t)M * ldc + 1)), *want = malloc(sizeof(float) * ((size_t)M * ldc + 1));
+  if (!a || !b || !bias || !c || !want) return -1;
+  fill(a, (size_t)M * K, r);
+  fill(b, (size_t)K * N, r);
+  fill(bias, (size_t)N, r);
+  fill(c, (size_t)M * ldc, r);
+  memcpy(want, c, sizeof(float) * (size_t)M * ldc);
+  size_t ars = (size_t)K, aks = 1, bks = (size_t)N, bjs = 1;
+  if (layout == 1) bks = 1, bjs = (size_t)K;
+  if (layout == 2) ars = 1, aks = (size_t)M;
+  const float *bi = with_bias ? bias : NULL;
+  reference(want, ldc, a, ars, aks, b, bks, bjs, M, N, K, acc, bi);
+  gptk_gemm(c, ldc, a, ars, aks, b, bks, bjs, M, N, K, acc, bi);
+  int bad = memcmp(c, want, sizeof(float) * (size_t)M * ldc) != 0;
+  free(a), free(b), free(bias), free(c), free(want);
+  return bad;
+}
+
+TEST(gemm_matches_fma_loop_bit_for_bit) {
+  gpt_rng r;
+  gpt_rng_seed(&r, 7);
+  /* edge tiles in both directions, K of 0, 1, one block, and across blocks of 256 */
+  static const int Ms[] = {1, 5, 6, 7, 13, 200};
+  static const int Ns[] = {1, 15, 16, 17, 40};
+  static const int Ks[] = {0, 1, 8, 31, 256, 300, 520};
+  for (int layout = 0; layout < 3; layout++)
+    for (size_t mi = 0; mi < sizeof Ms / sizeof *Ms; mi++)
+      for (size_t ni = 0; ni < sizeof Ns / sizeof *Ns; ni++)
+        for (size_t ki = 0; ki < sizeof Ks / sizeof *Ks; ki++)
+          for (int mode = 0; mode < 3; mode++) { /* accumulate, bias, zeros */
+            int bad = check(layout, Ms[mi], Ns[ni], Ks[ki], mode == 0, mode == 1, &r);
+            if (bad)
+              TEST_FAIL_("layout %d M %d N %d K %d mode %d: %s", layout, Ms[mi], Ns[ni], Ks[ki], mode,
+                         bad < 0 ? "out of memory" : "differs from the fmaf loop");
+          }
+}
+
+TEST(gemm_training_shapes_and_splits_agree) {
+  /* the logits' shape (a transposed 2048 x 128 weight): whole, and in row and column slices
+   * as the pool cuts it, must give the same bits */
+  enum { M = 96, N = 2048, K = 128 };
+  gpt_rng r;
+  gpt_rng_seed(&r, 8);
+  float *a = malloc(sizeof(float) * M * K), *w = malloc(sizeof(float) * N * K);
+  float *c1 = malloc(sizeof(float) * M * N), *c2 = malloc(sizeof(float) * M * N);
+  ASSERT(a && w && c1 && c2);
+  fill(a, (size_t)M * K, &r);
+  fill(w, (size_t)N * K, &r);
+  gptk_gemm(c1, N, a, K, 1, w, 1, K, M, N, K, 0, NULL);
+  /* rows 0..37, 37..96 (not multiples of the 6-row tile), then columns in two */
+  gptk_gemm(c2, N, a, K, 1, w, 1, K, 37, N, K, 0, NULL);
+  gptk_gemm(c2 + (size_t)37 * N, N, a + (size_t)37 * K, K, 1, w, 1, K, M - 37, 1000, K, 0, NULL);
+  gptk_gemm(c2 + (size_t)37 * N + 1000, N, a + (size_t)37 * K, K, 1, w + (size_t)1000 * K, 1, K, M - 37,
+            N - 1000, K, 0, NULL);
+  int same = memcmp(c1, c2, sizeof(float) * M * N) == 0;
+  /* and the result is a matrix product: spot-check against double */
+  double worst = 0;
+  for (int i = 0; i < M; i += 7)
+    for (int j = 0; j < N; j += 13) {
+      double s = 0;
+      for (int k = 0; k < K; k++) s += (double)a[i * K + k] * w[(size_t)j * K + k];
+      worst = fmax(worst, fabs(s - c1[(size_t)i * N + j]));
+    }
+  free(a), free(w), free(c1), free(c2);
+  ASSERT(same);
+  ASSERT(worst < 1e-4);
+}
+
+TEST(softmax_matches_double_and_returns_log_sum_exp) {
+  gpt_rng r;
+  gpt_rng_seed(&r, 9);
+  static const int ns[] = {1, 7, 8, 9, 100, 2048};
+  float in[2048], out[2048];
+  for (size_t t = 0; t < sizeof ns / sizeof *ns; t++) {
+    int n = ns[t];
+    for (int i = 0; i < n; i++) in[i] = 8.0f * gpt_rng_normal(&r);
+    if (n > 9) in[3] = -1e30f; /* a masked entry: probability 0 */
+    double maxv = -INFINITY, sum = 0;
+    for (int i = 0; i < n; i++) maxv = fmax(maxv, in[i]);
+    for (int i = 0; i < n; i++) sum += exp((double)in[i] - maxv);
+    float lse = gptk_softmax(out, in, n);
+    ASSERT_NEAR(lse, maxv + log(sum), 1e-5 * fmax(1.0, fabs(maxv)));
+    double total = 0;
+    for (int i = 0; i < n; i++) {
+      double want = exp((double)in[i] - maxv) / sum;
+      ASSERT_NEAR(out[i], want, 1e-6 + 2e-6 * want);
+      total += out[i];
+    }
+    ASSERT_NEAR(total, 1.0, 1e-5);
+    if (n > 9) ASSERT_EQ(out[3] == 0.0f, 1);
+    /* in place gives the same bits */
+    float again[2048];
+    memcpy(again, in, sizeof(float) * (size_t)n);
+    gptk_softmax(again, again, n);
+    ASSERT_EQ(memcmp(again, out, sizeof(float) * (size_t)n), 0);
+  }
+}
+
+TEST_MAIN(T(gemm_matches_fma_loop_bit_for_bit), T(gemm_training_shapes_and_splits_agree),
+          T(softmax_matches_double_and_returns_log_sum_exp))
