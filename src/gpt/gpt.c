@@ -585,6 +585,7 @@ typedef struct att_ctx {
   float *out, *preatt, *att, *dqkv, *scratch;
   const float *qkv, *dout, *catt;
   int B, T, C, H;
+  int acc; /* backward: 1 adds into dqkv, 0 overwrites it (tiled path) */
 } att_ctx;
 
 /* task = (b, h): one head's T x T scores by sgemm (the upper triangle is computed and then
@@ -620,10 +621,48 @@ static void att_fwd(void *c, size_t lo, size_t hi) {
   }
 }
 
+/* Causal blocks for the gptk_gemm path: rows are taken ATT_RB at a time (four 6-row tiles)
+ * and a block's columns end at its last row, so the GEMMs skip most of the masked upper
+ * triangle (at T = 128, 59% of the square instead of all of it). */
+enum { ATT_RB = 24 };
+
+/* task = (b, h), as att_fwd, with gptk_gemm over the lower triangle only. */
+static void att_fwd_tiled(void *c, size_t lo, size_t hi) {
+  att_ctx *x = c;
+  int T = x->T, C = x->C, H = x->H, hs = C / H;
+  size_t C3 = 3 * (size_t)C, Tz = (size_t)T;
+  float scale = 1.0f / sqrtf((float)hs);
+  for (size_t task = lo; task < hi; task++) {
+    int h = (int)(task % (size_t)H), b = (int)(task / (size_t)H);
+    const float *q = x->qkv + (size_t)b * T * C3 + (size_t)h * hs; // (T, hs) stride 3C
+    const float *k = q + C, *v = q + 2 * C;
+    float *att = x->att + task * Tz * Tz;                     // (T, T)
+    float *pre = x->preatt ? x->preatt + task * Tz * Tz : att; // (T, T), lower triangle
+    float *out = x->out + (size_t)b * T * C + (size_t)h * hs; // (T, hs) stride C
+    for (int i0 = 0; i0 < T; i0 += ATT_RB) {
+      int rb = T - i0 < ATT_RB ? T - i0 : ATT_RB, n = i0 + rb;
+      /* pre rows [i0, n), columns [0, n) = q @ k^T (unscaled) */
+      gptk_gemm(pre + i0 * Tz, Tz, q + i0 * C3, C3, 1, k, 1, C3, rb, n, hs, 0, NULL);
+      for (int t = i0; t < n; t++) {
+        float *p = pre + t * Tz, *a = att + t * Tz, s = scale;
+        if (x->preatt) { /* keep the scaled scores */
+          for (int j = 0; j <= t; j++) p[j] *= scale;
+          s = 1.0f;
+        }
+        gptk_softmax(a, p, t + 1, s);
+        memset(a + t + 1, 0, (Tz - (size_t)t - 1) * sizeof(float)); /* causal mask */
+      }
+      /* out rows [i0, n) = att (rb, n) @ v (n, hs) */
+      gptk_gemm(out + i0 * (size_t)C, (size_t)C, att + i0 * Tz, Tz, 1, v, C3, 1, rb, hs, n, 0, NULL);
+    }
+  }
+}
+
 void gpt_attention_forward(qv_pool *pool, float *out, float *preatt, float *att, const float *qkv, int B,
                            int T, int C, int H) {
   att_ctx x = {.out = out, .preatt = preatt, .att = att, .qkv = qkv, .B = B, .T = T, .C = C, .H = H};
-  par_range(pool, (size_t)B * H, (size_t)T * T * (C / H) * 4, att_fwd, &x);
+  par_range(pool, (size_t)B * H, (size_t)T * T * (C / H) * 4, gptk_gemm_available() ? att_fwd_tiled : att_fwd,
+            &x);
 }
 
 /* task = (b, h): each task writes only its head's slice of dqkv. scratch holds datt (T, T)
@@ -658,11 +697,62 @@ static void att_bwd(void *c, size_t lo, size_t hi) {
   }
 }
 
+/* task = (b, h), as att_bwd, with gptk_gemm over the lower triangle; x->acc 0 overwrites
+ * the head's slices of dqkv instead of adding into them. */
+static void att_bwd_tiled(void *c, size_t lo, size_t hi) {
+  att_ctx *x = c;
+  int T = x->T, C = x->C, H = x->H, hs = C / H, acc = x->acc;
+  size_t C3 = 3 * (size_t)C, Tz = (size_t)T, Cz = (size_t)C;
+  float scale = 1.0f / sqrtf((float)hs);
+  for (size_t task = lo; task < hi; task++) {
+    int h = (int)(task % (size_t)H), b = (int)(task / (size_t)H);
+    size_t qoff = (size_t)b * T * C3 + (size_t)h * hs;
+    const float *q = x->qkv + qoff, *k = q + C, *v = q + 2 * C;  // (T, hs) stride 3C
+    float *dq = x->dqkv + qoff, *dk = dq + C, *dv = dq + 2 * C;  // (T, hs) stride 3C
+    const float *att = x->catt + task * Tz * Tz;                 // (T, T)
+    const float *d = x->dout + (size_t)b * T * C + (size_t)h * hs; // (T, hs) stride C
+    float *datt = x->scratch + task * Tz * Tz;                   // (T, T), lower triangle
+    for (int i0 = 0; i0 < T; i0 += ATT_RB) {
+      int rb = T - i0 < ATT_RB ? T - i0 : ATT_RB, n = i0 + rb;
+      /* datt rows [i0, n), columns [0, n) = dout @ v^T */
+      gptk_gemm(datt + i0 * Tz, Tz, d + i0 * Cz, Cz, 1, v, 1, C3, rb, n, hs, 0, NULL);
+      /* softmax rows: dpre = att * (datt - sum(att * datt)) * scale; zero to the block's end,
+       * where the GEMMs below read */
+      for (int t = i0; t < n; t++) {
+        const float *a = att + t * Tz;
+        float *da = datt + t * Tz, dot = 0;
+        for (int j = 0; j <= t; j++) dot += a[j] * da[j];
+        for (int j = 0; j <= t; j++) da[j] = a[j] * (da[j] - dot) * scale;
+        for (int j = t + 1; j < n; j++) da[j] = 0.0f;
+      }
+    }
+    for (int i0 = 0; i0 < T; i0 += ATT_RB) {
+      int rb = T - i0 < ATT_RB ? T - i0 : ATT_RB, n = i0 + rb;
+      /* dq rows [i0, n) = dpre (rb, n) @ k (n, hs) */
+      gptk_gemm(dq + i0 * C3, C3, datt + i0 * Tz, Tz, 1, k, C3, 1, rb, hs, n, acc, NULL);
+      /* dk rows [i0, n) = dpre^T @ q and dv rows = att^T @ dout, over rows t >= i0 only */
+      gptk_gemm(dk + i0 * C3, C3, datt + i0 * Tz + i0, 1, Tz, q + i0 * C3, C3, 1, rb, hs, T - i0, acc, NULL);
+      gptk_gemm(dv + i0 * C3, C3, att + i0 * Tz + i0, 1, Tz, d + i0 * Cz, Cz, 1, rb, hs, T - i0, acc, NULL);
+    }
+  }
+}
+
+/* gpt_attention_backward adding into dqkv (acc 1) or overwriting it (0). */
+static void attention_backward(qv_pool *pool, float *dqkv, float *scratch, const float *dout, const float *qkv,
+                               const float *att, int B, int T, int C, int H, int acc) {
+  att_ctx x = {.dqkv = dqkv, .scratch = scratch, .dout = dout, .qkv = qkv, .catt = att, .B = B, .T = T, .C = C,
+               .H = H, .acc = acc};
+  if (gptk_gemm_available()) {
+    par_range(pool, (size_t)B * H, (size_t)T * T * (C / H) * 8, att_bwd_tiled, &x);
+    return;
+  }
+  if (!acc) memset(dqkv, 0, (size_t)B * T * 3 * C * sizeof(float));
+  par_range(pool, (size_t)B * H, (size_t)T * T * (C / H) * 8, att_bwd, &x);
+}
+
 void gpt_attention_backward(qv_pool *pool, float *dqkv, float *scratch, const float *dout, const float *qkv,
                             const float *att, int B, int T, int C, int H) {
-  att_ctx x = {.dqkv = dqkv, .scratch = scratch, .dout = dout, .qkv = qkv, .catt = att, .B = B, .T = T, .C = C,
-               .H = H};
-  par_range(pool, (size_t)B * H, (size_t)T * T * (C / H) * 8, att_bwd, &x);
+  attention_backward(pool, dqkv, scratch, dout, qkv, att, B, T, C, H, 1);
 }
 
 #define GELU_SCALE 0.7978845608028654f /* sqrt(2 / pi) */
@@ -811,7 +901,7 @@ static void ce_fwd(void *c, size_t lo, size_t hi) {
     const float *l = x->logits + n * V; // (V)
     int32_t tg = x->targets ? x->targets[n] : -1;
     float lt = tg >= 0 ? l[tg] : 0.0f; /* read before the row may be overwritten (probs == logits) */
-    float lse = gptk_softmax(x->probs + n * V, l, x->V);
+    float lse = gptk_softmax(x->probs + n * V, l, x->V, 1.0f);
     if (x->losses) x->losses[n] = tg >= 0 ? lse - lt : 0.0f;
   }
 }
@@ -963,9 +1053,8 @@ void gpt_backward(gpt_model *m, float loss_scale) {
                            a->ln2_rstd + l * sN, (int)BT, C);
     /* res2 = residual + attproj(attention(qkv(ln1(residual)))) */
     for (size_t i = 0; i < sC; i++) dresidual[i] += dres2[i];
-    memset(a->dqkv, 0, s3C * sizeof(float));
     matmul_backward(pool, a->datty, g->attprojw, g->attprojb, dres2, atty, w->attprojw, (int)BT, C, C, 0);
-    gpt_attention_backward(pool, a->dqkv, a->dscratch, a->datty, qkv, a->att + l * sTT, B, T, C, H);
+    attention_backward(pool, a->dqkv, a->dscratch, a->datty, qkv, a->att + l * sTT, B, T, C, H, 0);
     matmul_backward(pool, a->dln, g->qkvw, g->qkvb, a->dqkv, ln1, w->qkvw, (int)BT, C, 3 * C, 0);
     gpt_layernorm_backward(pool, dresidual, g->ln1w, g->ln1b, a->dln, residual, w->ln1w, a->ln1_mean + l * sN,
                            a->ln1_rstd + l * sN, (int)BT, C);

@@ -139,28 +139,28 @@ AVX2 static inline __m256 exp8(__m256 x) {
   return _mm256_and_ps(_mm256_mul_ps(y, _mm256_castsi256_ps(e)), keep);
 }
 
-AVX2 static float softmax_avx2(float *out, const float *in, int n) {
+AVX2 static float softmax_avx2(float *out, const float *in, int n, float scale) {
   int i = 0;
   __m256 mv = _mm256_set1_ps(-INFINITY);
   for (; i + 8 <= n; i += 8) mv = _mm256_max_ps(mv, _mm256_loadu_ps(in + i));
   float maxv = avx2_hmax(mv);
   for (; i < n; i++) maxv = in[i] > maxv ? in[i] : maxv;
-  __m256 mx = _mm256_set1_ps(maxv), sv = _mm256_setzero_ps();
+  __m256 mx = _mm256_set1_ps(maxv), sc = _mm256_set1_ps(scale), sv = _mm256_setzero_ps();
   for (i = 0; i + 8 <= n; i += 8) {
-    __m256 e = exp8(_mm256_sub_ps(_mm256_loadu_ps(in + i), mx));
+    __m256 e = exp8(_mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(in + i), mx), sc));
     _mm256_storeu_ps(out + i, e);
     sv = _mm256_add_ps(sv, e);
   }
   float sum = avx2_hsum(sv);
   for (; i < n; i++) {
-    out[i] = expf(in[i] - maxv);
+    out[i] = expf((in[i] - maxv) * scale);
     sum += out[i];
   }
   float inv = 1.0f / sum;
   __m256 iv = _mm256_set1_ps(inv);
   for (i = 0; i + 8 <= n; i += 8) _mm256_storeu_ps(out + i, _mm256_mul_ps(_mm256_loadu_ps(out + i), iv));
   for (; i < n; i++) out[i] *= inv;
-  return maxv + logf(sum);
+  return maxv * scale + logf(sum);
 }
 
 #else
@@ -255,21 +255,21 @@ void gptk_gemm(float *c, size_t ldc, const float *a, size_t ars, size_t aks, con
   }
 }
 
-static float softmax_c(float *out, const float *in, int n) {
+static float softmax_c(float *out, const float *in, int n, float scale) {
   float maxv = -INFINITY, sum = 0;
   for (int i = 0; i < n; i++) maxv = in[i] > maxv ? in[i] : maxv;
   for (int i = 0; i < n; i++) {
-    out[i] = expf(in[i] - maxv);
+    out[i] = expf((in[i] - maxv) * scale);
     sum += out[i];
   }
   float inv = 1.0f / sum;
   for (int i = 0; i < n; i++) out[i] *= inv;
-  return maxv + logf(sum);
+  return maxv * scale + logf(sum);
 }
 
-float gptk_softmax(float *out, const float *in, int n) {
+float gptk_softmax(float *out, const float *in, int n, float scale) {
 #if defined(QV_X86)
-  if (gptk_gemm_available()) return softmax_avx2(out, in, n);
+  if (gptk_gemm_available()) return softmax_avx2(out, in, n, scale);
 #endif
-  return softmax_c(out, in, n);
+  return softmax_c(out, in, n, scale);
 }

@@ -22,9 +22,9 @@ int gptk_gemm_available(void);
 void gptk_gemm(float *c, size_t ldc, const float *a, size_t ars, size_t aks, const float *b, size_t bks,
                size_t bjs, int M, int N, int K, int accumulate, const float *bias);
 
-/* out (n) = softmax(in (n)), n >= 1; returns log(sum(exp(in))), computed from the maximum,
- * so that -log p = lse - in[i] stays exact for tiny probabilities. out may be in. Sums run in
- * a fixed order for a given n. */
-float gptk_softmax(float *out, const float *in, int n);
+/* out (n) = softmax(scale * in (n)), n >= 1, scale > 0; returns log(sum(exp(scale * in))),
+ * computed from the maximum, so that -log p = lse - in[i] (scale 1) stays exact for tiny
+ * probabilities. out may be in. Sums run in a fixed order for a given n. */
+float gptk_softmax(float *out, const float *in, int n, float scale);
 
 #endif

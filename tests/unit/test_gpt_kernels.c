@@ -111,7 +111,7 @@ TEST(softmax_matches_double_and_returns_log_sum_exp) {
     double maxv = -INFINITY, sum = 0;
     for (int i = 0; i < n; i++) maxv = fmax(maxv, in[i]);
     for (int i = 0; i < n; i++) sum += exp((double)in[i] - maxv);
-    float lse = gptk_softmax(out, in, n);
+    float lse = gptk_softmax(out, in, n, 1.0f);
     ASSERT_NEAR(lse, maxv + log(sum), 1e-5 * fmax(1.0, fabs(maxv)));
     double total = 0;
     for (int i = 0; i < n; i++) {
@@ -124,10 +124,74 @@ TEST(softmax_matches_double_and_returns_log_sum_exp) {
     /* in place gives the same bits */
     float again[2048];
     memcpy(again, in, sizeof(float) * (size_t)n);
-    gptk_softmax(again, again, n);
+    gptk_softmax(again, again, n, 1.0f);
     ASSERT_EQ(memcmp(again, out, sizeof(float) * (size_t)n), 0);
   }
 }
 
+/* Attention at a length that crosses the causal row blocks (gpt.c's ATT_RB is 24), with
+ * head size 8: the forward against a double-precision reference, the backward against
+ * central differences along random directions. */
+enum { AB = 2, AT = 61, AC = 16, AH = 2, AHS = AC / AH };
+typedef struct att_big {
+  float qkv[AB * AT * 3 * AC], out[AB * AT * AC], R[AB * AT * AC], att[AB * AH * AT * AT];
+} att_big;
+
+static double att_big_loss(att_big *x) {
+  gpt_attention_forward(NULL, x->out, NULL, x->att, x->qkv, AB, AT, AC, AH);
+  double s = 0;
+  for (size_t i = 0; i < sizeof x->out / sizeof *x->out; i++) s += (double)x->out[i] * x->R[i];
+  return s;
+}
+
+TEST(attention_across_causal_blocks) {
+  static att_big x;
+  static float dqkv[AB * AT * 3 * AC], scratch[AB * AH * AT * AT], u[AB * AT * 3 * AC];
+  gpt_rng r;
+  gpt_rng_seed(&r, 10);
+  fill(x.qkv, sizeof x.qkv / 4, &r);
+  fill(x.R, sizeof x.R / 4, &r);
+  att_big_loss(&x);
+  double worst = 0;
+  for (int b = 0; b < AB; b++)
+    for (int h = 0; h < AH; h++)
+      for (int t = 0; t < AT; t++) {
+        const float *q = x.qkv + ((size_t)b * AT + t) * 3 * AC + h * AHS;
+        double sc[AT], mx = -INFINITY, sum = 0;
+        for (int j = 0; j <= t; j++) {
+          const float *k = x.qkv + ((size_t)b * AT + j) * 3 * AC + AC + h * AHS;
+          sc[j] = 0;
+          for (int i = 0; i < AHS; i++) sc[j] += (double)q[i] * k[i];
+          sc[j] /= sqrt((double)AHS);
+          mx = fmax(mx, sc[j]);
+        }
+        for (int j = 0; j <= t; j++) sum += (sc[j] = exp(sc[j] - mx));
+        for (int i = 0; i < AHS; i++) {
+          double o = 0;
+          for (int j = 0; j <= t; j++) o += sc[j] / sum * x.qkv[((size_t)b * AT + j) * 3 * AC + 2 * AC + h * AHS + i];
+          worst = fmax(worst, fabs(o - x.out[((size_t)b * AT + t) * AC + h * AHS + i]));
+        }
+        for (int j = t + 1; j < AT; j++) ASSERT_EQ(x.att[(((size_t)b * AH + h) * AT + t) * AT + j] == 0.0f, 1);
+      }
+  ASSERT(worst < 1e-5);
+  /* the backward adds into dqkv: start from ones and subtract them after */
+  for (size_t i = 0; i < sizeof dqkv / 4; i++) dqkv[i] = 1.0f;
+  gpt_attention_backward(NULL, dqkv, scratch, x.R, x.qkv, x.att, AB, AT, AC, AH);
+  for (size_t i = 0; i < sizeof dqkv / 4; i++) dqkv[i] -= 1.0f;
+  for (int dir = 0; dir < 6; dir++) {
+    fill(u, sizeof u / 4, &r);
+    const float h = 1e-2f;
+    double ana = 0;
+    for (size_t i = 0; i < sizeof u / 4; i++) ana += (double)dqkv[i] * u[i];
+    for (size_t i = 0; i < sizeof u / 4; i++) x.qkv[i] += h * u[i];
+    double lp = att_big_loss(&x);
+    for (size_t i = 0; i < sizeof u / 4; i++) x.qkv[i] -= 2 * h * u[i];
+    double lm = att_big_loss(&x);
+    for (size_t i = 0; i < sizeof u / 4; i++) x.qkv[i] += h * u[i];
+    double num = (lp - lm) / (2 * h);
+    ASSERT_NEAR(ana, num, 2e-3 * fmax(1.0, fabs(num)));
+  }
+}
+
 TEST_MAIN(T(gemm_matches_fma_loop_bit_for_bit), T(gemm_training_shapes_and_splits_agree),
-          T(softmax_matches_double_and_returns_log_sum_exp))
+          T(softmax_matches_double_and_returns_log_sum_exp), T(attention_across_causal_blocks))
