@@ -399,23 +399,10 @@ typedef struct ln_ctx {
 
 static void ln_fwd_rows(void *c, size_t lo, size_t hi) {
   ln_ctx *x = c;
-  int C = x->C;
-  for (size_t n = lo; n < hi; n++) {
-    const float *in = x->inp + n * C; // (C)
-    float mean = 0, var = 0;
-    for (int i = 0; i < C; i++) mean += in[i];
-    mean /= (float)C;
-    for (int i = 0; i < C; i++) {
-      float d = in[i] - mean;
-      var += d * d;
-    }
-    var /= (float)C;
-    float rs = 1.0f / sqrtf(var + x->eps);
-    float *o = x->out + n * C;
-    for (int i = 0; i < C; i++) o[i] = (in[i] - mean) * rs * x->w[i] + x->b[i];
-    if (x->mean) x->mean[n] = mean;
-    if (x->rstd) x->rstd[n] = rs;
-  }
+  size_t C = (size_t)x->C;
+  for (size_t n = lo; n < hi; n++)
+    gptk_layernorm(x->out + n * C, x->inp + n * C, x->w, x->b, x->C, x->eps, x->mean ? x->mean + n : NULL,
+                   x->rstd ? x->rstd + n : NULL);
 }
 
 void gpt_layernorm_forward(qv_pool *pool, float *out, float *mean, float *rstd, const float *inp,
@@ -426,24 +413,9 @@ void gpt_layernorm_forward(qv_pool *pool, float *out, float *mean, float *rstd, 
 
 static void ln_bwd_rows(void *c, size_t lo, size_t hi) {
   ln_ctx *x = c;
-  int C = x->C;
-  for (size_t n = lo; n < hi; n++) {
-    const float *in = x->inp + n * C, *d = x->dout + n * C; // (C), (C)
-    float mean = x->cmean[n], rs = x->crstd[n];
-    float dnorm_mean = 0, dnorm_norm_mean = 0;
-    for (int i = 0; i < C; i++) {
-      float norm = (in[i] - mean) * rs, dnorm = x->w[i] * d[i];
-      dnorm_mean += dnorm;
-      dnorm_norm_mean += dnorm * norm;
-    }
-    dnorm_mean /= (float)C;
-    dnorm_norm_mean /= (float)C;
-    float *di = x->dinp + n * C;
-    for (int i = 0; i < C; i++) {
-      float norm = (in[i] - mean) * rs, dnorm = x->w[i] * d[i];
-      di[i] += (dnorm - dnorm_mean - norm * dnorm_norm_mean) * rs;
-    }
-  }
+  size_t C = (size_t)x->C;
+  for (size_t n = lo; n < hi; n++)
+    gptk_layernorm_bwd(x->dinp + n * C, x->inp + n * C, x->dout + n * C, x->w, x->cmean[n], x->crstd[n], x->C);
 }
 
 typedef struct colsum_ctx {
@@ -556,10 +528,7 @@ typedef struct bias_ctx {
 
 static void bias_cols(void *c, size_t lo, size_t hi) {
   bias_ctx *x = c;
-  for (size_t n = 0; n < x->N; n++) {
-    const float *d = x->dout + n * x->OC;
-    for (size_t o = lo; o < hi; o++) x->db[o] += d[o];
-  }
+  gptk_colsum(x->db + lo, x->dout + lo, x->N, x->OC, hi - lo);
 }
 
 /* gpt_matmul_backward with dinp overwritten (acc_dinp 0) or accumulated into (1). */
@@ -719,10 +688,8 @@ static void att_bwd_tiled(void *c, size_t lo, size_t hi) {
       /* softmax rows: dpre = att * (datt - sum(att * datt)) * scale; zero to the block's end,
        * where the GEMMs below read */
       for (int t = i0; t < n; t++) {
-        const float *a = att + t * Tz;
-        float *da = datt + t * Tz, dot = 0;
-        for (int j = 0; j <= t; j++) dot += a[j] * da[j];
-        for (int j = 0; j <= t; j++) da[j] = a[j] * (da[j] - dot) * scale;
+        float *da = datt + t * Tz;
+        gptk_softmax_bwd(da, att + t * Tz, t + 1, scale);
         for (int j = t + 1; j < n; j++) da[j] = 0.0f;
       }
     }
@@ -1064,46 +1031,34 @@ void gpt_backward(gpt_model *m, float loss_scale) {
 
 double gpt_clip_grad(gpt_model *m, float clip) {
   if (!m->grads) return 0;
-  double ss = 0;
-  for (size_t i = 0; i < m->nparams; i++) ss += (double)m->grads[i] * m->grads[i];
-  double norm = sqrt(ss);
-  if (clip > 0 && norm > clip) {
-    float s = (float)(clip / norm);
-    for (size_t i = 0; i < m->nparams; i++) m->grads[i] *= s;
-  }
+  double norm = sqrt(gptk_sumsq(m->grads, m->nparams));
+  if (clip > 0 && norm > clip) gptk_scale(m->grads, m->nparams, (float)(clip / norm));
   return norm;
 }
 
 typedef struct adam_ctx {
   gpt_model *m;
-  const gpt_adamw *o;
-  float bc1, bc2, decay;
+  gptk_adam k;
   size_t off; /* first float of the tensor being updated */
 } adam_ctx;
 
 static void adam_range(void *c, size_t lo, size_t hi) {
   adam_ctx *x = c;
-  const gpt_adamw *o = x->o;
-  float *p = x->m->params + x->off, *gr = x->m->grads + x->off, *mm = x->m->m + x->off, *vv = x->m->v + x->off;
-  for (size_t i = lo; i < hi; i++) {
-    float g = gr[i];
-    float mi = o->beta1 * mm[i] + (1.0f - o->beta1) * g;
-    float vi = o->beta2 * vv[i] + (1.0f - o->beta2) * g * g;
-    mm[i] = mi;
-    vv[i] = vi;
-    float mhat = mi / x->bc1, vhat = vi / x->bc2;
-    p[i] -= o->lr * (mhat / (sqrtf(vhat) + o->eps) + x->decay * p[i]);
-  }
+  size_t o = x->off + lo;
+  gptk_adamw(x->m->params + o, x->m->grads + o, x->m->m + o, x->m->v + o, hi - lo, &x->k);
 }
 
 void gpt_adamw_step(gpt_model *m, const gpt_adamw *o, long t) {
   if (!m->grads || t < 1) return;
-  adam_ctx x = {m, o, (float)(1.0 - pow(o->beta1, (double)t)), (float)(1.0 - pow(o->beta2, (double)t)), 0, 0};
+  adam_ctx x = {m,
+                {o->lr, o->beta1, o->beta2, o->eps, 0, (float)(1.0 - pow(o->beta1, (double)t)),
+                 (float)(1.0 - pow(o->beta2, (double)t))},
+                0};
   size_t nt = gpt_tensor_count(&m->cfg);
   for (size_t i = 0; i < nt; i++) {
     gpt_tensor_info ti;
     shape_of(&m->cfg, i, &ti);
-    x.decay = ti.decay ? o->weight_decay : 0.0f;
+    x.k.decay = ti.decay ? o->weight_decay : 0.0f;
     /* elementwise: any split gives the same bits (invariant 2) */
     par_range(pool_of(m), ti.numel, 16, adam_range, &x);
     x.off += ti.numel;

@@ -273,3 +273,252 @@ float gptk_softmax(float *out, const float *in, int n, float scale) {
 #endif
   return softmax_c(out, in, n, scale);
 }
+
+/* ---- Elementwise and row kernels ----------------------------------------------------------
+ * Each has an AVX2 body and the same loop in C for other CPUs. Sums across a row are taken in
+ * 8 lanes and then added lane by lane, a fixed order for a given length; sums down columns
+ * keep row order per column, as the scalar loops did. */
+
+#if defined(QV_X86)
+AVX2 static void adamw_avx2(float *p, const float *g, float *m, float *v, size_t n, const gptk_adam *o) {
+  const __m256 b1 = _mm256_set1_ps(o->beta1), c1 = _mm256_set1_ps(1.0f - o->beta1);
+  const __m256 b2 = _mm256_set1_ps(o->beta2), c2 = _mm256_set1_ps(1.0f - o->beta2);
+  const __m256 ibc1 = _mm256_set1_ps(1.0f / o->bc1), ibc2 = _mm256_set1_ps(1.0f / o->bc2);
+  const __m256 eps = _mm256_set1_ps(o->eps), lr = _mm256_set1_ps(o->lr), wd = _mm256_set1_ps(o->decay);
+  size_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    __m256 gi = _mm256_loadu_ps(g + i), pi = _mm256_loadu_ps(p + i);
+    __m256 mi = _mm256_fmadd_ps(b1, _mm256_loadu_ps(m + i), _mm256_mul_ps(c1, gi));
+    __m256 vi = _mm256_fmadd_ps(b2, _mm256_loadu_ps(v + i), _mm256_mul_ps(c2, _mm256_mul_ps(gi, gi)));
+    _mm256_storeu_ps(m + i, mi);
+    _mm256_storeu_ps(v + i, vi);
+    __m256 den = _mm256_add_ps(_mm256_sqrt_ps(_mm256_mul_ps(vi, ibc2)), eps);
+    __m256 upd = _mm256_fmadd_ps(wd, pi, _mm256_div_ps(_mm256_mul_ps(mi, ibc1), den));
+    _mm256_storeu_ps(p + i, _mm256_fnmadd_ps(lr, upd, pi));
+  }
+  /* the tail repeats a lane's operations exactly, so any split of a tensor gives the same bits */
+  const float ib1 = 1.0f / o->bc1, ib2 = 1.0f / o->bc2;
+  for (; i < n; i++) {
+    float mi = fmaf(o->beta1, m[i], (1.0f - o->beta1) * g[i]);
+    float vi = fmaf(o->beta2, v[i], (1.0f - o->beta2) * (g[i] * g[i]));
+    m[i] = mi, v[i] = vi;
+    float upd = fmaf(o->decay, p[i], (mi * ib1) / (sqrtf(vi * ib2) + o->eps));
+    p[i] = fmaf(-o->lr, upd, p[i]);
+  }
+}
+
+AVX2 static double sumsq_avx2(const float *x, size_t n) {
+  __m256d s0 = _mm256_setzero_pd(), s1 = _mm256_setzero_pd();
+  size_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    __m256d lo = _mm256_cvtps_pd(_mm_loadu_ps(x + i)), hi = _mm256_cvtps_pd(_mm_loadu_ps(x + i + 4));
+    s0 = _mm256_fmadd_pd(lo, lo, s0);
+    s1 = _mm256_fmadd_pd(hi, hi, s1);
+  }
+  double l[4];
+  _mm256_storeu_pd(l, _mm256_add_pd(s0, s1));
+  double s = (l[0] + l[1]) + (l[2] + l[3]);
+  for (; i < n; i++) s += (double)x[i] * x[i];
+  return s;
+}
+
+AVX2 static void scale_avx2(float *x, size_t n, float s) {
+  __m256 sv = _mm256_set1_ps(s);
+  size_t i = 0;
+  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(x + i, _mm256_mul_ps(_mm256_loadu_ps(x + i), sv));
+  for (; i < n; i++) x[i] *= s;
+}
+
+AVX2 static void colsum_avx2(float *db, const float *d, size_t N, size_t ld, size_t ncols) {
+  size_t j = 0;
+  for (; j + 32 <= ncols; j += 32) {
+    __m256 a0 = _mm256_loadu_ps(db + j), a1 = _mm256_loadu_ps(db + j + 8);
+    __m256 a2 = _mm256_loadu_ps(db + j + 16), a3 = _mm256_loadu_ps(db + j + 24);
+    for (size_t r = 0; r < N; r++) {
+      const float *row = d + r * ld + j;
+      a0 = _mm256_add_ps(a0, _mm256_loadu_ps(row));
+      a1 = _mm256_add_ps(a1, _mm256_loadu_ps(row + 8));
+      a2 = _mm256_add_ps(a2, _mm256_loadu_ps(row + 16));
+      a3 = _mm256_add_ps(a3, _mm256_loadu_ps(row + 24));
+    }
+    _mm256_storeu_ps(db + j, a0), _mm256_storeu_ps(db + j + 8, a1);
+    _mm256_storeu_ps(db + j + 16, a2), _mm256_storeu_ps(db + j + 24, a3);
+  }
+  for (; j + 8 <= ncols; j += 8) {
+    __m256 a0 = _mm256_loadu_ps(db + j);
+    for (size_t r = 0; r < N; r++) a0 = _mm256_add_ps(a0, _mm256_loadu_ps(d + r * ld + j));
+    _mm256_storeu_ps(db + j, a0);
+  }
+  for (; j < ncols; j++)
+    for (size_t r = 0; r < N; r++) db[j] += d[r * ld + j];
+}
+
+AVX2 static void layernorm_avx2(float *out, const float *in, const float *w, const float *b, int C, float eps,
+                                float *mean, float *rstd) {
+  int i = 0;
+  __m256 s = _mm256_setzero_ps();
+  for (; i + 8 <= C; i += 8) s = _mm256_add_ps(s, _mm256_loadu_ps(in + i));
+  float sum = avx2_hsum(s);
+  for (; i < C; i++) sum += in[i];
+  float mu = sum / (float)C;
+  __m256 mv = _mm256_set1_ps(mu);
+  s = _mm256_setzero_ps();
+  for (i = 0; i + 8 <= C; i += 8) {
+    __m256 dv = _mm256_sub_ps(_mm256_loadu_ps(in + i), mv);
+    s = _mm256_fmadd_ps(dv, dv, s);
+  }
+  float var = avx2_hsum(s);
+  for (; i < C; i++) var += (in[i] - mu) * (in[i] - mu);
+  float rs = 1.0f / sqrtf(var / (float)C + eps);
+  __m256 rv = _mm256_set1_ps(rs);
+  for (i = 0; i + 8 <= C; i += 8) {
+    __m256 nv = _mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(in + i), mv), rv);
+    _mm256_storeu_ps(out + i, _mm256_fmadd_ps(nv, _mm256_loadu_ps(w + i), _mm256_loadu_ps(b + i)));
+  }
+  for (; i < C; i++) out[i] = (in[i] - mu) * rs * w[i] + b[i];
+  if (mean) *mean = mu;
+  if (rstd) *rstd = rs;
+}
+
+AVX2 static void layernorm_bwd_avx2(float *dinp, const float *in, const float *dout, const float *w, float mean,
+                                    float rstd, int C) {
+  __m256 mv = _mm256_set1_ps(mean), rv = _mm256_set1_ps(rstd), s1 = _mm256_setzero_ps(), s2 = s1;
+  int i = 0;
+  for (; i + 8 <= C; i += 8) {
+    __m256 nv = _mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(in + i), mv), rv);
+    __m256 dn = _mm256_mul_ps(_mm256_loadu_ps(w + i), _mm256_loadu_ps(dout + i));
+    s1 = _mm256_add_ps(s1, dn);
+    s2 = _mm256_fmadd_ps(dn, nv, s2);
+  }
+  float dmean = avx2_hsum(s1), dnmean = avx2_hsum(s2);
+  for (; i < C; i++) {
+    float nv = (in[i] - mean) * rstd, dn = w[i] * dout[i];
+    dmean += dn;
+    dnmean += dn * nv;
+  }
+  dmean /= (float)C;
+  dnmean /= (float)C;
+  __m256 a = _mm256_set1_ps(dmean), bn = _mm256_set1_ps(dnmean);
+  for (i = 0; i + 8 <= C; i += 8) {
+    __m256 nv = _mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(in + i), mv), rv);
+    __m256 dn = _mm256_mul_ps(_mm256_loadu_ps(w + i), _mm256_loadu_ps(dout + i));
+    __m256 g = _mm256_mul_ps(_mm256_sub_ps(_mm256_sub_ps(dn, a), _mm256_mul_ps(nv, bn)), rv);
+    _mm256_storeu_ps(dinp + i, _mm256_add_ps(_mm256_loadu_ps(dinp + i), g));
+  }
+  for (; i < C; i++) {
+    float nv = (in[i] - mean) * rstd, dn = w[i] * dout[i];
+    dinp[i] += (dn - dmean - nv * dnmean) * rstd;
+  }
+}
+
+AVX2 static void softmax_bwd_avx2(float *da, const float *a, int n, float scale) {
+  __m256 s = _mm256_setzero_ps();
+  int i = 0;
+  for (; i + 8 <= n; i += 8) s = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(da + i), s);
+  float dot = avx2_hsum(s);
+  for (; i < n; i++) dot += a[i] * da[i];
+  __m256 dv = _mm256_set1_ps(dot), sv = _mm256_set1_ps(scale);
+  for (i = 0; i + 8 <= n; i += 8) {
+    __m256 g = _mm256_mul_ps(_mm256_loadu_ps(a + i), _mm256_sub_ps(_mm256_loadu_ps(da + i), dv));
+    _mm256_storeu_ps(da + i, _mm256_mul_ps(g, sv));
+  }
+  for (; i < n; i++) da[i] = a[i] * (da[i] - dot) * scale;
+}
+#endif
+
+void gptk_adamw(float *p, const float *g, float *m, float *v, size_t n, const gptk_adam *o) {
+#if defined(QV_X86)
+  if (gptk_gemm_available()) {
+    adamw_avx2(p, g, m, v, n, o);
+    return;
+  }
+#endif
+  for (size_t i = 0; i < n; i++) {
+    float mi = o->beta1 * m[i] + (1.0f - o->beta1) * g[i];
+    float vi = o->beta2 * v[i] + (1.0f - o->beta2) * g[i] * g[i];
+    m[i] = mi, v[i] = vi;
+    p[i] -= o->lr * ((mi / o->bc1) / (sqrtf(vi / o->bc2) + o->eps) + o->decay * p[i]);
+  }
+}
+
+double gptk_sumsq(const float *x, size_t n) {
+#if defined(QV_X86)
+  if (gptk_gemm_available()) return sumsq_avx2(x, n);
+#endif
+  double s = 0;
+  for (size_t i = 0; i < n; i++) s += (double)x[i] * x[i];
+  return s;
+}
+
+void gptk_scale(float *x, size_t n, float s) {
+#if defined(QV_X86)
+  if (gptk_gemm_available()) {
+    scale_avx2(x, n, s);
+    return;
+  }
+#endif
+  for (size_t i = 0; i < n; i++) x[i] *= s;
+}
+
+void gptk_colsum(float *db, const float *d, size_t N, size_t ld, size_t ncols) {
+#if defined(QV_X86)
+  if (gptk_gemm_available()) {
+    colsum_avx2(db, d, N, ld, ncols);
+    return;
+  }
+#endif
+  for (size_t r = 0; r < N; r++)
+    for (size_t j = 0; j < ncols; j++) db[j] += d[r * ld + j];
+}
+
+void gptk_layernorm(float *out, const float *in, const float *w, const float *b, int C, float eps, float *mean,
+                    float *rstd) {
+#if defined(QV_X86)
+  if (gptk_gemm_available()) {
+    layernorm_avx2(out, in, w, b, C, eps, mean, rstd);
+    return;
+  }
+#endif
+  float mu = 0, var = 0;
+  for (int i = 0; i < C; i++) mu += in[i];
+  mu /= (float)C;
+  for (int i = 0; i < C; i++) var += (in[i] - mu) * (in[i] - mu);
+  float rs = 1.0f / sqrtf(var / (float)C + eps);
+  for (int i = 0; i < C; i++) out[i] = (in[i] - mu) * rs * w[i] + b[i];
+  if (mean) *mean = mu;
+  if (rstd) *rstd = rs;
+}
+
+void gptk_layernorm_bwd(float *dinp, const float *in, const float *dout, const float *w, float mean, float rstd,
+                        int C) {
+#if defined(QV_X86)
+  if (gptk_gemm_available()) {
+    layernorm_bwd_avx2(dinp, in, dout, w, mean, rstd, C);
+    return;
+  }
+#endif
+  float dmean = 0, dnmean = 0;
+  for (int i = 0; i < C; i++) {
+    float nv = (in[i] - mean) * rstd, dn = w[i] * dout[i];
+    dmean += dn;
+    dnmean += dn * nv;
+  }
+  dmean /= (float)C;
+  dnmean /= (float)C;
+  for (int i = 0; i < C; i++) {
+    float nv = (in[i] - mean) * rstd, dn = w[i] * dout[i];
+    dinp[i] += (dn - dmean - nv * dnmean) * rstd;
+  }
+}
+
+void gptk_softmax_bwd(float *da, const float *a, int n, float scale) {
+#if defined(QV_X86)
+  if (gptk_gemm_available()) {
+    softmax_bwd_avx2(da, a, n, scale);
+    return;
+  }
+#endif
+  float dot = 0;
+  for (int i = 0; i < n; i++) dot += a[i] * da[i];
+  for (int i = 0; i < n; i++) da[i] = a[i] * (da[i] - dot) * scale;
+}

@@ -27,4 +27,26 @@ void gptk_gemm(float *c, size_t ldc, const float *a, size_t ars, size_t aks, con
  * probabilities. out may be in. Sums run in a fixed order for a given n. */
 float gptk_softmax(float *out, const float *in, int n, float scale);
 
+/* ---- Elementwise and row kernels (AVX2 where available, the same math in C elsewhere) ---- */
+
+typedef struct gptk_adam {
+  float lr, beta1, beta2, eps, decay; /* decay: this tensor's weight decay (0: none) */
+  float bc1, bc2;                     /* bias corrections 1 - beta^t */
+} gptk_adam;
+/* One AdamW update of p, m, v (n) from gradients g (n), decoupled weight decay. */
+void gptk_adamw(float *p, const float *g, float *m, float *v, size_t n, const gptk_adam *o);
+/* sum x^2 in double, a fixed order for a given n. */
+double gptk_sumsq(const float *x, size_t n);
+void gptk_scale(float *x, size_t n, float s);
+/* db (ncols) += sum over rows r < N of d[r * ld + j], in row order per column. */
+void gptk_colsum(float *db, const float *d, size_t N, size_t ld, size_t ncols);
+/* One row: out (C) = (in - mean) * rstd * w + b; mean and rstd stored when not NULL. */
+void gptk_layernorm(float *out, const float *in, const float *w, const float *b, int C, float eps, float *mean,
+                    float *rstd);
+/* One row of LayerNorm's input gradient, added into dinp (C). */
+void gptk_layernorm_bwd(float *dinp, const float *in, const float *dout, const float *w, float mean, float rstd,
+                        int C);
+/* Softmax backward over one row in place: da = a * (da - sum(a * da)) * scale. */
+void gptk_softmax_bwd(float *da, const float *a, int n, float scale);
+
 #endif
