@@ -38,6 +38,11 @@
  *     below row c->n's end has been written) and clears the marks of the pages it touches.
  *     gone_live counts the marks below row c->n's end and moves with c->n (rows_set_n), so
  *     the resident bytes stats report cost no system call (rows_resident).
+ * 11. rowtab, while rowtab_ok, holds row_read(c, r) for every row r < c->n. Whatever can
+ *     change a row's vector pointer (a row written, moved or mapped to a node, vecs moved
+ *     by reserve_rows, a graph swapped in) runs under rw held for writing and clears
+ *     rowtab_ok (rows_changed); the first exact scan after that rebuilds the table under rw
+ *     shared and rowtab_mu (row_table). So every reader in one rw epoch sees one table.
  */
 #define _GNU_SOURCE /* mremap */
 #include "store/collection.h"
@@ -114,6 +119,10 @@ struct qv_collection {
                                    * (invariant 10); under write_mu */
   size_t gone_live;               /* marks of gone below row n's end; written under write_mu,
                                    * read atomically */
+  const float **rowtab;           /* (rowtab_cap) where each row's vector is (invariant 11) */
+  size_t rowtab_cap;
+  int rowtab_ok;                  /* atomic; cleared under rw held for writing */
+  pthread_mutex_t rowtab_mu;      /* one rebuild at a time */
 
   /* The HNSW index (see "index" below). Rows move (swap-remove) and UUIDs do not fit a
    * graph label, so the graph's internal node ids are the stable names and two arrays
@@ -348,6 +357,10 @@ static int cmp_size(const void *a, const void *b) {
 
 /* ---- rows in memory ------------------------------------------------------------------- */
 
+/* Row pointers may have changed (invariant 11). Caller holds rw for writing, or is
+ * opening the collection. */
+static void rows_changed(qv_collection *c) { __atomic_store_n(&c->rowtab_ok, 0, __ATOMIC_RELAXED); }
+
 /* Pages of vecs that rows [0, n) reach into: those whose residency stats count. */
 static size_t rows_pages(const qv_collection *c, size_t n) {
   return (n * c->stride * sizeof(float) + c->page - 1) / c->page;
@@ -408,6 +421,7 @@ static qv_status reserve_rows(qv_collection *c, size_t more) {
   void *v = c->vecs ? mremap(c->vecs, c->vecs_bytes, bytes, MREMAP_MAYMOVE)
                     : mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   if (v == MAP_FAILED) return QV_ENOMEM;
+  rows_changed(c); /* vecs may have moved */
   c->vecs = v;
   c->vecs_bytes = bytes;
   c->cap = cap;
@@ -439,22 +453,39 @@ static const float *row_read(const qv_collection *c, size_t row) {
   return row_vec(c, row);
 }
 
+/* The table of where each row's vector is, for exact scans while vectors live in the
+ * graph (invariant 11), or NULL when out of memory. Caller holds rw shared. */
+static const float **row_table(qv_collection *c) {
+  if (__atomic_load_n(&c->rowtab_ok, __ATOMIC_ACQUIRE)) return c->rowtab;
+  pthread_mutex_lock(&c->rowtab_mu);
+  if (!c->rowtab_ok) {
+    if (c->rowtab_cap < c->n) {
+      const float **t = realloc(c->rowtab, c->cap * sizeof *t);
+      if (t) c->rowtab = t, c->rowtab_cap = c->cap;
+    }
+    if (c->rowtab_cap >= c->n) {
+      for (size_t r = 0; r < c->n; r++) c->rowtab[r] = row_read(c, r);
+      __atomic_store_n(&c->rowtab_ok, 1, __ATOMIC_RELEASE);
+    }
+  }
+  const float **t = c->rowtab_ok ? c->rowtab : NULL;
+  pthread_mutex_unlock(&c->rowtab_mu);
+  return t;
+}
+
 /* Exact search over every row (allowed by mask) for queries (nq, dim) into hits (nq, k)
- * and counts (nq): over vecs as one matrix, or, while vectors live in the graph, over a
- * table of where each row's vector is (invariant 9). Caller holds rw. */
-static qv_status exact_search(const qv_collection *c, const float *qs, size_t nq, size_t k,
+ * and counts (nq): over vecs as one matrix, or, while vectors live in the graph, over the
+ * table of where each row's vector is (row_table). Caller holds rw. */
+static qv_status exact_search(qv_collection *c, const float *qs, size_t nq, size_t k,
                               const uint64_t *mask, qv_pool *pool, flat_hit *hits, size_t *counts) {
   if (!vec_in_graph(c)) {
     flat_matrix m = {c->vecs, c->sqnorms, c->n, c->cfg.size, c->stride};
     return flat_search(hits, counts, qs, nq, &m, c->cfg.distance, k, mask, pool);
   }
-  const float **t = malloc((c->n ? c->n : 1) * sizeof *t);
-  if (!t) return QV_ENOMEM;
-  for (size_t r = 0; r < c->n; r++) t[r] = row_read(c, r);
-  qv_status st = flat_search_rows(hits, counts, qs, nq, t, c->sqnorms, c->n, c->cfg.size, c->cfg.distance, k,
-                                  mask, pool);
-  free(t);
-  return st;
+  const float **t = c->n ? row_table(c) : NULL;
+  if (c->n && !t) return QV_ENOMEM;
+  return flat_search_rows(hits, counts, qs, nq, t, c->sqnorms, c->n, c->cfg.size, c->cfg.distance, k, mask,
+                          pool);
 }
 
 /* Resident bytes of vecs up to row c->n: the pages rows reach into, less those given back
@@ -561,6 +592,7 @@ static void set_row(qv_collection *c, const qv_point_id *id, const float *vec, j
   c->sqnorms[row] = dist_dot(vec, vec, c->cfg.size);
   c->payloads[row] = payload;
   gpu_touch(c, row);
+  rows_changed(c);
 }
 
 /* Removes a row by moving the last row into its place. */
@@ -584,6 +616,7 @@ static void remove_row(qv_collection *c, size_t row) {
   }
   c->row2node[last] = NODE_NONE;
   rows_set_n(c, last);
+  rows_changed(c);
 }
 
 /* LMDB's read-only map of the data file: opening reads every record through it, and
@@ -758,6 +791,7 @@ static qv_status index_rows(qv_collection *c, const size_t *rows, size_t n) {
       c->row2node[row] = j.ids[i];
       c->unindexed--;
     }
+    rows_changed(c);
     pthread_rwlock_unlock(&c->rw);
     release_row_list(c, rows + from, cnt);
     c->graph_dirty = 1;
@@ -870,6 +904,12 @@ static qv_status build_locked(qv_collection *c) {
   c->unindexed = unindexed;
   c->graph_cfg = c->cfg.hnsw;
   c->graph_quant = c->cfg.quant;
+  rows_changed(c);
+  if (!vec_in_graph(c)) { /* exact scans read vecs again: the table is not needed */
+    free(c->rowtab);
+    c->rowtab = NULL;
+    c->rowtab_cap = 0;
+  }
   pthread_rwlock_unlock(&c->rw);
   release_rows(c, 0, c->n);
   c->graph_dirty = 1;
@@ -1013,6 +1053,7 @@ static void load_graph(qv_collection *c) {
   /* the quantile is not in the file: a graph with codes is taken to match the config's */
   c->graph_quant = hnsw_quantized(c->graph) ? c->cfg.quant : (qv_quant_config){0};
   c->graph_loaded = 1;
+  rows_changed(c);
   release_rows(c, 0, c->n);
   goto out;
 unmap:
@@ -1095,6 +1136,7 @@ qv_status collection_open_dir(qv_collection **out, const char *dir, const char *
   pthread_mutex_init(&c->idx_mu, NULL);
   pthread_cond_init(&c->idx_cv, NULL);
   pthread_mutex_init(&c->gpu_mu, NULL);
+  pthread_mutex_init(&c->rowtab_mu, NULL);
   c->page = (size_t)sysconf(_SC_PAGESIZE);
   qv_status st = c->name && c->dir ? QV_OK : qv_fail(err, QV_ENOMEM, "out of memory");
   if (!st) st = env_open(&c->env, dir, err);
@@ -1159,6 +1201,8 @@ void collection_close(qv_collection *c) {
   for (size_t i = 0; i < c->n; i++) json_decref(c->payloads[i]);
   if (c->vecs) munmap(c->vecs, c->vecs_bytes);
   free(c->gone);
+  free(c->rowtab);
+  pthread_mutex_destroy(&c->rowtab_mu);
   free(c->sqnorms);
   free(c->ids);
   free(c->payloads);
@@ -1812,7 +1856,7 @@ static int cmp_ranked(const void *a, const void *b) {
  * `allowed` rows (a selective filter can strand the beam). hits (k). Caller holds rw. */
 /* extra (xn): the best rows among those not in the graph yet, for this query (see
  * unindexed_search); merged with the graph's hits. */
-static qv_status graph_search(const qv_collection *c, const float *q, size_t k, size_t ef,
+static qv_status graph_search(qv_collection *c, const float *q, size_t k, size_t ef,
                               const uint64_t *mask, size_t allowed, const flat_hit *extra, size_t xn,
                               flat_hit *hits, size_t *count) {
   size_t dim = c->cfg.size;

@@ -1,7 +1,7 @@
 /* Concurrent writes and searches on one indexed collection. Built normally it checks the
  * results; built with -DQUIVER_TSAN=ON (make tsan-test) ThreadSanitizer also checks that
  * the graph inserts after each commit, the tombstones, the background rebuild and the
- * searches running beside them share no unsynchronized memory. */
+ * searches running beside them (graph and exact) share no unsynchronized memory. */
 #define _GNU_SOURCE
 #include <pthread.h>
 #include <stdio.h>
@@ -66,7 +66,8 @@ static void *reader(void *arg) {
     uint64_t upto = __atomic_load_n(&sh->committed, __ATOMIC_ACQUIRE);
     vec_of(upto ? (i * 7919) % upto : 0, q);
     qv_records r;
-    qv_search_params p = {.limit = 5, .with_payload = 1};
+    /* every other search exact: its table of row pointers is rebuilt after each write */
+    qv_search_params p = {.limit = 5, .with_payload = 1, .exact = (int)(i % 2)};
     if (qv_collection_search(sh->c, q, 1, &p, &r, NULL)) __atomic_add_fetch(&sh->failures, 1, __ATOMIC_RELAXED);
     else qv_records_free(&r);
     qv_collection_stats s;
@@ -102,7 +103,7 @@ static void run_together(qv_quant_type quant) {
     float q[DIM];
     vec_of(id, q);
     qv_records res;
-    qv_search_params p = {.limit = 3};
+    qv_search_params p = {.limit = 3, .exact = (int)(id % 2)};
     ASSERT_OK(qv_collection_search(c, q, 1, &p, &res, NULL));
     ASSERT(res.count == 3);
     if (!deleted) {
