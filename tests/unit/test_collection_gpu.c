@@ -13,23 +13,15 @@
 #include "compute/device.h"
 #include "quiver.h"
 #include "store/collection.h"
+#include "fixtures.h"
 #include "test.h"
 #include "fake_gpu.h"
-
-static char *fresh_dir(void) {
-  static char buf[256];
-  snprintf(buf, sizeof buf, "/tmp/qv-test-cgpu-XXXXXX");
-  if (!mkdtemp(buf)) abort();
-  return buf;
-}
 
 static void rm_dir(const char *dir) {
   char cmd[512];
   snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
   if (system(cmd) != 0) abort();
 }
-
-static qv_point_id num(uint64_t n) { return (qv_point_id){.kind = QV_ID_NUM, .num = n}; }
 
 static unsigned seed_ = 1;
 static float *rand_rows(size_t n, size_t dim) {
@@ -73,10 +65,8 @@ static void upsert(qv_collection *c, const float *x, size_t dim, size_t from, si
 static qv_collection *make(qv_db **db, const char *dir, size_t dim, qv_distance dist, uint32_t full_scan_kb) {
   qv_collection_config cfg = {.size = (uint32_t)dim, .distance = dist};
   cfg.hnsw.full_scan_threshold = full_scan_kb;
-  qv_collection *c = NULL;
-  ASSERT_OK(qv_db_open(db, dir, NULL));
-  ASSERT_OK(qv_collection_create(*db, "t", &cfg, NULL));
-  ASSERT_OK(qv_collection_open(*db, "t", &c, NULL));
+  qv_collection *c = make_collection(db, dir, &cfg);
+  ASSERT(c);
   return c;
 }
 
@@ -114,7 +104,7 @@ TEST(exact_searches_run_on_the_device_and_answer_as_the_cpu) {
   ASSERT_OK(qv_filter_parse(&f, fj, strlen(fj), NULL));
   for (size_t d = 0; d < 3; d++) {
     fake_gpu_reset();
-    char *dir = fresh_dir();
+    char *dir = fresh_dir("cgpu");
     qv_db *db;
     qv_collection *c = make(&db, dir, dim, dists[d], 0);
     upsert(c, x, dim, 0, n, 0);
@@ -139,7 +129,7 @@ TEST(writes_after_the_first_device_search_are_seen_by_the_next) {
   fake_gpu_reset();
   size_t dim = 16, n = 400;
   float *x = rand_rows(n, dim), *y = rand_rows(n, dim), *q = rand_rows(6, dim);
-  char *dir = fresh_dir();
+  char *dir = fresh_dir("cgpu");
   qv_db *db;
   qv_collection *c = make(&db, dir, dim, QV_DIST_DOT, 0);
   upsert(c, x, dim, 0, 100, 0);
@@ -177,7 +167,7 @@ TEST(a_failing_device_falls_back_and_the_breaker_opens_after_three_failures) {
   clock_now = 0;
   size_t dim = 8, n = 200;
   float *x = rand_rows(n, dim), *q = rand_rows(3, dim);
-  char *dir = fresh_dir();
+  char *dir = fresh_dir("cgpu");
   qv_db *db;
   qv_collection *c = make(&db, dir, dim, QV_DIST_EUCLID, 0);
   upsert(c, x, dim, 0, n, 0);
@@ -232,7 +222,7 @@ TEST(gpu_batch_size_cuts_query_batches_into_device_units) {
   fake_gpu_reset();
   size_t dim = 12, n = 150, nq = 23;
   float *x = rand_rows(n, dim), *q = rand_rows(nq, dim);
-  char *dir = fresh_dir();
+  char *dir = fresh_dir("cgpu");
   qv_db *db;
   qv_collection *c = make(&db, dir, dim, QV_DIST_COSINE, 0);
   upsert(c, x, dim, 0, n, 0);
@@ -273,14 +263,11 @@ TEST(indexed_collections_send_large_batches_and_exact_queries_to_the_device) {
   fake_gpu_reset();
   size_t dim = 16, n = 2000; /* 125 KB of vectors, over a 64 KB threshold: a graph */
   float *x = rand_rows(n, dim), *q = rand_rows(16, dim);
-  char *dir = fresh_dir();
+  char *dir = fresh_dir("cgpu");
   qv_db *db;
   use_device(0, 64, 1);
   qv_collection *c = make(&db, dir, dim, QV_DIST_COSINE, 64);
-  qv_point *pts = calloc(n, sizeof *pts);
-  for (size_t i = 0; i < n; i++) pts[i] = (qv_point){num(i), x + i * dim, NULL};
-  ASSERT_OK(qv_collection_upsert(c, pts, n, NULL));
-  free(pts);
+  ASSERT_OK(upsert_range(c, x, dim, 0, n, NULL));
   ASSERT_OK(collection_index_build(c, NULL));
   use_device(1, 64, 1);
   qv_records r[16] = {{0}};
@@ -315,7 +302,7 @@ TEST(what_does_not_suit_the_device_stays_on_the_cpu) {
   size_t dim = 8, n = 300;
   float *x = rand_rows(n, dim), *q = rand_rows(2, dim);
   /* Manhattan has no product form */
-  char *dir = fresh_dir();
+  char *dir = fresh_dir("cgpu");
   qv_db *db;
   qv_collection *c = make(&db, dir, dim, QV_DIST_MANHATTAN, 0);
   upsert(c, x, dim, 0, n, 0);
@@ -325,7 +312,7 @@ TEST(what_does_not_suit_the_device_stays_on_the_cpu) {
   /* a collection larger than the device holds: no copy, CPU answers, and no retry until
    * it shrinks */
   fake_gpu.max_bytes = 100 * dim * sizeof(float);
-  dir = fresh_dir();
+  dir = fresh_dir("cgpu");
   c = make(&db, dir, dim, QV_DIST_DOT, 0);
   upsert(c, x, dim, 0, n, 0);
   ASSERT_EQ(same_on_both(c, q, 2, &(qv_search_params){.limit = 5}), 0);
@@ -402,7 +389,7 @@ TEST(device_searches_stay_in_step_with_concurrent_writes) {
   fake_gpu_reset();
   size_t dim = 16;
   float *x = rand_rows(300, dim);
-  char *dir = fresh_dir();
+  char *dir = fresh_dir("cgpu");
   qv_db *db;
   use_device(1, 64, 1);
   qv_collection *c = make(&db, dir, dim, QV_DIST_DOT, 0);

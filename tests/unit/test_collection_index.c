@@ -9,61 +9,14 @@
 
 #include "quiver.h"
 #include "store/collection.h"
+#include "fixtures.h"
 #include "test.h"
 
-static char *fresh_dir(void) {
-  static char buf[256];
-  snprintf(buf, sizeof buf, "/tmp/qv-test-cindex-XXXXXX");
-  if (!mkdtemp(buf)) abort();
-  return buf;
-}
-
-static qv_point_id num(uint64_t n) { return (qv_point_id){.kind = QV_ID_NUM, .num = n}; }
-
-static uint64_t rng_state = 88172645463325252ULL;
-static uint64_t rnd(void) {
-  rng_state ^= rng_state << 13;
-  rng_state ^= rng_state >> 7;
-  rng_state ^= rng_state << 17;
-  return rng_state;
-}
-
-/* n points around 1024 centres in [-1, 1]^dim, each coordinate spread by a sum of three
- * uniforms scaled by 0.5, so clusters overlap (the fixture test_hnsw uses). Centres come
- * from a fixed seed, so two calls draw from the same distribution. */
-static float frand(void) { return (float)((double)(rnd() & 0xFFFFFF) / (double)(1 << 23) - 1.0); }
-static float *clustered(size_t n, size_t dim) {
-  uint64_t keep = rng_state;
-  rng_state = 1234567;
-  float *centres = malloc(1024 * dim * sizeof(float)), *x = malloc(n * dim * sizeof(float));
-  for (size_t i = 0; i < 1024 * dim; i++) centres[i] = frand();
-  rng_state = keep;
-  for (size_t i = 0; i < n; i++) {
-    size_t cl = rnd() % 1024;
-    for (size_t d = 0; d < dim; d++)
-      x[i * dim + d] = centres[cl * dim + d] + 0.5f * (frand() + frand() + frand());
-  }
-  free(centres);
-  return x;
-}
-
-static qv_collection *make(qv_db **db, const char *dir, const qv_collection_config *cfg) {
-  qv_collection *c = NULL;
-  if (qv_db_open(db, dir, NULL) || qv_collection_create(*db, "t", cfg, NULL) ||
-      qv_collection_open(*db, "t", &c, NULL))
-    return NULL;
-  return c;
-}
-
-static qv_status upsert_range(qv_collection *c, const float *x, size_t dim, size_t from, size_t to,
-                              const char *(*payload)(size_t)) {
-  size_t n = to - from;
-  qv_point *pts = calloc(n, sizeof *pts);
-  for (size_t i = 0; i < n; i++)
-    pts[i] = (qv_point){num(from + i), x + (from + i) * dim, payload ? payload(from + i) : NULL};
-  qv_status st = qv_collection_upsert(c, pts, n, NULL);
-  free(pts);
-  return st;
+/* Points from one clustered distribution (fixtures.h's, centres from seed 1234567), new
+ * ones at each call, so queries drawn after the points are independent of them. */
+static float *cluster_points(size_t n, size_t dim) {
+  static uint64_t draws;
+  return clustered2(n, dim, 1234567, 1000003 * ++draws);
 }
 
 static int has_id(const qv_records *r, uint64_t id) {
@@ -75,10 +28,10 @@ static int has_id(const qv_records *r, uint64_t id) {
 TEST(recall_at_10_is_at_least_0_95_on_20k_points_at_default_params) {
   /* 20000 x 128 floats is 10000 KB: exactly the default full_scan_threshold */
   size_t n = 20000, dim = 128, nq = 200;
-  float *x = clustered(n, dim);
+  float *x = cluster_points(n, dim);
   qv_db *db;
   qv_collection_config cfg = {.size = (uint32_t)dim, .distance = QV_DIST_COSINE};
-  qv_collection *c = make(&db, fresh_dir(), &cfg);
+  qv_collection *c = make_collection(&db, fresh_dir("cindex"), &cfg);
   ASSERT(c);
   for (size_t from = 0; from < n; from += 2500) ASSERT_OK(upsert_range(c, x, dim, from, from + 2500, NULL));
   collection_index_wait(c);
@@ -88,7 +41,7 @@ TEST(recall_at_10_is_at_least_0_95_on_20k_points_at_default_params) {
   ASSERT_EQ(s.indexed, n);
   ASSERT_EQ(s.tombstones, 0);
   ASSERT(s.graph_bytes > 0);
-  float *q = clustered(nq, dim); /* independent of the points */
+  float *q = cluster_points(nq, dim); /* independent of the points */
   qv_records *approx = calloc(nq, sizeof *approx), *exact = calloc(nq, sizeof *exact);
   qv_search_params pa = {.limit = 10}, pe = {.limit = 10, .exact = 1};
   ASSERT_OK(qv_collection_search(c, q, nq, &pa, approx, NULL));
@@ -116,7 +69,7 @@ TEST(recall_at_10_is_at_least_0_95_on_20k_points_at_default_params) {
   }
 
   /* points arriving after the build are in the graph when the upsert returns */
-  float *more = clustered(500, dim);
+  float *more = cluster_points(500, dim);
   qv_point *pts = calloc(500, sizeof *pts);
   for (size_t i = 0; i < 500; i++) pts[i] = (qv_point){num(n + i), more + i * dim, NULL};
   ASSERT_OK(qv_collection_upsert(c, pts, 500, NULL));
@@ -140,13 +93,11 @@ TEST(recall_at_10_is_at_least_0_95_on_20k_points_at_default_params) {
 
 TEST(deleted_and_replaced_points_never_come_back) {
   size_t n = 3000, dim = 8;
-  float *x = clustered(n, dim);
+  float *x = cluster_points(n, dim);
   qv_db *db;
   qv_collection_config cfg = {.size = (uint32_t)dim, .distance = QV_DIST_EUCLID,
                               .hnsw = {.full_scan_threshold = 1}};
-  qv_collection *c = make(&db, fresh_dir(), &cfg);
-  ASSERT(c);
-  ASSERT_OK(upsert_range(c, x, dim, 0, n, NULL));
+  qv_collection *c = make_filled_collection(&db, fresh_dir("cindex"), &cfg, x, dim, n, NULL);
   ASSERT_OK(collection_index_build(c, NULL));
   qv_collection_stats s;
   qv_collection_stats_get(c, &s);
@@ -225,15 +176,12 @@ static void same_results(const qv_records *a, const qv_records *b) {
 
 TEST(filtered_search_returns_what_a_filtered_exact_scan_returns) {
   size_t n = 6000, dim = 16;
-  float *x = clustered(n, dim);
+  float *x = cluster_points(n, dim);
   qv_db *db;
   /* 10 KB = 160 vectors of 16 floats: a filter matching fewer is scanned exactly */
   qv_collection_config cfg = {.size = (uint32_t)dim, .distance = QV_DIST_DOT,
                               .hnsw = {.full_scan_threshold = 10}};
-  qv_collection *c = make(&db, fresh_dir(), &cfg);
-  ASSERT(c);
-  ASSERT_OK(upsert_range(c, x, dim, 0, n, group_payload));
-  collection_index_wait(c);
+  qv_collection *c = make_filled_collection(&db, fresh_dir("cindex"), &cfg, x, dim, n, group_payload);
   qv_collection_stats s;
   qv_collection_stats_get(c, &s);
   ASSERT_EQ(s.indexed, n);
@@ -281,7 +229,7 @@ TEST(small_collections_stay_exact_and_an_empty_graph_is_harmless) {
   size_t dim = 4;
   qv_db *db;
   qv_collection_config cfg = {.size = (uint32_t)dim, .distance = QV_DIST_COSINE};
-  qv_collection *c = make(&db, fresh_dir(), &cfg);
+  qv_collection *c = make_collection(&db, fresh_dir("cindex"), &cfg);
   ASSERT(c);
   ASSERT_OK(collection_index_build(c, NULL)); /* over no points */
   float q[4] = {1, 0, 0, 0};
@@ -322,16 +270,13 @@ static void flip_byte(const char *path, long at) {
 
 TEST(a_saved_index_reloads_to_identical_results_and_a_damaged_one_is_rebuilt) {
   size_t n = 4000, dim = 16, nq = 50;
-  float *x = clustered(n, dim), *q = clustered(nq, dim);
-  char *dir = fresh_dir(), path[512];
+  float *x = cluster_points(n, dim), *q = cluster_points(nq, dim);
+  char *dir = fresh_dir("cindex"), path[512];
   snprintf(path, sizeof path, "%s/collections/t/graph.hnsw", dir);
   qv_db *db;
   qv_collection_config cfg = {.size = (uint32_t)dim, .distance = QV_DIST_EUCLID,
                               .hnsw = {.m = 8, .full_scan_threshold = 1}};
-  qv_collection *c = make(&db, dir, &cfg);
-  ASSERT(c);
-  ASSERT_OK(upsert_range(c, x, dim, 0, n, NULL));
-  collection_index_wait(c);
+  qv_collection *c = make_filled_collection(&db, dir, &cfg, x, dim, n, NULL);
   qv_point_id gone[3] = {num(5), num(6), num(7)};
   ASSERT_OK(qv_collection_delete_ids(c, gone, 3, NULL, NULL)); /* tombstones are saved too */
   qv_records before[50], after[50];
@@ -456,16 +401,13 @@ TEST(a_saved_index_reloads_to_identical_results_and_a_damaged_one_is_rebuilt) {
 
 TEST(int8_quantization_keeps_recall_saves_memory_and_follows_config_changes) {
   size_t n = 8000, dim = 64, nq = 100;
-  float *x = clustered(n, dim), *q = clustered(nq, dim);
-  char *dir = fresh_dir();
+  float *x = cluster_points(n, dim), *q = cluster_points(nq, dim);
+  char *dir = fresh_dir("cindex");
   qv_db *db;
   qv_collection_config cfg = {.size = (uint32_t)dim, .distance = QV_DIST_COSINE,
                               .hnsw = {.full_scan_threshold = 100},
                               .quant = {.type = QV_QUANT_INT8, .always_ram = 1}};
-  qv_collection *c = make(&db, dir, &cfg);
-  ASSERT(c);
-  ASSERT_OK(upsert_range(c, x, dim, 0, n, NULL));
-  collection_index_wait(c);
+  qv_collection *c = make_filled_collection(&db, dir, &cfg, x, dim, n, NULL);
   qv_collection_stats s;
   qv_collection_stats_get(c, &s);
   ASSERT_EQ(s.indexed, n);

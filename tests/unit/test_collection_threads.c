@@ -10,13 +10,12 @@
 
 #include "quiver.h"
 #include "store/collection.h"
+#include "fixtures.h"
 #include "test.h"
 
 #define DIM 16
 #define BATCH 50
 #define BATCHES 40
-
-static qv_point_id num(uint64_t n) { return (qv_point_id){.kind = QV_ID_NUM, .num = n}; }
 
 static void vec_of(uint64_t id, float *v) {
   uint64_t s = id * 0x9E3779B97F4A7C15ULL + 1;
@@ -78,15 +77,11 @@ static void *reader(void *arg) {
 }
 
 static void run_together(qv_quant_type quant) {
-  char dir[] = "/tmp/qv-test-cthreads-XXXXXX";
-  ASSERT(mkdtemp(dir));
   qv_db *db;
-  qv_collection *c;
   qv_collection_config cfg = {.size = DIM, .distance = QV_DIST_COSINE, .hnsw = {.full_scan_threshold = 4},
                               .quant = {.type = quant}};
-  ASSERT_OK(qv_db_open(&db, dir, NULL));
-  ASSERT_OK(qv_collection_create(db, "t", &cfg, NULL));
-  ASSERT_OK(qv_collection_open(db, "t", &c, NULL));
+  qv_collection *c = make_collection(&db, fresh_dir("cthreads"), &cfg);
+  ASSERT(c);
   shared sh = {c, 0, 0, 0};
   pthread_t w, r[2];
   ASSERT_EQ(pthread_create(&w, NULL, writer, &sh), 0);

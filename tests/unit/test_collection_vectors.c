@@ -12,26 +12,10 @@
 #include "index/distance.h"
 #include "quiver.h"
 #include "store/collection.h"
+#include "fixtures.h"
 #include "test.h"
 
 enum { N = 6000, DIM = 96 };
-
-static char *fresh_dir(void) {
-  static char buf[256];
-  snprintf(buf, sizeof buf, "/tmp/qv-test-cvec-XXXXXX");
-  if (!mkdtemp(buf)) abort();
-  return buf;
-}
-
-static qv_point_id num(uint64_t n) { return (qv_point_id){.kind = QV_ID_NUM, .num = n}; }
-
-static uint64_t rng = 0x9E3779B97F4A7C15ULL;
-static float frand(void) {
-  rng ^= rng << 13;
-  rng ^= rng >> 7;
-  rng ^= rng << 17;
-  return (float)((double)(rng & 0xFFFFFF) / (double)(1 << 23) - 1.0);
-}
 
 /* The vectors as a Cosine collection stores them: normalized by the same function. */
 static float *unit_vectors(size_t n) {
@@ -41,15 +25,9 @@ static float *unit_vectors(size_t n) {
 }
 
 static char payload_text[N][32];
-static qv_status upsert(qv_collection *c, const float *x, size_t from, size_t to) {
-  qv_point *pts = calloc(to - from, sizeof *pts);
-  for (size_t i = from; i < to; i++) {
-    snprintf(payload_text[i], sizeof payload_text[i], "{\"g\":%zu}", i % 97);
-    pts[i - from] = (qv_point){num(i), x + i * DIM, payload_text[i]};
-  }
-  qv_status st = qv_collection_upsert(c, pts, to - from, NULL);
-  free(pts);
-  return st;
+static const char *group_of(size_t i) {
+  snprintf(payload_text[i], sizeof payload_text[i], "{\"g\":%zu}", i % 97);
+  return payload_text[i];
 }
 
 /* Every live point's stored vector equals want (id i at want + i * DIM), bit for bit. */
@@ -116,16 +94,11 @@ TEST(vectors_live_once_and_every_read_path_sees_them_exactly) {
   for (size_t i = 0; i < N; i++) dist_normalize(want + i * DIM, DIM);
   dist_normalize(q, DIM);
   int *live = calloc(N, sizeof *live);
-  char *dir = fresh_dir();
+  char *dir = fresh_dir("cvec");
   qv_db *db;
-  qv_collection *c = NULL;
   qv_collection_config cfg = {.size = DIM, .distance = QV_DIST_COSINE, .hnsw = {.full_scan_threshold = 10}};
-  ASSERT_OK(qv_db_open(&db, dir, NULL));
-  ASSERT_OK(qv_collection_create(db, "t", &cfg, NULL));
-  ASSERT_OK(qv_collection_open(db, "t", &c, NULL));
-  ASSERT_OK(upsert(c, x, 0, N));
+  qv_collection *c = make_filled_collection(&db, dir, &cfg, x, DIM, N, group_of);
   for (size_t i = 0; i < N; i++) live[i] = 1;
-  collection_index_wait(c);
   qv_collection_stats s;
   qv_collection_stats_get(c, &s);
   ASSERT_EQ(s.indexed, N);
@@ -149,8 +122,8 @@ TEST(vectors_live_once_and_every_read_path_sees_them_exactly) {
   float *y = unit_vectors(N);
   memcpy(x + 3 * DIM, y + 3 * DIM, DIM * sizeof *x);
   memcpy(x + (N - 1) * DIM, y + (N - 1) * DIM, DIM * sizeof *x);
-  ASSERT_OK(upsert(c, x, 3, 4));
-  ASSERT_OK(upsert(c, x, N - 1, N));
+  ASSERT_OK(upsert_range(c, x, DIM, 3, 4, group_of));
+  ASSERT_OK(upsert_range(c, x, DIM, N - 1, N, group_of));
   memcpy(want + 3 * DIM, x + 3 * DIM, DIM * sizeof *x);
   memcpy(want + (N - 1) * DIM, x + (N - 1) * DIM, DIM * sizeof *x);
   dist_normalize(want + 3 * DIM, DIM);
@@ -201,7 +174,7 @@ TEST(vectors_live_once_and_every_read_path_sees_them_exactly) {
 
   /* points added after the build are read from the rows until the graph takes them */
   memcpy(x, y, DIM * sizeof *x);
-  ASSERT_OK(upsert(c, x, 0, 1));
+  ASSERT_OK(upsert_range(c, x, DIM, 0, 1, group_of));
   live[0] = 1;
   memcpy(want, x, DIM * sizeof *x);
   dist_normalize(want, DIM);

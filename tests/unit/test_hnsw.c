@@ -13,52 +13,10 @@
 
 #include "index/distance.h"
 #include "index/flat.h"
+#include "fixtures.h"
 #include "test.h"
 
 #define K 10
-#define NCENT 1024 /* clusters of the fixture: 20 points each at n = 20000 */
-#define SPREAD 0.5f /* per-coordinate noise; clusters overlap, which keeps recall honest */
-
-static uint64_t rng_state;
-static uint64_t rnd(void) {
-  rng_state = rng_state * 6364136223846793005ull + 1442695040888963407ull;
-  return rng_state >> 24;
-}
-static float frand(void) { return (float)((double)(rnd() & 0xFFFFFF) / (double)(1 << 23) - 1.0); }
-
-/* n points around NCENT centres in [-1, 1]^dim (the centres drawn from seed, the points
- * from point_seed), each coordinate spread by a sum of three uniforms scaled by SPREAD. */
-static float *clustered2(size_t n, size_t dim, uint64_t seed, uint64_t point_seed) {
-  rng_state = seed;
-  size_t nc = NCENT;
-  float *c = malloc(nc * dim * sizeof *c), *x = malloc(n * dim * sizeof *x);
-  if (!c || !x) abort();
-  for (size_t i = 0; i < nc * dim; i++) c[i] = frand();
-  rng_state = point_seed;
-  for (size_t i = 0; i < n; i++) {
-    size_t k = rnd() % nc;
-    for (size_t j = 0; j < dim; j++)
-      x[i * dim + j] = c[k * dim + j] + SPREAD * (frand() + frand() + frand());
-  }
-  free(c);
-  return x;
-}
-
-static float *clustered(size_t n, size_t dim, uint64_t seed) {
-  return clustered2(n, dim, seed, seed);
-}
-
-/* nq queries from the distribution of clustered(n, dim, seed), independent of its points. */
-static float *queries(size_t nq, size_t dim, uint64_t seed) {
-  return clustered2(nq, dim, seed, seed * 31 + 7);
-}
-
-static uint64_t *iota_labels(size_t n) {
-  uint64_t *l = malloc(n * sizeof *l);
-  if (!l) abort();
-  for (size_t i = 0; i < n; i++) l[i] = i;
-  return l;
-}
 
 static qv_pool *pool2(void) {
   static qv_pool *p;
@@ -134,21 +92,17 @@ static double recall(hnsw *h, const float *x, const float *q, size_t nq, size_t 
 
 static void check_recall(qv_distance d, size_t n) {
   size_t dim = 64, nq = 200;
-  float *x = clustered(n, dim, 11), *q = queries(nq, dim, 11);
-  uint64_t *labels = iota_labels(n);
-  hnsw *h;
-  ASSERT_OK(hnsw_new(&h, dim, d, 16, 100, 1));
-  ASSERT_OK(hnsw_add_batch(h, labels, x, n, pool2(), NULL));
+  graph_fixture fx;
+  graph_fixture_build(&fx, n, nq, dim, 11, d, 16, 100, 1, pool2());
+  float *x = fx.x, *q = fx.q;
+  hnsw *h = fx.h;
   ASSERT_EQ(hnsw_count(h), n);
   uint32_t *want = exact(x, n, q, nq, dim, d, NULL, K);
   double r = recall(h, x, q, nq, dim, d, want, 64);
   printf("  %s n=%zu recall@10 %.4f\n", qv_distance_name(d), n, r);
   ASSERT(r >= 0.95);
-  hnsw_free(h);
   free(want);
-  free(labels);
-  free(x);
-  free(q);
+  graph_fixture_free(&fx);
 }
 
 TEST(recall_cosine) { check_recall(QV_DIST_COSINE, 20000); }
@@ -165,11 +119,10 @@ TEST(recall_manhattan) { check_recall(QV_DIST_MANHATTAN, 10000); }
  * k = 100 with ef >= n makes many merges land inside a long beam. */
 static void check_large_ef_exact(qv_distance d) {
   size_t n = 1500, dim = 16, nq = 40;
-  float *x = clustered(n, dim, 21), *q = queries(nq, dim, 21);
-  uint64_t *labels = iota_labels(n);
-  hnsw *h;
-  ASSERT_OK(hnsw_new(&h, dim, d, 8, 64, 3));
-  ASSERT_OK(hnsw_add_batch(h, labels, x, n, NULL, NULL));
+  graph_fixture fx;
+  graph_fixture_build(&fx, n, nq, dim, 21, d, 8, 64, 3, NULL);
+  float *x = fx.x, *q = fx.q;
+  hnsw *h = fx.h;
   size_t ks[] = {1, 10, 100};
   hnsw_hit *hits = malloc(100 * sizeof *hits);
   ASSERT(hits != NULL);
@@ -195,10 +148,7 @@ static void check_large_ef_exact(qv_distance d) {
     free(want);
   }
   free(hits);
-  hnsw_free(h);
-  free(labels);
-  free(x);
-  free(q);
+  graph_fixture_free(&fx);
 }
 
 TEST(large_ef_is_exact_euclid) { check_large_ef_exact(QV_DIST_EUCLID); }
@@ -210,11 +160,10 @@ TEST(large_ef_is_exact_dot) { check_large_ef_exact(QV_DIST_DOT); }
  * 99.8% there.) */
 TEST(large_ef_recall_not_below_small_ef) {
   size_t n = 8000, dim = 32, nq = 200;
-  float *x = clustered(n, dim, 13), *q = queries(nq, dim, 13);
-  uint64_t *labels = iota_labels(n);
-  hnsw *h;
-  ASSERT_OK(hnsw_new(&h, dim, QV_DIST_EUCLID, 8, 32, 1));
-  ASSERT_OK(hnsw_add_batch(h, labels, x, n, pool2(), NULL));
+  graph_fixture fx;
+  graph_fixture_build(&fx, n, nq, dim, 13, QV_DIST_EUCLID, 8, 32, 1, pool2());
+  float *x = fx.x, *q = fx.q;
+  hnsw *h = fx.h;
   uint32_t *want = exact(x, n, q, nq, dim, QV_DIST_EUCLID, NULL, K);
   size_t efs[] = {16, 256, 1024, 2048};
   double small = 0, r = 0;
@@ -226,11 +175,8 @@ TEST(large_ef_recall_not_below_small_ef) {
   }
   ASSERT(small < 0.95);
   ASSERT(r >= 0.99);
-  hnsw_free(h);
   free(want);
-  free(labels);
-  free(x);
-  free(q);
+  graph_fixture_free(&fx);
 }
 
 TEST(rejects_bad_arguments) {
@@ -360,11 +306,10 @@ TEST(dim_4096) {
 
 TEST(deleted_never_returned) {
   size_t n = 10000, dim = 32, nq = 200;
-  float *x = clustered(n, dim, 21), *q = queries(nq, dim, 21);
-  uint64_t *labels = iota_labels(n);
-  hnsw *h;
-  ASSERT_OK(hnsw_new(&h, dim, QV_DIST_EUCLID, 16, 100, 3));
-  ASSERT_OK(hnsw_add_batch(h, labels, x, n, NULL, NULL));
+  graph_fixture fx;
+  graph_fixture_build(&fx, n, nq, dim, 21, QV_DIST_EUCLID, 16, 100, 3, NULL);
+  float *x = fx.x, *q = fx.q;
+  hnsw *h = fx.h;
   uint64_t *alive = calloc((n + 63) / 64, 8);
   rng_state = 5;
   size_t ndel = 0;
@@ -395,10 +340,7 @@ TEST(deleted_never_returned) {
   ASSERT(r >= 0.95);
   free(want);
   free(alive);
-  free(labels);
-  free(x);
-  free(q);
-  hnsw_free(h);
+  graph_fixture_free(&fx);
 }
 
 static int odd_only(void *ctx, uint32_t id) {
@@ -410,11 +352,10 @@ static int odd_only(void *ctx, uint32_t id) {
  * reachable allowed node, so it must equal exact filtered search. */
 TEST(filtered_exact) {
   size_t n = 20000, dim = 32, nq = 50;
-  float *x = clustered(n, dim, 31), *q = queries(nq, dim, 31);
-  uint64_t *labels = iota_labels(n);
-  hnsw *h;
-  ASSERT_OK(hnsw_new(&h, dim, QV_DIST_COSINE, 16, 100, 3));
-  ASSERT_OK(hnsw_add_batch(h, labels, x, n, NULL, NULL)); /* one thread: id == row */
+  graph_fixture fx;
+  graph_fixture_build(&fx, n, nq, dim, 31, QV_DIST_COSINE, 16, 100, 3, NULL); /* one thread: id == row */
+  float *x = fx.x, *q = fx.q;
+  hnsw *h = fx.h;
   uint64_t *allow = calloc((n + 63) / 64, 8);
   rng_state = 8;
   size_t nallow = 0;
@@ -451,10 +392,7 @@ TEST(filtered_exact) {
   ASSERT_EQ(c, 0);
   free(want);
   free(allow);
-  free(labels);
-  free(x);
-  free(q);
-  hnsw_free(h);
+  graph_fixture_free(&fx);
 }
 
 static char *tmp_path(const char *name) {
