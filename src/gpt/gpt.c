@@ -203,7 +203,7 @@ struct gpt_acts {
   /* gradients of activations, one block, zeroed at the start of every backward */
   float *gblock;
   size_t gsize;
-  float *dencoded, *dresidual2, *dresidual3; /* (B,T,C), (L,B,T,C) x2 */
+  float *dres; /* (B, T, C) the residual stream's gradient, carried down through the layers */
   float *dln, *datty, *dlnf;                 /* (B, T, C) scratch */
   float *dqkv;                               /* (B, T, 3C) */
   float *dfch, *dfch_gelu;                   /* (B, T, 4C) */
@@ -292,7 +292,7 @@ qv_status gpt_train_alloc(gpt_model *m, int B, int T, qv_error *err) {
   size_t asize = PAD(BT * C) + 3 * (PAD(L * BT * C) + 2 * PAD(L * BT)) + PAD(L * BT * 3 * C) + PAD(L * BT * C) +
                  PAD(L * B * H * Tn * Tn) + PAD(L * BT * C) + 2 * PAD(L * BT * 4 * C) + PAD(BT * C) +
                  PAD(BT * V) + PAD(BT);
-  size_t gsize = PAD(BT * C) + 2 * PAD(L * BT * C) + 3 * PAD(BT * C) + PAD(BT * 3 * C) + 2 * PAD(BT * 4 * C) +
+  size_t gsize = PAD(BT * C) + 3 * PAD(BT * C) + PAD(BT * 3 * C) + 2 * PAD(BT * 4 * C) +
                  PAD(BT * V) + PAD((size_t)B * H * Tn * Tn);
 #undef PAD
   gpt_acts *a = calloc(1, sizeof *a);
@@ -347,9 +347,7 @@ qv_status gpt_train_alloc(gpt_model *m, int B, int T, qv_error *err) {
   a->losses = take(&p, BT);
   float *g = a->gblock;
   a->gsize = gsize;
-  a->dencoded = take(&g, BT * C);
-  a->dresidual2 = take(&g, L * BT * C);
-  a->dresidual3 = take(&g, L * BT * C);
+  a->dres = take(&g, BT * C);
   a->dln = take(&g, BT * C);
   a->datty = take(&g, BT * C);
   a->dlnf = take(&g, BT * C);
@@ -428,14 +426,7 @@ typedef struct colsum_ctx {
  * order (invariant 2). */
 static void ln_bwd_cols(void *c, size_t lo, size_t hi) {
   colsum_ctx *x = c;
-  for (size_t n = 0; n < x->N; n++) {
-    const float *in = x->inp + n * x->C, *d = x->dout + n * x->C;
-    float mean = x->mean[n], rs = x->rstd[n];
-    for (size_t i = lo; i < hi; i++) {
-      x->dw[i] += (in[i] - mean) * rs * d[i];
-      x->db[i] += d[i];
-    }
-  }
+  gptk_layernorm_wgrad(x->dw + lo, x->db + lo, x->inp + lo, x->dout + lo, x->mean, x->rstd, x->N, x->C, hi - lo);
 }
 
 void gpt_layernorm_backward(qv_pool *pool, float *dinp, float *dw, float *db, const float *dout,
@@ -986,9 +977,9 @@ void gpt_backward(gpt_model *m, float loss_scale) {
   int B = a->lastB, T = a->lastT, C = c->n_embd, V = c->vocab_size, H = c->n_head, L = c->n_layer;
   size_t BT = (size_t)B * T, sC = BT * C, s3C = 3 * sC, s4C = 4 * sC, sN = BT, sTT = (size_t)B * H * T * T;
   qv_pool *pool = pool_of(m);
-  /* only the residual stream's gradients accumulate (+=); every other gradient of an
+  /* only the residual stream's gradient accumulates (+=); every other gradient of an
    * activation is overwritten by the pass that produces it */
-  memset(a->gblock, 0, (size_t)(a->dln - a->gblock) * sizeof(float));
+  memset(a->dres, 0, sC * sizeof(float));
   ce_ctx ce = {.dlogits = a->dlogits, .cprobs = a->probs, .targets = a->targets, .V = V,
                .dloss = loss_scale / (float)a->nvalid, .acc = 0};
   par_range(pool, BT, (size_t)V * 2, ce_bwd, &ce);
@@ -999,34 +990,33 @@ void gpt_backward(gpt_model *m, float loss_scale) {
   mm_ctx h2 = {m->g.wte, a->dlogits, a->lnf, (int)BT, V, C, 3, 1, NULL};
   mm_par(pool, &h2, (size_t)V, (size_t)BT * C);
   const float *last = a->residual3 + (size_t)(L - 1) * sC;
-  gpt_layernorm_backward(pool, a->dresidual3 + (size_t)(L - 1) * sC, m->g.lnfw, m->g.lnfb, a->dlnf, last,
-                         m->w.lnfw, a->lnf_mean, a->lnf_rstd, (int)BT, C);
+  /* The residual stream's gradient lives in one buffer, updated in place from the top:
+   * x_out = x_in + f(ln(x_in)) gives dx_in = dx_out + (f's path), so each block's
+   * LayerNorm backward adds its path into the buffer after f's backward has read dx_out. */
+  gpt_layernorm_backward(pool, a->dres, m->g.lnfw, m->g.lnfb, a->dlnf, last, m->w.lnfw, a->lnf_mean, a->lnf_rstd,
+                         (int)BT, C);
   for (int l = L - 1; l >= 0; l--) {
     const gpt_layer_w *w = &m->w.layers[l];
     gpt_layer_w *g = &m->g.layers[l];
     const float *residual = l ? a->residual3 + (size_t)(l - 1) * sC : a->encoded;
-    float *dresidual = l ? a->dresidual3 + (size_t)(l - 1) * sC : a->dencoded;
-    float *dres3 = a->dresidual3 + (size_t)l * sC, *dres2 = a->dresidual2 + (size_t)l * sC;
     const float *ln1 = a->ln1 + l * sC, *qkv = a->qkv + l * s3C, *atty = a->atty + l * sC;
     const float *res2 = a->residual2 + l * sC, *ln2 = a->ln2 + l * sC, *fch = a->fch + l * s4C;
     const float *fchg = a->fch_gelu + l * s4C;
-    /* res3 = res2 + fcproj(gelu(fc(ln2(res2)))) */
-    for (size_t i = 0; i < sC; i++) dres2[i] += dres3[i];
-    matmul_backward(pool, a->dfch_gelu, g->fcprojw, g->fcprojb, dres3, fchg, w->fcprojw, (int)BT, 4 * C, C, 0);
+    /* res3 = res2 + fcproj(gelu(fc(ln2(res2)))): dres holds dres3, then dres2 */
+    matmul_backward(pool, a->dfch_gelu, g->fcprojw, g->fcprojb, a->dres, fchg, w->fcprojw, (int)BT, 4 * C, C, 0);
     gelu_ctx gb = {a->dfch, fch, a->dfch_gelu, 0};
     par_range(pool, s4C, 24, gelu_bwd, &gb);
     matmul_backward(pool, a->dln, g->fcw, g->fcb, a->dfch, ln2, w->fcw, (int)BT, C, 4 * C, 0);
-    gpt_layernorm_backward(pool, dres2, g->ln2w, g->ln2b, a->dln, res2, w->ln2w, a->ln2_mean + l * sN,
+    gpt_layernorm_backward(pool, a->dres, g->ln2w, g->ln2b, a->dln, res2, w->ln2w, a->ln2_mean + l * sN,
                            a->ln2_rstd + l * sN, (int)BT, C);
-    /* res2 = residual + attproj(attention(qkv(ln1(residual)))) */
-    for (size_t i = 0; i < sC; i++) dresidual[i] += dres2[i];
-    matmul_backward(pool, a->datty, g->attprojw, g->attprojb, dres2, atty, w->attprojw, (int)BT, C, C, 0);
+    /* res2 = residual + attproj(attention(qkv(ln1(residual)))): dres2, then dresidual */
+    matmul_backward(pool, a->datty, g->attprojw, g->attprojb, a->dres, atty, w->attprojw, (int)BT, C, C, 0);
     attention_backward(pool, a->dqkv, a->dscratch, a->datty, qkv, a->att + l * sTT, B, T, C, H, 0);
     matmul_backward(pool, a->dln, g->qkvw, g->qkvb, a->dqkv, ln1, w->qkvw, (int)BT, C, 3 * C, 0);
-    gpt_layernorm_backward(pool, dresidual, g->ln1w, g->ln1b, a->dln, residual, w->ln1w, a->ln1_mean + l * sN,
+    gpt_layernorm_backward(pool, a->dres, g->ln1w, g->ln1b, a->dln, residual, w->ln1w, a->ln1_mean + l * sN,
                            a->ln1_rstd + l * sN, (int)BT, C);
   }
-  gpt_encoder_backward(m->g.wte, m->g.wpe, a->dencoded, a->inputs, B, T, C);
+  gpt_encoder_backward(m->g.wte, m->g.wpe, a->dres, a->inputs, B, T, C);
 }
 
 double gpt_clip_grad(gpt_model *m, float clip) {

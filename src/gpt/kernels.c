@@ -411,6 +411,32 @@ AVX2 static void layernorm_bwd_avx2(float *dinp, const float *in, const float *d
   }
 }
 
+AVX2 static void layernorm_wgrad_avx2(float *dw, float *db, const float *in, const float *dout, const float *mean,
+                                      const float *rstd, size_t N, size_t ld, size_t ncols) {
+  size_t j = 0;
+  for (; j + 16 <= ncols; j += 16) {
+    __m256 w0 = _mm256_loadu_ps(dw + j), w1 = _mm256_loadu_ps(dw + j + 8);
+    __m256 b0 = _mm256_loadu_ps(db + j), b1 = _mm256_loadu_ps(db + j + 8);
+    for (size_t r = 0; r < N; r++) {
+      const float *x = in + r * ld + j, *d = dout + r * ld + j;
+      __m256 mv = _mm256_set1_ps(mean[r]), rv = _mm256_set1_ps(rstd[r]);
+      __m256 d0 = _mm256_loadu_ps(d), d1 = _mm256_loadu_ps(d + 8);
+      w0 = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(x), mv), rv), d0, w0);
+      w1 = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(x + 8), mv), rv), d1, w1);
+      b0 = _mm256_add_ps(b0, d0);
+      b1 = _mm256_add_ps(b1, d1);
+    }
+    _mm256_storeu_ps(dw + j, w0), _mm256_storeu_ps(dw + j + 8, w1);
+    _mm256_storeu_ps(db + j, b0), _mm256_storeu_ps(db + j + 8, b1);
+  }
+  for (; j < ncols; j++)
+    for (size_t r = 0; r < N; r++) {
+      float d = dout[r * ld + j];
+      dw[j] = fmaf((in[r * ld + j] - mean[r]) * rstd[r], d, dw[j]);
+      db[j] += d;
+    }
+}
+
 AVX2 static void softmax_bwd_avx2(float *da, const float *a, int n, float scale) {
   __m256 s = _mm256_setzero_ps();
   int i = 0;
@@ -521,4 +547,20 @@ void gptk_softmax_bwd(float *da, const float *a, int n, float scale) {
   float dot = 0;
   for (int i = 0; i < n; i++) dot += a[i] * da[i];
   for (int i = 0; i < n; i++) da[i] = a[i] * (da[i] - dot) * scale;
+}
+
+void gptk_layernorm_wgrad(float *dw, float *db, const float *in, const float *dout, const float *mean,
+                          const float *rstd, size_t N, size_t ld, size_t ncols) {
+#if defined(QV_X86)
+  if (gptk_gemm_available()) {
+    layernorm_wgrad_avx2(dw, db, in, dout, mean, rstd, N, ld, ncols);
+    return;
+  }
+#endif
+  for (size_t r = 0; r < N; r++)
+    for (size_t j = 0; j < ncols; j++) {
+      float d = dout[r * ld + j];
+      dw[j] += (in[r * ld + j] - mean[r]) * rstd[r] * d;
+      db[j] += d;
+    }
 }

@@ -46,6 +46,10 @@ void gptk_layernorm(float *out, const float *in, const float *w, const float *b,
 /* One row of LayerNorm's input gradient, added into dinp (C). */
 void gptk_layernorm_bwd(float *dinp, const float *in, const float *dout, const float *w, float mean, float rstd,
                         int C);
+/* LayerNorm's weight and bias gradients for columns [0, ncols) of rows ld floats apart:
+ * dw += sum_r norm[r] * dout[r], db += sum_r dout[r], in row order per column. */
+void gptk_layernorm_wgrad(float *dw, float *db, const float *in, const float *dout, const float *mean,
+                          const float *rstd, size_t N, size_t ld, size_t ncols);
 /* Softmax backward over one row in place: da = a * (da - sum(a * da)) * scale. */
 void gptk_softmax_bwd(float *da, const float *a, int n, float scale);
 
