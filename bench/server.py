@@ -129,7 +129,9 @@ def model_bytes(name):
 
 def soak(url, pid, lua, embed_lua, seconds, interval):
     """Steady load for `seconds` (queries at 8 connections, embeddings at 4) with VmRSS
-    sampled every `interval` s; growth is the last window's mean over the first's."""
+    sampled every `interval` s; growth is the last window's mean over the first's, and
+    half_growth the last sample over the one at half time (the first window includes the
+    warm-up: workspaces and allocator arenas filling; a leak keeps growing after it)."""
     procs = [subprocess.Popen(["wrk", "-t", "1", "-c", str(c), "-d", f"{seconds}s", "-s", l, url],
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
              for c, l in ((8, lua), (4, embed_lua))]
@@ -146,7 +148,9 @@ def soak(url, pid, lua, embed_lua, seconds, interval):
     window = 60 if seconds >= 180 else seconds / 3
     first = [r for t, r in samples if t <= window] or [samples[0][1]]
     last = [r for t, r in samples if t >= seconds - window] or [samples[-1][1]]
+    mid = min(samples, key=lambda s: abs(s[0] - seconds / 2))[1]
     return {"seconds": seconds, "interval": interval, "samples": samples, "window_s": window,
+            "half_mib": mid / 2**20, "half_growth": samples[-1][1] / mid,
             "first_mib": sum(first) / len(first) / 2**20, "last_mib": sum(last) / len(last) / 2**20,
             "growth": (sum(last) / len(last)) / (sum(first) / len(first)),
             "query": results[0], "embed": results[1]}
@@ -370,7 +374,8 @@ def print_table(res):
     if "soak" in res:
         sk = res["soak"]
         print(f"soak {sk['seconds']} s: RSS {sk['first_mib']:.1f} MiB (first {sk['window_s']:.0f} s) -> "
-              f"{sk['last_mib']:.1f} MiB (last {sk['window_s']:.0f} s), growth x{sk['growth']:.3f}; "
+              f"{sk['last_mib']:.1f} MiB (last {sk['window_s']:.0f} s), growth x{sk['growth']:.3f}; second half "
+              f"{sk['half_mib']:.1f} -> {sk['samples'][-1][1] / 2**20:.1f} MiB (x{sk['half_growth']:.4f}); "
               f"queries {sk['query'].get('rps', 0):,.0f}/s, embeddings {sk['embed'].get('rps', 0):,.0f}/s")
 
 
