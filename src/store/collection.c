@@ -532,14 +532,15 @@ static void release_rows(qv_collection *c, size_t lo, size_t hi) {
   if (lo < hi) release_pages(c, lo * rb / c->page, (hi * rb + c->page - 1) / c->page);
 }
 
-/* release_pages over the pages of the given rows (ascending): rows whose pages touch make
- * one range, so new rows at the end cost one madvise and rows scattered over the
- * collection cost their own pages, not every page between them. */
+/* release_pages over the pages of the given rows: rows in ascending order whose pages
+ * touch make one range, so new rows at the end cost one madvise and rows scattered over
+ * the collection cost their own pages, not every page between them (a row out of order
+ * starts a range of its own). */
 static void release_row_list(qv_collection *c, const size_t *rows, size_t n) {
   size_t rb = c->stride * sizeof(float), a0 = 0, a1 = 0;
   for (size_t i = 0; i < n; i++) {
     size_t a = rows[i] * rb / c->page, b = ((rows[i] + 1) * rb + c->page - 1) / c->page;
-    if (i && a <= a1) {
+    if (i && a >= a0 && a <= a1) {
       if (b > a1) a1 = b;
       continue;
     }
