@@ -11,6 +11,7 @@
 #include "server/vecjson.h"
 
 #include <errno.h>
+#include <float.h>
 #include <math.h>
 #include <pthread.h>
 #include <stdint.h>
@@ -184,10 +185,20 @@ void vecjson_free(vecjson *vt) {
   *vt = (vecjson){0};
 }
 
-/* Clinger's fast path: a JSON real whose significant digits fit in 2^53 and whose decimal
- * exponent is within 10^22 is one exact integer times or over one exact power of ten, so
- * a single IEEE operation rounds it correctly: the double strtod returns, without its
- * multi-precision path. Returns 0 (strtod decides) for anything else. */
+/* strtod's double without its multi-precision path, for the shapes clients send.
+ *
+ * Up to 15 significant digits with a decimal exponent within 10^22: Clinger's fast path,
+ * one exact integer times or over one exact power of ten, a single correctly rounded
+ * IEEE operation.
+ *
+ * Up to 19 digits (Python's and most JSON encoders' repr of a float32 or float64 has 17)
+ * with an exponent within 10^27, where x87 extended precision is available: the integer
+ * (< 2^64) and the power of ten (5^27 < 2^63) are both exact in a 64-bit significand, so
+ * one extended operation gives the value rounded once to 64 bits, within half a unit of
+ * the last place (ulp64). Rounding that to double (53 bits) agrees with rounding the exact
+ * value unless a double halfway point lies within half an ulp64 of it, that is unless its
+ * 11 low bits are 0x400 (or next to it, to be safe); those numbers, and every other shape,
+ * go to strtod. Returns 0 where strtod must decide. */
 static int fast_real(const char *p, char **end, double *out) {
   static const double pow10[] = {1e0,  1e1,  1e2,  1e3,  1e4,  1e5,  1e6,  1e7,  1e8,  1e9,  1e10, 1e11,
                                  1e12, 1e13, 1e14, 1e15, 1e16, 1e17, 1e18, 1e19, 1e20, 1e21, 1e22};
@@ -198,13 +209,13 @@ static int fast_real(const char *p, char **end, double *out) {
   int digits = 0, exp10 = 0;
   for (; is_digit(*q); q++)
     if (m || *q != '0') {
-      if (++digits > 15) return 0;
+      if (++digits > 19) return 0;
       m = m * 10 + (uint64_t)(*q - '0');
     }
   if (*q == '.')
     for (q++; is_digit(*q); q++, exp10--)
       if (m || *q != '0') {
-        if (++digits > 15) return 0;
+        if (++digits > 19) return 0;
         m = m * 10 + (uint64_t)(*q - '0');
       }
   if (*q == 'e' || *q == 'E') {
@@ -215,9 +226,32 @@ static int fast_real(const char *p, char **end, double *out) {
       if ((e = e * 10 + (*q - '0')) > 1000) return 0;
     exp10 += eneg ? -e : e;
   }
-  if (exp10 < -22 || exp10 > 22) return m == 0 ? (*end = (char *)q, *out = neg ? -0.0 : 0.0, 1) : 0;
-  double d = (double)m; /* exact: m < 10^15 < 2^53 */
-  d = exp10 < 0 ? d / pow10[-exp10] : d * pow10[exp10];
+  if (m == 0) {
+    *out = neg ? -0.0 : 0.0;
+    *end = (char *)q;
+    return 1;
+  }
+  double d;
+  if (digits <= 15 && exp10 >= -22 && exp10 <= 22) {
+    d = (double)m; /* exact: m < 10^15 < 2^53 */
+    d = exp10 < 0 ? d / pow10[-exp10] : d * pow10[exp10];
+  } else {
+#if defined(__x86_64__) && LDBL_MANT_DIG == 64
+    static const long double pow10l[] = {
+        1e0L,  1e1L,  1e2L,  1e3L,  1e4L,  1e5L,  1e6L,  1e7L,  1e8L,  1e9L,  1e10L, 1e11L, 1e12L, 1e13L,
+        1e14L, 1e15L, 1e16L, 1e17L, 1e18L, 1e19L, 1e20L, 1e21L, 1e22L, 1e23L, 1e24L, 1e25L, 1e26L, 1e27L};
+    if (exp10 < -27 || exp10 > 27) return 0;
+    long double x = (long double)m; /* exact: m < 2^64 */
+    x = exp10 < 0 ? x / pow10l[-exp10] : x * pow10l[exp10];
+    uint64_t sig;
+    memcpy(&sig, &x, sizeof sig); /* the x87 format: the 64-bit significand comes first */
+    unsigned low = (unsigned)(sig & 0x7ff);
+    if (low >= 0x3ff && low <= 0x401) return 0;
+    d = (double)x;
+#else
+    return 0;
+#endif
+  }
   *out = neg ? -d : d;
   *end = (char *)q;
   return 1;
@@ -227,7 +261,7 @@ static int fast_real(const char *p, char **end, double *out) {
  * and the double is the integer's), the rest through strtod. Returns -1 where jansson
  * would refuse the number (an integer outside int64, a real that overflows), so that the
  * list stays for jansson to report. */
-static int parse_number(const char *p, char **end, double *out) {
+int vecjson_parse_number(const char *p, char **end, double *out) {
   size_t n = strspn(p, "-0123456789");
   errno = 0;
   if (p[n] != '.' && p[n] != 'e' && p[n] != 'E') {
@@ -263,7 +297,7 @@ static int parse_spans(const char *body, span *sp, size_t *ns, vecjson *vt) {
       char *end;
       double d;
       while (is_ws(*p)) p++;
-      if (parse_number(p, &end, &d)) {
+      if (vecjson_parse_number(p, &end, &d)) {
         refused = 1;
         break;
       }

@@ -1,6 +1,7 @@
 /* vecjson: vector lists taken out of request bodies decode to exactly the floats jansson
  * would have given, and nothing else in a body changes meaning. */
 #include <jansson.h>
+#include <errno.h>
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -99,6 +100,111 @@ TEST(random_numbers_decode_as_jansson_decodes_them) {
   json_decref(j);
   json_decref(plain);
   vecjson_free(&vt);
+}
+
+/* The double of every real equals strtod's bit for bit, on the shapes that take the
+ * extended-precision path: Python's repr (shortest round trip, up to 17 digits) of random
+ * doubles and of float32 values, %.19g and %.18e forms, values right next to double
+ * halfway points (a double plus or minus a quarter, half and three quarters of its ulp,
+ * printed with 25 digits), and integers with exponents to +-27. */
+TEST(reals_parse_to_strtods_double) {
+  uint64_t x = 0x9E3779B97F4A7C15ULL;
+  char buf[64];
+  size_t checked = 0;
+  for (int i = 0; i < 400000; i++) {
+    x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+    double v;
+    int shape = (int)(x % 6);
+    uint64_t bits = x * 0x2545F4914F6CDD1DULL;
+    double mant = (double)(bits >> 11) / 9007199254740992.0; /* [0, 1) */
+    int e10 = (int)((x >> 40) % 61) - 35;                        /* 10^-35 .. 10^25 */
+    v = (mant + 0.05) * pow(10.0, e10);
+    switch (shape) {
+    case 0: snprintf(buf, sizeof buf, "%.17g", v); break;
+    case 1: snprintf(buf, sizeof buf, "%.9g", (double)(float)v); break;
+    case 2: snprintf(buf, sizeof buf, "%.17g", (double)(float)v); break;
+    case 3: snprintf(buf, sizeof buf, "%.19g", v); break;
+    case 4: snprintf(buf, sizeof buf, "%.18e", v); break;
+    default: { /* near a halfway point between v and the next double */
+      double up = nextafter(v, INFINITY), h = (up - v) * ((double)((x >> 50) % 4) / 4.0);
+      snprintf(buf, sizeof buf, "%.24Le", (long double)v + (long double)h);
+      break;
+    }
+    }
+    if (!strpbrk(buf, ".eE")) strcat(buf, ".0"); /* a real, not the integer path */
+    if ((x >> 60) & 1) { /* negative */
+      memmove(buf + 1, buf, strlen(buf) + 1);
+      buf[0] = '-';
+    }
+    char *e1, *e2;
+    double got;
+    errno = 0;
+    double want = strtod(buf, &e2);
+    int rc = vecjson_parse_number(buf, &e1, &got);
+    if (rc || e1 != e2 || memcmp(&got, &want, sizeof got))
+      fprintf(stderr, "  %s: rc %d, %.17g vs strtod %.17g\n", buf, rc, got, want);
+    ASSERT_EQ(rc, 0);
+    ASSERT(e1 == e2);
+    ASSERT(memcmp(&got, &want, sizeof got) == 0);
+    checked++;
+  }
+  for (int e = -27; e <= 27; e++)
+    for (uint64_t m = 1; m < UINT64_MAX / 10; m = m * 10 + (m % 7)) {
+      snprintf(buf, sizeof buf, "%llue%d", (unsigned long long)m, e);
+      char *e1, *e2;
+      double got, want = strtod(buf, &e2);
+      ASSERT_EQ(vecjson_parse_number(buf, &e1, &got), 0);
+      ASSERT(e1 == e2);
+      ASSERT(memcmp(&got, &want, sizeof got) == 0);
+      checked++;
+    }
+  ASSERT(checked > 400000);
+}
+
+/* 19-digit decimals within half an ulp64 of a halfway point between two doubles (found
+ * with exact rational arithmetic): extended precision rounds them onto the halfway point,
+ * where its rounding to double could go the wrong way; they must still be strtod's. */
+TEST(reals_next_to_halfway_points_are_strtods) {
+  static const char *cases[] = {
+      "3871517600077859685e-11",
+      "7781989817613599139e-24",
+      "8697610032864445202e-15",
+      "9171819180904664790e-15",
+      "8736836877824339688e-21",
+      "9668986691940234778e-15",
+      "3058010088753290745e-16",
+      "6811549070522142646e-18",
+      "5535752864916691906e-13",
+      "8428217545076281577e-11",
+      "8937839810509593056e-23",
+      "5938657375493203858e-16",
+      "3465599313595861914e-5",
+      "6305377108408464354e-20",
+      "9868321176964247656e-5",
+      "3408434406671299303e-26",
+      "8975310584912408958e-13",
+      "8462865580353094545e-21",
+      "6919506556705383171e-19",
+      "9602177246481349837e1",
+      "9377730542743893061e-18",
+      "7620423490750945916e-16",
+      "5637211873935526530e-22",
+      "8368801601292816169e-23",
+      "7720499984260429261e-21",
+      "9573165725625462308e-18",
+      "8533037763943139553e-9",
+      "6509625747569035781e-17",
+      "9763609664189215387e-18",
+      "7224896111648508231e-13",
+      "9866037092124645710e-25"};
+  for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+    char *e1, *e2;
+    double got, want = strtod(cases[i], &e2);
+    ASSERT_EQ(vecjson_parse_number(cases[i], &e1, &got), 0);
+    ASSERT(e1 == e2);
+    if (memcmp(&got, &want, sizeof got)) fprintf(stderr, "  %s: %.17g vs strtod %.17g\n", cases[i], got, want);
+    ASSERT(memcmp(&got, &want, sizeof got) == 0);
+  }
 }
 
 TEST(only_vector_places_are_rewritten) {
@@ -216,6 +322,6 @@ TEST(deep_nesting_is_left_to_jansson) {
   free(body);
 }
 
-TEST_MAIN(T(vectors_decode_to_the_floats_jansson_gives), T(random_numbers_decode_as_jansson_decodes_them), T(only_vector_places_are_rewritten),
+TEST_MAIN(T(vectors_decode_to_the_floats_jansson_gives), T(random_numbers_decode_as_jansson_decodes_them), T(reals_parse_to_strtods_double), T(reals_next_to_halfway_points_are_strtods), T(only_vector_places_are_rewritten),
           T(numbers_jansson_refuses_stay_for_jansson_to_report), T(malformed_bodies_stay_malformed),
           T(markers_cannot_be_forged_and_read_the_table_given), T(deep_nesting_is_left_to_jansson))
