@@ -2,7 +2,8 @@
 
 1. 100k x 384 clustered unit vectors (bench/exact.py's generator) go into a collection with
    `quiver load` before `quiver serve` starts on the same data directory.
-2. wrk POSTs /collections/bench/points/query ({"query": [384 floats], "limit": 10}, cycling
+2. wrk POSTs /collections/bench/points/query ({"query": [384 floats], "limit": 10}, each float
+   written as qdrant-client writes it, the repr of the float32 as a double, up to 17 digits; cycling
    through 200 query vectors) at 1, 8 and 64 connections: p50/p95/p99 and requests/s.
 3. /v1/embeddings (one short sentence per request, base64 as current openai clients ask)
    from 1 connection, then from 32 concurrent connections, driven by wrk like the queries:
@@ -266,9 +267,9 @@ def main():
         run(QUIVER, "load", "bench", os.path.join(tmp, "x.npy"), "--data-dir", data_dir, "--batch", 5000)
         res["quiver_load_s"] = time.perf_counter() - t
         bodies = os.path.join(tmp, "bodies.jsonl")
-        with open(bodies, "w") as f:
+        with open(bodies, "w") as f:  # as qdrant-client sends them: each float32's repr as a double
             for v in q:
-                f.write(json.dumps({"query": [round(float(c), 7) for c in v], "limit": 10}) + "\n")
+                f.write(json.dumps({"query": v.tolist(), "limit": 10}) + "\n")
         lua = os.path.join(tmp, "query.lua")
         open(lua, "w").write(LUA % {"bodies": bodies})
         embed_lua = os.path.join(tmp, "embed.lua")
