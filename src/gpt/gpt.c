@@ -492,8 +492,48 @@ static void mm_task(void *c, size_t task, int worker) {
   if (lo < hi) mm_slice(j->x, lo, hi);
 }
 
+/* gptk_gemm path: output blocks of MM_ROWS rows (gptk's MC: B is packed once per block
+ * anyway) or, for outputs with few rows, MM_COLS columns (B panels are packed by the task
+ * that owns them). Several blocks per thread, claimed dynamically, so a thread that starts
+ * late (a shared machine) does not leave its half undone; the bits do not depend on this. */
+enum { MM_ROWS = 192, MM_COLS = 32 };
+
+typedef struct mm_blocks {
+  mm_ctx *x;
+  size_t rows, cols, by_rows; /* the output's shape; by_rows: split rows, else columns */
+} mm_blocks;
+
+static void mm_block(void *c, size_t task, int worker) {
+  (void)worker;
+  mm_blocks *j = c;
+  mm_ctx *x = j->x;
+  if (j->by_rows) {
+    size_t lo = task * MM_ROWS, hi = lo + MM_ROWS < j->rows ? lo + MM_ROWS : j->rows;
+    mm_slice(x, lo, hi);
+    return;
+  }
+  size_t j0 = task * MM_COLS, nc = j0 + MM_COLS < j->cols ? MM_COLS : j->cols - j0;
+  size_t IC = (size_t)x->IC, OC = (size_t)x->OC, M = j->rows;
+  const float *bias = x->bias ? x->bias + j0 : NULL;
+  if (x->kind == 0)
+    gptk_gemm(x->out + j0, OC, x->a, IC, 1, x->b + j0, OC, 1, (int)M, (int)nc, x->IC, x->acc, bias);
+  else if (x->kind == 1)
+    gptk_gemm(x->out + j0, IC, x->a, OC, 1, x->b + j0 * OC, 1, OC, (int)M, (int)nc, x->OC, x->acc, bias);
+  else
+    gptk_gemm(x->out + j0, OC, x->a, 1, IC, x->b + j0, OC, 1, (int)M, (int)nc, x->N, x->acc, bias);
+}
+
 static void mm_par(qv_pool *pool, mm_ctx *x, size_t n, size_t work_per) {
   size_t nt = (size_t)pool_size(pool);
+  if (nt > 1 && n * work_per >= 65536 && gptk_gemm_available()) {
+    size_t cols = (size_t)(x->kind == 1 ? x->IC : x->OC);
+    mm_blocks j = {x, n, cols, n >= 2 * MM_ROWS * nt || cols < 2 * MM_COLS};
+    size_t tasks = j.by_rows ? (n + MM_ROWS - 1) / MM_ROWS : (cols + MM_COLS - 1) / MM_COLS;
+    if (tasks > 1) {
+      pool_run(pool, tasks, mm_block, &j);
+      return;
+    }
+  }
   if (nt <= 1 || n * work_per < 65536 || n < 32 * nt) {
     mm_slice(x, 0, n);
     return;
