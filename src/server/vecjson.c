@@ -185,11 +185,13 @@ void vecjson_free(vecjson *vt) {
   *vt = (vecjson){0};
 }
 
-/* strtod's double without its multi-precision path, for the shapes clients send.
+/* strtoll's or strtod's double without their general paths, for the shapes clients send.
  *
- * Up to 15 significant digits with a decimal exponent within 10^22: Clinger's fast path,
- * one exact integer times or over one exact power of ten, a single correctly rounded
- * IEEE operation.
+ * An integer of up to 19 digits within int64: the integer, as strtoll gives it.
+ *
+ * A real of up to 15 significant digits with a decimal exponent within 10^22: Clinger's
+ * fast path, one exact integer times or over one exact power of ten, a single correctly
+ * rounded IEEE operation.
  *
  * Up to 19 digits (Python's and most JSON encoders' repr of a float32 or float64 has 17)
  * with an exponent within 10^27, where x87 extended precision is available: the integer
@@ -198,27 +200,34 @@ void vecjson_free(vecjson *vt) {
  * the last place (ulp64). Rounding that to double (53 bits) agrees with rounding the exact
  * value unless a double halfway point lies within half an ulp64 of it, that is unless its
  * 11 low bits are 0x400 (or next to it, to be safe); those numbers, and every other shape,
- * go to strtod. Returns 0 where strtod must decide. */
-static int fast_real(const char *p, char **end, double *out) {
+ * go to strtod. Returns 0 where strtoll or strtod must decide. */
+static int fast_number(const char *p, char **end, double *out) {
   static const double pow10[] = {1e0,  1e1,  1e2,  1e3,  1e4,  1e5,  1e6,  1e7,  1e8,  1e9,  1e10, 1e11,
                                  1e12, 1e13, 1e14, 1e15, 1e16, 1e17, 1e18, 1e19, 1e20, 1e21, 1e22};
+  /* One pass over a well-formed JSON number (number_end checked the grammar): leading
+   * zeros skipped, then at most 19 significant digits summed without a test per digit. */
   const char *q = p;
   int neg = *q == '-';
   q += neg;
   uint64_t m = 0;
-  int digits = 0, exp10 = 0;
-  for (; is_digit(*q); q++)
-    if (m || *q != '0') {
-      if (++digits > 19) return 0;
-      m = m * 10 + (uint64_t)(*q - '0');
-    }
-  if (*q == '.')
-    for (q++; is_digit(*q); q++, exp10--)
-      if (m || *q != '0') {
-        if (++digits > 19) return 0;
-        m = m * 10 + (uint64_t)(*q - '0');
-      }
+  int digits = 0, exp10 = 0, real = 0;
+  while (*q == '0') q++;
+  const char *d = q;
+  for (; is_digit(*q); q++) m = m * 10 + (uint64_t)(*q - '0');
+  digits = (int)(q - d);
+  if (*q == '.') {
+    real = 1;
+    q++;
+    if (!digits)
+      for (; *q == '0'; q++) exp10--;
+    const char *f = q;
+    for (; is_digit(*q); q++) m = m * 10 + (uint64_t)(*q - '0');
+    digits += (int)(q - f);
+    exp10 -= (int)(q - f);
+  }
+  if (digits > 19) return 0; /* m wrapped: strtod decides */
   if (*q == 'e' || *q == 'E') {
+    real = 1;
     q++;
     int eneg = *q == '-', e = 0;
     q += *q == '-' || *q == '+';
@@ -226,15 +235,21 @@ static int fast_real(const char *p, char **end, double *out) {
       if ((e = e * 10 + (*q - '0')) > 1000) return 0;
     exp10 += eneg ? -e : e;
   }
+  if (!real) { /* an integer, as strtoll reads it ("-0" is 0) */
+    if (m > (uint64_t)INT64_MAX) return 0;
+    *out = (double)(neg ? -(int64_t)m : (int64_t)m);
+    *end = (char *)q;
+    return 1;
+  }
   if (m == 0) {
     *out = neg ? -0.0 : 0.0;
     *end = (char *)q;
     return 1;
   }
-  double d;
+  double v;
   if (digits <= 15 && exp10 >= -22 && exp10 <= 22) {
-    d = (double)m; /* exact: m < 10^15 < 2^53 */
-    d = exp10 < 0 ? d / pow10[-exp10] : d * pow10[exp10];
+    v = (double)m; /* exact: m < 10^15 < 2^53 */
+    v = exp10 < 0 ? v / pow10[-exp10] : v * pow10[exp10];
   } else {
 #if defined(__x86_64__) && LDBL_MANT_DIG == 64
     static const long double pow10l[] = {
@@ -247,12 +262,12 @@ static int fast_real(const char *p, char **end, double *out) {
     memcpy(&sig, &x, sizeof sig); /* the x87 format: the 64-bit significand comes first */
     unsigned low = (unsigned)(sig & 0x7ff);
     if (low >= 0x3ff && low <= 0x401) return 0;
-    d = (double)x;
+    v = (double)x;
 #else
     return 0;
 #endif
   }
-  *out = neg ? -d : d;
+  *out = neg ? -v : v;
   *end = (char *)q;
   return 1;
 }
@@ -262,6 +277,7 @@ static int fast_real(const char *p, char **end, double *out) {
  * would refuse the number (an integer outside int64, a real that overflows), so that the
  * list stays for jansson to report. */
 int vecjson_parse_number(const char *p, char **end, double *out) {
+  if (fast_number(p, end, out)) return 0;
   size_t n = strspn(p, "-0123456789");
   errno = 0;
   if (p[n] != '.' && p[n] != 'e' && p[n] != 'E') {
@@ -270,7 +286,6 @@ int vecjson_parse_number(const char *p, char **end, double *out) {
     *out = (double)v;
     return 0;
   }
-  if (fast_real(p, end, out)) return 0;
   *out = strtod(p, end);
   return errno == ERANGE && (*out == HUGE_VAL || *out == -HUGE_VAL) ? -1 : 0;
 }

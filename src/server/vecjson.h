@@ -52,10 +52,10 @@ int vecjson_is(const json_t *j);
  * outside float range; QV_EINVAL when j is not a marker of vt (vt may be NULL). */
 qv_status vecjson_floats(const vecjson *vt, const json_t *j, float *out, size_t cap, size_t *n);
 
-/* One JSON number at p, as jansson reads it: an integer through strtoll, a real with
- * strtod's double (fast paths for the common shapes, bit-identical to strtod); *end past
- * it. Returns -1 where jansson would refuse the number (an integer outside int64, a real
- * that overflows). Exported for the tests. */
+/* One JSON number at p (well-formed: the lists vecjson takes are checked first), as
+ * jansson reads it: an integer as strtoll gives it, a real as strtod does (fast paths for
+ * the common shapes, bit-identical); *end past it. Returns -1 where jansson would refuse
+ * the number (an integer outside int64, a real that overflows). Exported for the tests. */
 int vecjson_parse_number(const char *p, char **end, double *out);
 
 #endif
