@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import threading
+import time
 from urllib.parse import urlparse
 
 import httpx
@@ -41,20 +42,25 @@ def raw(url, data, read=True):
     u = urlparse(url)
     s = socket.create_connection((u.hostname, u.port), timeout=30)
     s.sendall(data)
-    out = b""
-    if read:
-        while True:
-            chunk = s.recv(65536)
-            if not chunk:
-                break
-            out += chunk
-            if b"\r\n\r\n" in out:
-                head, _, rest = out.partition(b"\r\n\r\n")
-                for line in head.split(b"\r\n"):
-                    if line.lower().startswith(b"content-length:") and len(rest) >= int(line.split(b":")[1]):
-                        s.close()
-                        return int(out.split(b" ")[1]), rest
+    got = read_response(s) if read else (0, b"")
     s.close()
+    return got
+
+
+def read_response(s):
+    """Reads one response from socket s, up to its Content-Length; returns (status, body
+    bytes), or (status, all bytes) when the connection closes first."""
+    out = b""
+    while True:
+        chunk = s.recv(65536)
+        if not chunk:
+            break
+        out += chunk
+        if b"\r\n\r\n" in out:
+            head, _, rest = out.partition(b"\r\n\r\n")
+            for line in head.split(b"\r\n"):
+                if line.lower().startswith(b"content-length:") and len(rest) >= int(line.split(b":")[1]):
+                    return int(out.split(b" ")[1]), rest
     return (int(out.split(b" ")[1]) if out else 0), out
 
 
@@ -187,20 +193,44 @@ def test_slow_client_does_not_block_others(srv):
 
 
 def test_too_many_in_flight_is_429(start_quiver_server):
+    """With --max-in-flight 1, a request held open is in flight from the server's first
+    callback (which comes before its 100 Continue) until its completion callback, so
+    every other request meanwhile is a 429 with Retry-After; the held request then gets
+    its answer, and requests are served again. Nothing here races: the hold is known to
+    be counted before the others are sent, and every read waits for a whole answer."""
     s = start_quiver_server(args=["--max-in-flight", 1], model=False)
     u = urlparse(s.url)
-    hold = socket.create_connection((u.hostname, u.port), timeout=30)
+    hold = socket.create_connection((u.hostname, u.port), timeout=60)
     body = json.dumps({"vectors": {"size": 2, "distance": "Dot"}}).encode()
     hold.sendall(b"PUT /collections/h HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Type: application/json\r\n"
                  b"Content-Length: %d\r\n\r\n" % len(body))
-    assert b"100" in hold.recv(4096)  # the server has begun this request: it is in flight
-    r = httpx.get(s.url + "/collections")
-    assert r.status_code == 429
-    assert r.headers["retry-after"] == "1"
+    got = b""
+    while b"\r\n\r\n" not in got:
+        chunk = hold.recv(4096)
+        assert chunk, got
+        got += chunk
+    assert got.startswith(b"HTTP/1.1 100 "), got  # the server has begun this request: it is in flight
+    for _ in range(3):
+        r = httpx.get(s.url + "/collections", timeout=60)
+        assert "in flight" in assert_json_error(r, 429)
+        assert r.headers["retry-after"] == "1"
     hold.sendall(body)
-    assert b" 200 " in hold.recv(4096).split(b"\r\n")[0] + b" "
+    status, answer = read_response(hold)
+    assert status == 200 and json.loads(answer)["status"] == "ok", answer
     hold.close()
-    assert httpx.get(s.url + "/collections").status_code == 200
+    # The held request and the refused ones leave the count in MHD's completion callback,
+    # which may run just after their answers reached this client; until it has, a new
+    # request still meets the limit and gets the same 429 with Retry-After (asserted
+    # above), which a client retries. So retry as one would, and expect 200 once the
+    # server has finished them: never an error of another kind.
+    for _ in range(600):
+        r = httpx.get(s.url + "/collections", timeout=60)
+        if r.status_code != 429:
+            break
+        assert r.headers["retry-after"] == "1"
+        time.sleep(0.05)
+    assert r.status_code == 200, r.text
+    assert "h" in [c["name"] for c in r.json()["result"]["collections"]]
 
 
 def test_sigterm_finishes_in_flight_write_and_keeps_it(start_quiver_server, tmp_path):
