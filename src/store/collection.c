@@ -1500,7 +1500,8 @@ static int fill_payload(qv_collection *c, MDB_txn *txn, void *arg) {
     MDB_val v = {record_size(c->cfg.size, plen), NULL};
     int rc = mdb_put(txn, c->points, &k, &v, MDB_RESERVE);
     if (rc) return rc;
-    record_encode(v.mv_data, row_vec(c, row), c->cfg.size, u->texts[i], plen);
+    /* row_read: an indexed row's vector lives in its graph node, not in vecs (inv. 9) */
+    record_encode(v.mv_data, row_read(c, row), c->cfg.size, u->texts[i], plen);
   }
   return 0;
 }

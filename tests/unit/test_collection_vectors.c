@@ -144,6 +144,21 @@ TEST(vectors_live_once_and_every_read_path_sees_them_exactly) {
   ASSERT_NEAR(r.items[0].score, 1, 1e-5);
   qv_records_free(&r);
 
+  /* a payload change rewrites each point's record with its vector: the graph's copy,
+   * not the given-back row; a reopen without the graph file rebuilds from those records */
+  size_t updated;
+  ASSERT_OK(qv_collection_set_payload(c, NULL, 0, NULL, "{\"edited\":true}", QV_PAYLOAD_SET, &updated, NULL));
+  ASSERT_EQ(updated, N - nd);
+  qv_db_close(db);
+  char graph[512];
+  snprintf(graph, sizeof graph, "%s/collections/t/graph.hnsw", dir);
+  ASSERT_EQ(unlink(graph), 0);
+  ASSERT_OK(qv_db_open(&db, dir, NULL));
+  ASSERT_OK(qv_collection_open(db, "t", &c, NULL));
+  collection_index_wait(c);
+  vectors_are(c, want, live);
+  exact_matches_brute_force(c, want, live, q);
+
   /* switching to int8 rebuilds on codes: the rows take their floats back */
   qv_collection_config now;
   qv_collection_config_get(c, &now);
