@@ -256,6 +256,11 @@ static int fast_number(const char *p, char **end, double *out) {
         1e0L,  1e1L,  1e2L,  1e3L,  1e4L,  1e5L,  1e6L,  1e7L,  1e8L,  1e9L,  1e10L, 1e11L, 1e12L, 1e13L,
         1e14L, 1e15L, 1e16L, 1e17L, 1e18L, 1e19L, 1e20L, 1e21L, 1e22L, 1e23L, 1e24L, 1e25L, 1e26L, 1e27L};
     if (exp10 < -27 || exp10 > 27) return 0;
+    /* only with the x87 precision control at 64 bits (the ABI's default; a library or an
+     * emulator such as valgrind may lower it), or the single rounding is not one */
+    unsigned short cw;
+    __asm__("fnstcw %0" : "=m"(cw));
+    if ((cw & 0x300) != 0x300) return 0;
     long double x = (long double)m; /* exact: m < 2^64 */
     x = exp10 < 0 ? x / pow10l[-exp10] : x * pow10l[exp10];
     uint64_t sig;

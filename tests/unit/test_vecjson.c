@@ -207,6 +207,34 @@ TEST(reals_next_to_halfway_points_are_strtods) {
   }
 }
 
+/* Integers at int64's edges read as strtoll reads them, and jansson's refusals stay. */
+TEST(integers_at_int64_bounds) {
+  static const struct {
+    const char *s;
+    int rc;
+    double v;
+  } cases[] = {{"0", 0, 0.0},
+               {"-0", 0, 0.0},
+               {"9223372036854775807", 0, 9223372036854775807.0},
+               {"-9223372036854775807", 0, -9223372036854775807.0},
+               {"-9223372036854775808", 0, -9223372036854775808.0},
+               {"9223372036854775808", -1, 0},
+               {"-9223372036854775809", -1, 0},
+               {"9999999999999999999", -1, 0},
+               {"18446744073709551616", -1, 0},
+               {"1234567890123456789", 0, 1234567890123456789.0}};
+  for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+    char *end;
+    double got = 12345;
+    int rc = vecjson_parse_number(cases[i].s, &end, &got);
+    if (rc != cases[i].rc) fprintf(stderr, "  %s: rc %d\n", cases[i].s, rc);
+    ASSERT_EQ(rc, cases[i].rc);
+    if (rc) continue;
+    ASSERT(end == cases[i].s + strlen(cases[i].s));
+    ASSERT(memcmp(&got, &cases[i].v, sizeof got) == 0); /* "-0" is +0.0, as strtoll gives */
+  }
+}
+
 TEST(only_vector_places_are_rewritten) {
   const char *body =
       "{\"points\": [{\"id\": 1, \"vector\": [1, 2], \"payload\": {\"vector\": [3, 4], \"query\": [5]}},"
@@ -322,6 +350,6 @@ TEST(deep_nesting_is_left_to_jansson) {
   free(body);
 }
 
-TEST_MAIN(T(vectors_decode_to_the_floats_jansson_gives), T(random_numbers_decode_as_jansson_decodes_them), T(reals_parse_to_strtods_double), T(reals_next_to_halfway_points_are_strtods), T(only_vector_places_are_rewritten),
+TEST_MAIN(T(vectors_decode_to_the_floats_jansson_gives), T(random_numbers_decode_as_jansson_decodes_them), T(reals_parse_to_strtods_double), T(reals_next_to_halfway_points_are_strtods), T(integers_at_int64_bounds), T(only_vector_places_are_rewritten),
           T(numbers_jansson_refuses_stay_for_jansson_to_report), T(malformed_bodies_stay_malformed),
           T(markers_cannot_be_forged_and_read_the_table_given), T(deep_nesting_is_left_to_jansson))
