@@ -97,14 +97,12 @@ static inline void graph_fixture_free(graph_fixture *f) {
 }
 
 /* Opens (creating) the data directory dir and in it a new collection "t" made with cfg;
- * NULL when any step fails. */
+ * a failing step fails the test with its status. */
 static inline qv_collection *make_collection(qv_db **db, const char *dir, const qv_collection_config *cfg) {
   qv_collection *c = NULL;
-  if (qv_db_open(db, dir, NULL)) return NULL;
-  if (qv_collection_create(*db, "t", cfg, NULL) || qv_collection_open(*db, "t", &c, NULL)) {
-    qv_db_close(*db);
-    return NULL;
-  }
+  ASSERT_OK(qv_db_open(db, dir, NULL)); /* each step names its error when it fails */
+  ASSERT_OK(qv_collection_create(*db, "t", cfg, NULL));
+  ASSERT_OK(qv_collection_open(*db, "t", &c, NULL));
   return c;
 }
 
