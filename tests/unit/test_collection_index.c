@@ -12,11 +12,11 @@
 #include "fixtures.h"
 #include "test.h"
 
-/* Points from one clustered distribution (fixtures.h's, centres from seed 1234567), new
- * ones at each call, so queries drawn after the points are independent of them. */
-static float *cluster_points(size_t n, size_t dim) {
-  static uint64_t draws;
-  return clustered2(n, dim, 1234567, 1000003 * ++draws);
+/* Points from one clustered distribution (fixtures.h's, centres from seed 1234567); each
+ * call site names its own draw, so queries are independent of the points and a test's
+ * data does not depend on which tests ran before it. */
+static float *cluster_points(size_t n, size_t dim, uint64_t draw) {
+  return clustered2(n, dim, 1234567, 1000003 * draw);
 }
 
 static int has_id(const qv_records *r, uint64_t id) {
@@ -28,7 +28,7 @@ static int has_id(const qv_records *r, uint64_t id) {
 TEST(recall_at_10_is_at_least_0_95_on_20k_points_at_default_params) {
   /* 20000 x 128 floats is 10000 KB: exactly the default full_scan_threshold */
   size_t n = 20000, dim = 128, nq = 200;
-  float *x = cluster_points(n, dim);
+  float *x = cluster_points(n, dim, 1);
   qv_db *db;
   qv_collection_config cfg = {.size = (uint32_t)dim, .distance = QV_DIST_COSINE};
   qv_collection *c = make_collection(&db, fresh_dir("cindex"), &cfg);
@@ -41,7 +41,7 @@ TEST(recall_at_10_is_at_least_0_95_on_20k_points_at_default_params) {
   ASSERT_EQ(s.indexed, n);
   ASSERT_EQ(s.tombstones, 0);
   ASSERT(s.graph_bytes > 0);
-  float *q = cluster_points(nq, dim); /* independent of the points */
+  float *q = cluster_points(nq, dim, 2); /* independent of the points */
   qv_records *approx = calloc(nq, sizeof *approx), *exact = calloc(nq, sizeof *exact);
   qv_search_params pa = {.limit = 10}, pe = {.limit = 10, .exact = 1};
   ASSERT_OK(qv_collection_search(c, q, nq, &pa, approx, NULL));
@@ -69,7 +69,7 @@ TEST(recall_at_10_is_at_least_0_95_on_20k_points_at_default_params) {
   }
 
   /* points arriving after the build are in the graph when the upsert returns */
-  float *more = cluster_points(500, dim);
+  float *more = cluster_points(500, dim, 3);
   qv_point *pts = calloc(500, sizeof *pts);
   for (size_t i = 0; i < 500; i++) pts[i] = (qv_point){num(n + i), more + i * dim, NULL};
   ASSERT_OK(qv_collection_upsert(c, pts, 500, NULL));
@@ -93,7 +93,7 @@ TEST(recall_at_10_is_at_least_0_95_on_20k_points_at_default_params) {
 
 TEST(deleted_and_replaced_points_never_come_back) {
   size_t n = 3000, dim = 8;
-  float *x = cluster_points(n, dim);
+  float *x = cluster_points(n, dim, 4);
   qv_db *db;
   qv_collection_config cfg = {.size = (uint32_t)dim, .distance = QV_DIST_EUCLID,
                               .hnsw = {.full_scan_threshold = 1}};
@@ -176,7 +176,7 @@ static void same_results(const qv_records *a, const qv_records *b) {
 
 TEST(filtered_search_returns_what_a_filtered_exact_scan_returns) {
   size_t n = 6000, dim = 16;
-  float *x = cluster_points(n, dim);
+  float *x = cluster_points(n, dim, 5);
   qv_db *db;
   /* 10 KB = 160 vectors of 16 floats: a filter matching fewer is scanned exactly */
   qv_collection_config cfg = {.size = (uint32_t)dim, .distance = QV_DIST_DOT,
@@ -270,7 +270,7 @@ static void flip_byte(const char *path, long at) {
 
 TEST(a_saved_index_reloads_to_identical_results_and_a_damaged_one_is_rebuilt) {
   size_t n = 4000, dim = 16, nq = 50;
-  float *x = cluster_points(n, dim), *q = cluster_points(nq, dim);
+  float *x = cluster_points(n, dim, 6), *q = cluster_points(nq, dim, 7);
   char *dir = fresh_dir("cindex"), path[512];
   snprintf(path, sizeof path, "%s/collections/t/graph.hnsw", dir);
   qv_db *db;
@@ -401,7 +401,7 @@ TEST(a_saved_index_reloads_to_identical_results_and_a_damaged_one_is_rebuilt) {
 
 TEST(int8_quantization_keeps_recall_saves_memory_and_follows_config_changes) {
   size_t n = 8000, dim = 64, nq = 100;
-  float *x = cluster_points(n, dim), *q = cluster_points(nq, dim);
+  float *x = cluster_points(n, dim, 8), *q = cluster_points(nq, dim, 9);
   char *dir = fresh_dir("cindex");
   qv_db *db;
   qv_collection_config cfg = {.size = (uint32_t)dim, .distance = QV_DIST_COSINE,
