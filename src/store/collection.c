@@ -428,13 +428,15 @@ static qv_status reserve_rows(qv_collection *c, size_t more) {
   return QV_OK;
 }
 
-/* A row's slot in vecs (invariant 9 says when it holds the vector). */
-static float *row_vec(const qv_collection *c, size_t row) { return c->vecs + row * c->stride; }
+/* A row's slot in vecs: it holds the row's vector only while the row is not in a float32
+ * graph (invariant 9), so reads of a vector go through row_read; the slot is for writing
+ * a row and for paths that have checked !vec_in_graph. */
+static float *row_slot(const qv_collection *c, size_t row) { return c->vecs + row * c->stride; }
 
 /* Writes a row's vector into its slot, padding zeroed: the whole stride, so the pages it
  * spans are resident and no longer marked given back (invariant 10). */
 static void row_write(qv_collection *c, size_t row, const float *v) {
-  float *d = row_vec(c, row);
+  float *d = row_slot(c, row);
   memcpy(d, v, c->cfg.size * sizeof(float));
   memset(d + c->cfg.size, 0, (c->stride - c->cfg.size) * sizeof(float));
   size_t rb = c->stride * sizeof(float);
@@ -450,7 +452,7 @@ static int vec_in_graph(const qv_collection *c) { return c->graph && !hnsw_quant
 static const float *row_read(const qv_collection *c, size_t row) {
   uint32_t node = c->graph ? c->row2node[row] : NODE_NONE;
   if (node != NODE_NONE && !hnsw_quantized(c->graph)) return hnsw_vector(c->graph, node);
-  return row_vec(c, row);
+  return row_slot(c, row);
 }
 
 /* The table of where each row's vector is, for exact scans while vectors live in the
@@ -605,7 +607,7 @@ static void remove_row(qv_collection *c, size_t row) {
   size_t last = c->n - 1;
   if (row != last) {
     /* a vector held by the graph moves with its node: nothing to copy (invariant 9) */
-    if (!vec_in_graph(c) || c->row2node[last] == NODE_NONE) row_write(c, row, row_vec(c, last));
+    if (!vec_in_graph(c) || c->row2node[last] == NODE_NONE) row_write(c, row, row_slot(c, last));
     c->sqnorms[row] = c->sqnorms[last];
     c->ids[row] = c->ids[last];
     c->payloads[row] = c->payloads[last];
@@ -1977,7 +1979,7 @@ static int device_wanted(qv_collection *c, size_t nq, size_t k, int use_graph) {
 /* Copies rows [lo, lo + n) into the device copy, gathering them in chunks when vectors
  * live in the graph (invariant 9). Caller holds rw shared. */
 static qv_status gpu_put_rows(const qv_collection *c, flat_gpu *g, size_t lo, size_t n) {
-  if (!vec_in_graph(c)) return flat_gpu_set_rows(g, lo, n, row_vec(c, lo), c->stride, NULL);
+  if (!vec_in_graph(c)) return flat_gpu_set_rows(g, lo, n, row_slot(c, lo), c->stride, NULL);
   enum { CHUNK = 1024 };
   float *buf = malloc(CHUNK * c->cfg.size * sizeof *buf);
   qv_status st = buf ? QV_OK : QV_ENOMEM;
