@@ -8,7 +8,9 @@ step (decoupled weight decay on 2-D weights), on batches of random windows of co
 Quiver trains on Node.js documentation (Debian's nodejs-doc) through its own chunkers and BPE;
 PyTorch on random token ids of the same vocabulary (speed does not depend on the ids). The
 first steps of each side are warm-up and are not timed; the timed window is the same number
-of steps on both sides. Speed does not depend on the seed.
+of steps on both sides (Quiver runs one more, untimed: its last step also validates and writes a
+checkpoint). Speed does not depend on the seed. The two sides alternate over --rounds rounds; the
+ratio reported is the median of the rounds' ratios, and every round is printed.
 
   bench/gpt.sh                                            # 4 layers x 4 heads x 128 wide, ctx 128
   bench/gpt.sh --layers 2 --heads 2 --width 64 --ctx 64 --vocab 512 --steps 6   # smoke
@@ -19,6 +21,7 @@ import gzip
 import json
 import math
 import os
+import statistics
 import subprocess
 import tempfile
 import time
@@ -49,25 +52,29 @@ def model_args(a):
             "--eval-every", "0", "--seed", a.seed]
 
 
-def run_quiver(a, d, env):
-    data = os.path.join(d, "data")
-    # the tokenizer: a BPE of --vocab tokens trained by quiver on the same corpus (one step)
-    subprocess.run([a.quiver, "gpt", "train", "--data", data, "--out", os.path.join(d, "tok"), "--vocab-size",
-                    str(a.vocab), *map(str, model_args(a)), "--steps", "1"], check=True, env=env,
+def train_tokenizer(a, d, env):
+    """A BPE of --vocab tokens trained by quiver on the corpus (a one-step run), shared by all rounds."""
+    subprocess.run([a.quiver, "gpt", "train", "--data", os.path.join(d, "data"), "--out", os.path.join(d, "tok"),
+                    "--vocab-size", str(a.vocab), *map(str, model_args(a)), "--steps", "1"], check=True, env=env,
                    stdout=subprocess.DEVNULL)
-    tok = os.path.join(d, "tok", "step-000001", "tokenizer.json")
-    log = os.path.join(d, "log.jsonl")
-    steps = a.warmup_steps + a.steps
-    subprocess.run([a.quiver, "gpt", "train", "--data", data, "--out", os.path.join(d, "run"), "--tokenizer", tok,
+    return os.path.join(d, "tok", "step-000001", "tokenizer.json")
+
+
+def run_quiver(a, d, env, tok, r):
+    out, log = os.path.join(d, f"run{r}"), os.path.join(d, f"log{r}.jsonl")
+    # one step past the timed window: the last step of a run also validates and writes the final
+    # checkpoint (train.c), work the PyTorch side does not do, so the window ends before it
+    steps = a.warmup_steps + a.steps + 1
+    subprocess.run([a.quiver, "gpt", "train", "--data", os.path.join(d, "data"), "--out", out, "--tokenizer", tok,
                     *map(str, model_args(a)), "--steps", str(steps), "--log", log], check=True, env=env,
                    stdout=subprocess.DEVNULL)
     with open(log) as f:
         rows = [json.loads(l) for l in f if l.strip()]
     t0 = rows[a.warmup_steps - 1]["elapsed_s"]
-    t1 = rows[-1]["elapsed_s"]
-    with open(os.path.join(d, "run", f"step-{steps:06d}", "config.json")) as f:
+    t1 = rows[a.warmup_steps + a.steps - 1]["elapsed_s"]
+    with open(os.path.join(out, f"step-{steps:06d}", "config.json")) as f:
         cfg = json.load(f)
-    return a.steps * a.batch * a.ctx / (t1 - t0), rows[-1]["loss"], cfg["vocab_size"]
+    return a.steps * a.batch * a.ctx / (t1 - t0), rows[a.warmup_steps + a.steps - 1]["loss"], cfg["vocab_size"]
 
 
 def run_torch(a, vocab, threads):
@@ -168,13 +175,25 @@ def main():
     ap.add_argument("--warmup-steps", type=int, default=3, help="untimed steps first")
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--rounds", type=int, default=3, help="alternating quiver / PyTorch rounds")
     a = ap.parse_args()
     env = dict(os.environ, QUIVER_THREADS=str(a.threads), OPENBLAS_NUM_THREADS="1")
+    # Rounds alternate the two sides, and the ratio is the median of the rounds' ratios: this VM's
+    # speed drifts (by a third, over tens of seconds), so one side measured after the other can
+    # land in a different phase.
+    q_runs, t_runs = [], []
     with tempfile.TemporaryDirectory() as d:
         os.mkdir(os.path.join(d, "data"))
         corpus(os.path.join(d, "data"))
-        q_tps, q_loss, vocab = run_quiver(a, d, env)
-    t_tps, t_loss, nparams, tv = run_torch(a, vocab, a.threads)
+        tok = train_tokenizer(a, d, env)
+        for r in range(a.rounds):
+            q_runs.append(run_quiver(a, d, env, tok, r))
+            t_runs.append(run_torch(a, q_runs[-1][2], a.threads))
+    ratios = sorted(q[0] / t[0] for q, t in zip(q_runs, t_runs))
+    q_tps = statistics.median(q[0] for q in q_runs)
+    t_tps = statistics.median(t[0] for t in t_runs)
+    q_loss, vocab = q_runs[-1][1], q_runs[-1][2]
+    t_loss, nparams, tv = t_runs[-1][1], t_runs[-1][2], t_runs[-1][3]
     peak = sgemm_peak(a, a.threads)
     flops = 6 * nparams
     out = {
@@ -184,7 +203,9 @@ def main():
         "torch": tv,
         "quiver_tokens_per_s": round(q_tps, 1),
         "torch_tokens_per_s": round(t_tps, 1),
-        "ratio": round(q_tps / t_tps, 3),
+        "ratio": round(statistics.median(ratios), 3),
+        "rounds": [{"quiver": round(q[0], 1), "torch": round(t[0], 1), "ratio": round(q[0] / t[0], 3)}
+                   for q, t in zip(q_runs, t_runs)],
         "quiver_last_loss": q_loss,
         "torch_last_loss": t_loss,
         "sgemm_peak_gflops": round(peak / 1e9, 1) if peak else None,
