@@ -33,18 +33,30 @@ Method:
   - usearch is given dtype f32 so that no other library quantizes; Quiver's int8 rows
     are labelled as such.
 
+  - Alternating rounds (--rounds R, default 5): each library's index stays alive in its own
+    process after its sweep (quiver: `bench ann --rounds`, reading "EF THREADS" lines), and
+    once all are built, each is timed again at the smallest ef where it reaches recall 0.95,
+    over the whole query set, in turn, R rounds, the order rotated each round. A ratio is
+    taken within each round (the same minute for both sides) and the median of the R
+    ratios is reported with its range. These are the figures to quote: this VM's speed
+    drifts by up to 2x over an hour, more than the margins measured, and a sweep of one
+    library runs minutes after another's.
+
 Prints a markdown table, then for each dataset and search thread count the smallest ef at
-which each library reaches recall >= 0.95 and Quiver's ratios against each library there.
+which each library reaches recall >= 0.95 and Quiver's ratios against each library there,
+then the alternating rounds' medians and per-round ratios.
 Draws recall-vs-QPS curves (1 search thread) to docs/ann-<dataset>.png.
 
     python bench/ann.py [--n 100000] [--n-960 50000] [--queries 1000] [--threads 2]
                         [--search-threads 1,2] [--ef 16,32,...,2048] [--datasets a,b]
+                        [--rounds 5] [--round-libs quiver,quiver-collection,hnswlib,faiss]
 """
 import argparse
 import gc
 import json
 import multiprocessing as mp
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -116,48 +128,97 @@ def rss():
     raise RuntimeError("no VmRSS")
 
 
+def timed(search, nq, ef, t):
+    """(queries/s, ids) of one search of the whole query set."""
+    t0 = time.perf_counter()
+    ids = search(ef, t)
+    return nq / (time.perf_counter() - t0), ids
+
+
 def sweep(search, q, truth, efs, sthreads):
     """search(ef, threads) -> ids (nq, K). Per ef: recall, and QPS per thread count."""
     runs = []
     for ef in efs:
         qps = []
         for t in sthreads:
-            t0 = time.perf_counter()
-            ids = search(ef, t)
-            qps.append(len(q) / (time.perf_counter() - t0))
+            v, ids = timed(search, len(q), ef, t)
+            qps.append(v)
         runs.append({"ef": ef, "qps_by_threads": qps, "qps": qps[0], "recall": recall(ids, truth, K)})
     return runs
 
 
-def in_child(fn, *args):
-    """Runs fn(*args) in a forked process and returns its result, so that its memory
-    reading starts from the same state for every library and nothing it allocated stays
-    behind for the next one."""
-    ctx = mp.get_context("fork")
-    parent, child = ctx.Pipe(duplex=False)
+class ChildWorker:
+    """Runs fn(*args) -> (result, search) in a forked process, so that its memory reading
+    starts from the same state for every library and nothing it allocated stays behind for
+    the next one; the process then keeps its index and answers qps(ef, threads) requests
+    (the alternating rounds) until close()."""
 
-    def target():
+    def __init__(self, fn, *args):
+        ctx = mp.get_context("fork")
+        self.conn, child = ctx.Pipe()
+        nq = len(args[1])  # every run_* takes (x, q, ...)
+
+        def target():
+            try:
+                result, search = fn(*args)
+                child.send(("ok", result))
+            except BaseException as e:  # noqa: BLE001 - reported in the parent
+                child.send(("error", repr(e)))
+                return
+            while (req := child.recv()) is not None:
+                child.send(timed(search, nq, *req)[0])
+        self.p = ctx.Process(target=target)
+        self.p.start()
+        child.close()  # so that a child that dies without sending ends recv() with EOFError
         try:
-            child.send(("ok", fn(*args)))
-        except BaseException as e:  # noqa: BLE001 - reported in the parent
-            child.send(("error", repr(e)))
-    p = ctx.Process(target=target)
-    p.start()
-    child.close()  # so that a child that dies without sending ends recv() with EOFError
-    try:
-        status, value = parent.recv()
-    except EOFError:
-        p.join()
-        raise RuntimeError(f"{fn.__name__} died with exit code {p.exitcode}") from None
-    p.join()
-    if status != "ok":
-        raise RuntimeError(value)
-    return value
+            status, value = self.conn.recv()
+        except EOFError:
+            self.p.join()
+            raise RuntimeError(f"{fn.__name__} died with exit code {self.p.exitcode}") from None
+        if status != "ok":
+            self.p.join()
+            raise RuntimeError(value)
+        self.result = value
+
+    def qps(self, ef, threads):
+        self.conn.send((ef, threads))
+        return self.conn.recv()
+
+    def close(self):
+        self.conn.send(None)
+        self.p.join()
+
+
+class QuiverWorker:
+    """`quiver bench ann ... --rounds`: its first stdout line is the sweep's JSON; then it
+    answers "EF THREADS" lines with {"qps": ...} until its stdin closes."""
+
+    def __init__(self, cmd, env):
+        self.p = subprocess.Popen(cmd + ["--rounds"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                  env=env)
+        line = self.p.stdout.readline()
+        if not line:
+            raise RuntimeError(f"quiver bench ann exited with {self.p.wait()} before its sweep")
+        self.result = json.loads(line)
+
+    def qps(self, ef, threads):
+        self.p.stdin.write(f"{ef} {threads}\n")
+        self.p.stdin.flush()
+        line = self.p.stdout.readline()
+        if not line:
+            raise RuntimeError(f"quiver bench ann exited with {self.p.wait()} during the rounds")
+        return json.loads(line)["qps"]
+
+    def close(self):
+        self.p.stdin.close()
+        if self.p.wait():
+            raise RuntimeError(f"quiver bench ann exited with {self.p.returncode}")
 
 
 def run_quiver(paths, metric, threads, efs, sthreads, collection=None):
     """Quiver's HNSW module alone, or (collection = "float" / "int8") the same data through
-    a collection: LMDB storage, id map, float32 rescoring, optionally int8 codes."""
+    a collection: LMDB storage, id map, float32 rescoring, optionally int8 codes. Returns
+    the live QuiverWorker (its .result is the sweep)."""
     cmd = [QUIVER, "bench", "ann", "--data", paths["x"], "--queries", paths["q"], "--truth", paths["t"],
            "--distance", "Euclid" if metric == "l2" else "Dot", "--m", str(M),
            "--ef-construct", str(EF_CONSTRUCTION), "--ef", ",".join(map(str, efs)), "--k", str(K),
@@ -168,16 +229,19 @@ def run_quiver(paths, metric, threads, efs, sthreads, collection=None):
         if collection == "int8":
             cmd += ["--quantization", "int8"]
         env = dict(os.environ, QUIVER_THREADS=str(threads))
-    r = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True, env=env).stdout)
+    w = QuiverWorker(cmd, env)
+    r = w.result
     n = r["n"]
     if collection:
         own = r["vector_bytes"] + r["graph_bytes"] + r["quantized_bytes"]
-        return {"build_s": r["build_s"], "bytes_per_point": (r["rss_load_bytes"] + r["rss_build_bytes"]) / n,
-                "own_bytes_per_point": own / n, "index_bytes_per_point": (r["graph_bytes"] + r["quantized_bytes"]) / n,
-                "runs": r["runs"]}
-    return {"build_s": r["build_s"], "bytes_per_point": r["rss_build_bytes"] / n,
-            "own_bytes_per_point": r["memory_bytes"] / n, "index_bytes_per_point": r["memory_bytes"] / n,
-            "runs": r["runs"]}
+        w.result = {"build_s": r["build_s"], "bytes_per_point": (r["rss_load_bytes"] + r["rss_build_bytes"]) / n,
+                    "own_bytes_per_point": own / n,
+                    "index_bytes_per_point": (r["graph_bytes"] + r["quantized_bytes"]) / n, "runs": r["runs"]}
+    else:
+        w.result = {"build_s": r["build_s"], "bytes_per_point": r["rss_build_bytes"] / n,
+                    "own_bytes_per_point": r["memory_bytes"] / n, "index_bytes_per_point": r["memory_bytes"] / n,
+                    "runs": r["runs"]}
+    return w
 
 
 def run_hnswlib(x, q, truth, metric, threads, efs, sthreads, tmp):
@@ -199,7 +263,7 @@ def run_hnswlib(x, q, truth, metric, threads, efs, sthreads, tmp):
         p.set_ef(ef)
         return p.knn_query(q, k=K, num_threads=t)[0]
     return {"build_s": build_s, "bytes_per_point": grown / len(x), "own_bytes_per_point": own / len(x),
-            "runs": sweep(search, q, truth, efs, sthreads)}
+            "runs": sweep(search, q, truth, efs, sthreads)}, search
 
 
 def run_faiss(x, q, truth, metric, threads, efs, sthreads):
@@ -220,7 +284,7 @@ def run_faiss(x, q, truth, metric, threads, efs, sthreads):
         index.hnsw.efSearch = ef
         return index.search(q, K)[1]
     return {"build_s": build_s, "bytes_per_point": grown / len(x), "own_bytes_per_point": own / len(x),
-            "runs": sweep(search, q, truth, efs, sthreads)}
+            "runs": sweep(search, q, truth, efs, sthreads)}, search
 
 
 def run_usearch(x, q, truth, metric, threads, efs, sthreads):
@@ -239,7 +303,7 @@ def run_usearch(x, q, truth, metric, threads, efs, sthreads):
         index.expansion_search = ef
         return index.search(q, K, threads=t).keys
     return {"build_s": build_s, "bytes_per_point": grown / len(x), "own_bytes_per_point": own / len(x),
-            "runs": sweep(search, q, truth, efs, sthreads)}
+            "runs": sweep(search, q, truth, efs, sthreads)}, search
 
 
 LIBS = ["quiver", "quiver-collection", "quiver-collection-int8", "hnswlib", "faiss", "usearch"]
@@ -309,6 +373,47 @@ def ratios(results, sthreads):
     return "\n".join(out)
 
 
+def target_ef(runs):
+    """The ef each library is timed at in the rounds: the smallest reaching TARGET, else the
+    largest of the sweep."""
+    return (first_at_target(runs) or largest_ef(runs))["ef"]
+
+
+def alternate(workers, libs, sthreads, n):
+    """n rounds; in each, every worker searches the whole query set at its target ef, once
+    per thread count, in an order rotated by one each round. Returns
+    {lib: {"ef": ef, "qps": {threads: [per-round QPS]}}}."""
+    names = list(workers)
+    out = {lib: {"ef": target_ef(libs[lib]["runs"]), "qps": {t: [] for t in sthreads}} for lib in names}
+    for r in range(n):
+        order = names[r % len(names):] + names[:r % len(names)]
+        for t in sthreads:
+            for lib in order:
+                out[lib]["qps"][t].append(workers[lib].qps(out[lib]["ef"], t))
+    return out
+
+
+def rounds_table(rounds, sthreads):
+    med = statistics.median
+    lines = ["\nAlternating rounds (each library at the smallest ef reaching recall "
+             f"{TARGET}; ratio = Quiver's QPS / the peer's in the same round, median and range):"]
+    head = ["dataset", "library", "ef"] + [f"median QPS {t}t" for t in sthreads] + \
+        [f"quiver ratio {t}t" for t in sthreads] + [f"quiver-collection ratio {t}t" for t in sthreads]
+    lines += ["| " + " | ".join(head) + " |", "|---|---|" + "---:|" * (len(head) - 2)]
+    for slug, libs in rounds.items():
+        for lib, r in libs.items():
+            cells = [slug, lib, str(r["ef"])] + [fmt_qps(med(r["qps"][t])) for t in sthreads]
+            for mine in ["quiver", "quiver-collection"]:
+                for t in sthreads:
+                    if mine not in libs or lib == mine:
+                        cells.append("")
+                        continue
+                    per = [a / b for a, b in zip(libs[mine]["qps"][t], r["qps"][t])]
+                    cells.append(f"{med(per):.2f}x ({min(per):.2f}-{max(per):.2f})")
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def plot(slug, desc, libs, path):
     import matplotlib
     matplotlib.use("Agg")
@@ -341,13 +446,19 @@ def main():
     ap.add_argument("--ef", default="16,32,64,128,256,512,1024,2048")
     ap.add_argument("--datasets", default=",".join(d[0] for d in DATASETS))
     ap.add_argument("--docs", default=os.path.join(ROOT, "docs"), help="where the PNGs go")
+    ap.add_argument("--rounds", type=int, default=5, help="alternating timed rounds at recall 0.95 (0: none)")
+    ap.add_argument("--round-libs", default="quiver,quiver-collection,hnswlib,faiss",
+                    help="the libraries timed in the alternating rounds")
     a = ap.parse_args()
+    round_libs = a.round_libs.split(",")
+    if a.rounds and not {"quiver", "hnswlib"} <= set(round_libs):
+        ap.error("--round-libs must hold quiver and hnswlib")
     efs = [int(e) for e in a.ef.split(",")]
     sthreads = [int(t) for t in a.search_threads.split(",")]
     if sthreads[0] != 1:
         ap.error("--search-threads must start with 1: the curves and the first QPS are single-threaded")
     wanted = a.datasets.split(",")
-    results = {}
+    results, rounds = {}, {}
     with tempfile.TemporaryDirectory(prefix="quiver-ann-") as tmp:
         for slug, desc, metric, gen in DATASETS:
             if slug not in wanted:
@@ -359,21 +470,34 @@ def main():
             np.save(paths["x"], x)
             np.save(paths["q"], q)
             np.save(paths["t"], truth)
-            libs = {}
+            libs, workers = {}, {}
             for lib in LIBS:
                 print(f"{slug} (n={n}): {lib} ...", file=sys.stderr, flush=True)
                 if lib == "quiver":
-                    libs[lib] = run_quiver(paths, metric, a.threads, efs, sthreads)
+                    w = run_quiver(paths, metric, a.threads, efs, sthreads)
                 elif lib == "quiver-collection":
-                    libs[lib] = run_quiver(paths, metric, a.threads, efs, sthreads, collection="float")
+                    w = run_quiver(paths, metric, a.threads, efs, sthreads, collection="float")
                 elif lib == "quiver-collection-int8":
-                    libs[lib] = run_quiver(paths, metric, a.threads, efs, sthreads, collection="int8")
+                    w = run_quiver(paths, metric, a.threads, efs, sthreads, collection="int8")
                 elif lib == "hnswlib":
-                    libs[lib] = in_child(run_hnswlib, x, q, truth, metric, a.threads, efs, sthreads, tmp)
+                    w = ChildWorker(run_hnswlib, x, q, truth, metric, a.threads, efs, sthreads, tmp)
                 elif lib == "faiss":
-                    libs[lib] = in_child(run_faiss, x, q, truth, metric, a.threads, efs, sthreads)
+                    w = ChildWorker(run_faiss, x, q, truth, metric, a.threads, efs, sthreads)
                 else:
-                    libs[lib] = in_child(run_usearch, x, q, truth, metric, a.threads, efs, sthreads)
+                    w = ChildWorker(run_usearch, x, q, truth, metric, a.threads, efs, sthreads)
+                libs[lib] = w.result
+                if lib in round_libs and a.rounds:
+                    workers[lib] = w
+                else:
+                    w.close()
+            if workers:
+                print(f"{slug} (n={n}): {a.rounds} alternating rounds of {', '.join(workers)} ...", file=sys.stderr,
+                      flush=True)
+                rounds[f"{slug} (n={n})"] = alternate(workers, libs, sthreads, a.rounds)
+            # newest first: a forked peer holds copies of the pipes to the quiver processes
+            # started before it, so a quiver sees its stdin close only once those have exited
+            for w in reversed(list(workers.values())):
+                w.close()
             results[f"{slug} (n={n})"] = libs
             os.makedirs(a.docs, exist_ok=True)
             png = os.path.join(a.docs, f"ann-{slug}.png")
@@ -383,6 +507,8 @@ def main():
           f"build threads={a.threads}, search threads={sthreads}\n")
     print(table(results, efs, sthreads))
     print(ratios(results, sthreads))
+    if rounds:
+        print(rounds_table(rounds, sthreads))
 
 
 if __name__ == "__main__":

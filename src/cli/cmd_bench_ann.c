@@ -9,7 +9,13 @@
  * set is timed per ef, on the calling thread (1) or split over a pool (--search-threads).
  * Memory is reported twice: what the index counts (hnsw_memory_bytes or the collection's
  * stats) and the growth of the process's resident set across the build, which is what
- * bench/ann.py compares across libraries. */
+ * bench/ann.py compares across libraries.
+ *
+ * With --rounds the process stays up after the sweep and answers timing requests read from
+ * stdin, one "EF THREADS" line each, with one JSON line {"ef","threads","qps"}: bench/ann.py
+ * keeps every library's index alive this way and times them in alternation, round after
+ * round, so that the ratios it reports compare runs made in the same minute (this VM's
+ * speed drifts by up to 2x over an hour, more than the margins being measured). */
 #define _GNU_SOURCE
 #include <stdio.h>
 #include <stdlib.h>
@@ -39,7 +45,9 @@ static const char ann_usage[] =
     "  --threads N        build threads (default: all CPUs; with --collection, QUIVER_THREADS)\n"
     "  --collection       through a collection in a temporary data directory\n"
     "  --quantization int8  int8 codes for the graph (with --collection)\n"
-    "  --search-threads LIST  threads the query set is split over, comma-separated (default 1)\n";
+    "  --search-threads LIST  threads the query set is split over, comma-separated (default 1)\n"
+    "  --rounds           after the sweep, answer \"EF THREADS\" lines on stdin with the query\n"
+    "                     set's queries/s at that beam width and thread count, one JSON line each\n";
 
 /* The ground truth as uint64 ids (rows, cols). vecfile reads only float .npy, so '<i8'
  * (numpy's default for argsort output) is parsed here; anything else goes to vecfile,
@@ -117,6 +125,42 @@ static void sweep_task(void *ctx, size_t i, int worker) {
   j->counts[i] = j->fn(j->ctx, i, j->ef, j->labels + i * j->k);
 }
 
+/* Queries/s over the whole query set, on the calling thread (pool NULL) or split over pool:
+ * wall clock from the first query to the last, as the Python libraries' batch calls are
+ * timed. */
+static double time_queries(sweep_job *job, size_t nq, qv_pool *pool) {
+  double t0 = cli_now();
+  if (pool) pool_run(pool, nq, sweep_task, job);
+  else for (size_t i = 0; i < nq; i++) sweep_task(job, i, 0);
+  double s = cli_now() - t0;
+  return s > 0 ? (double)nq / s : 0.0;
+}
+
+/* --rounds: answers "EF THREADS" lines from stdin until EOF (see the top comment). A pool
+ * per thread count is started on first use and kept. */
+static void serve_rounds(search_one_fn fn, void *ctx, size_t nq, size_t k) {
+  uint64_t *labels = malloc((nq ? nq : 1) * k * sizeof *labels);
+  size_t *counts = calloc(nq ? nq : 1, sizeof *counts);
+  qv_pool *pools[65] = {0};
+  if (!labels || !counts) cli_die("out of memory");
+  char line[128];
+  while (fgets(line, sizeof line, stdin)) {
+    char ef_s[32], threads_s[32];
+    line[strcspn(line, "\n")] = '\0';
+    if (sscanf(line, "%31s %31s", ef_s, threads_s) != 2)
+      cli_die("bench ann --rounds: want \"EF THREADS\", got \"%s\"", line);
+    size_t ef = (size_t)cli_int(ef_s, "EF", 1, 1000000), threads = (size_t)cli_int(threads_s, "THREADS", 1, 64);
+    if (threads > 1 && !pools[threads] && pool_create(&pools[threads], (int)threads)) cli_die("cannot start threads");
+    sweep_job job = {fn, ctx, ef, k, labels, counts};
+    printf("{\"ef\":%zu,\"threads\":%zu,\"qps\":%.1f}\n", ef, threads, time_queries(&job, nq, pools[threads]));
+    fflush(stdout);
+  }
+  for (size_t t = 0; t < 65; t++)
+    if (pools[t]) pool_destroy(pools[t]);
+  free(labels);
+  free(counts);
+}
+
 /* For each ef: the whole query set is timed once per search thread count (wall clock from
  * the first query to the last, as the Python libraries' batch calls are timed), then
  * recall@k is scored outside the timing. Prints the "runs" array. */
@@ -136,11 +180,7 @@ static void sweep(search_one_fn fn, void *ctx, size_t nq, const uint64_t *gt, si
     printf("%s{\"ef\":%zu,\"qps_by_threads\":[", e ? "," : "", efs[e]);
     double qps1 = 0;
     for (size_t t = 0; t < nst; t++) {
-      double t0 = cli_now();
-      if (pools[t]) pool_run(pools[t], nq, sweep_task, &job);
-      else for (size_t i = 0; i < nq; i++) sweep_task(&job, i, 0);
-      double s = cli_now() - t0;
-      double qps = s > 0 ? (double)nq / s : 0.0;
+      double qps = time_queries(&job, nq, pools[t]);
       if (t == 0) qps1 = qps;
       printf("%s%.1f", t ? "," : "", qps);
     }
@@ -155,6 +195,7 @@ static void sweep(search_one_fn fn, void *ctx, size_t nq, const uint64_t *gt, si
     printf("],\"qps\":%.1f,\"recall\":%.4f}", qps1, nq ? (double)found / (double)(nq * k) : 0.0);
   }
   printf("]}\n");
+  fflush(stdout); /* with --rounds the reader waits for this line before asking */
   for (size_t t = 0; t < nst; t++)
     if (pools[t]) pool_destroy(pools[t]);
   free(pools);
@@ -201,7 +242,8 @@ static size_t index_search(void *ctx, size_t i, size_t ef, uint64_t *out) {
 /* The --collection run: load, build, then the same ef sweep through qv_collection_search. */
 static void bench_collection(const vecfile_matrix *x, const vecfile_matrix *q, const uint64_t *gt,
                              size_t tcols, qv_distance dist, size_t M, size_t efc, size_t k,
-                             const size_t *efs, size_t nef, const size_t *sthreads, size_t nst, int int8) {
+                             const size_t *efs, size_t nef, const size_t *sthreads, size_t nst, int int8,
+                             int rounds) {
   char dir[] = "/tmp/quiver-bench-ann-XXXXXX";
   if (!mkdtemp(dir)) cli_die("bench ann: cannot make a temporary directory");
   qv_error err = {0};
@@ -244,6 +286,7 @@ static void bench_collection(const vecfile_matrix *x, const vecfile_matrix *q, c
          build_s, s.vector_bytes, s.graph_bytes, s.quantized_bytes, rss1 - rss0, rss2 - rss1);
   coll_ctx cc = {c, q, k};
   sweep(coll_search, &cc, q->rows, gt, tcols, k, efs, nef, sthreads, nst);
+  if (rounds) serve_rounds(coll_search, &cc, q->rows, k);
   qv_db_close(db);
   qv_rm_tree(dir);
 }
@@ -252,12 +295,12 @@ int cmd_bench_ann(int argc, char **argv) {
   const char *data = NULL, *queries = NULL, *truth = NULL, *dist_s = "Dot", *m_s = "16", *efc_s = "200",
              *ef_s = "16,32,64,128,256", *k_s = "10", *threads_s = "0", *quant_s = NULL,
              *sthreads_s = "1";
-  int through_collection = 0;
+  int through_collection = 0, rounds = 0;
   cli_opt opts[] = {{"data", &data, NULL},         {"queries", &queries, NULL}, {"truth", &truth, NULL},
                     {"distance", &dist_s, NULL},   {"m", &m_s, NULL},           {"ef-construct", &efc_s, NULL},
                     {"ef", &ef_s, NULL},           {"k", &k_s, NULL},           {"threads", &threads_s, NULL},
                     {"collection", NULL, &through_collection}, {"quantization", &quant_s, NULL},
-                    {"search-threads", &sthreads_s, NULL},
+                    {"search-threads", &sthreads_s, NULL}, {"rounds", NULL, &rounds},
                     {0}};
   cli_parse(argc, argv, opts, NULL, 0, ann_usage);
   if (!data || !queries || !truth) cli_die("bench ann: --data, --queries and --truth are required");
@@ -282,7 +325,7 @@ int cmd_bench_ann(int argc, char **argv) {
   if (quant_s && !through_collection) cli_die("--quantization needs --collection");
   if (through_collection) {
     if (efc < 4) cli_die("--ef-construct must be at least 4 with --collection");
-    bench_collection(&x, &q, gt, tcols, dist, M, efc, k, efs, nef, sthreads, nst, quant_s != NULL);
+    bench_collection(&x, &q, gt, tcols, dist, M, efc, k, efs, nef, sthreads, nst, quant_s != NULL, rounds);
     free(gt);
     vecfile_matrix_free(&x);
     vecfile_matrix_free(&q);
@@ -311,6 +354,7 @@ int cmd_bench_ann(int argc, char **argv) {
   index_ctx ic = {h, &q, k, malloc((q.rows ? q.rows : 1) * k * sizeof(hnsw_hit))};
   if (!ic.hits) cli_die("out of memory");
   sweep(index_search, &ic, q.rows, gt, tcols, k, efs, nef, sthreads, nst);
+  if (rounds) serve_rounds(index_search, &ic, q.rows, k);
   free(ic.hits);
   free(gt);
   hnsw_free(h);
