@@ -626,12 +626,56 @@ static void att_fwd(void *c, size_t lo, size_t hi) {
  * triangle (at T = 128, 59% of the square instead of all of it). */
 enum { ATT_RB = 24 };
 
+/* A head's B operands are packed once per head (gptk_pack) and shared by its row blocks,
+ * instead of each block's GEMM packing its own copy for only four row tiles: buffers of
+ * ATT_PACK floats each on the task's stack, for heads where T x hs fits (T = 128, hs = 32:
+ * 4,096); larger heads read their operands unpacked. */
+enum { ATT_PACK = 8192 };
+
+/* B operand of an attention GEMM: packed (bp set, panels pstride floats apart), or in place. */
+typedef struct att_b {
+  const float *b, *bp;
+  size_t bks, bjs, pstride;
+} att_b;
+
+/* b (K, N) through its strides, packed into buf when buf is set. */
+static att_b att_operand(float *buf, const float *b, size_t bks, size_t bjs, int K, int N) {
+  att_b o = {b, NULL, bks, bjs, 0};
+  if (buf) {
+    gptk_pack(buf, b, bks, bjs, K, N);
+    o.bp = buf;
+    o.pstride = (size_t)K * GPTK_NR;
+  }
+  return o;
+}
+
+/* c (M, N) = or += A @ B's rows [k0, k0 + K) (gptk_gemm's contract; the same bits either way). */
+static void att_mm(float *c, size_t ldc, const float *a, size_t ars, size_t aks, const att_b *o, int k0, int M,
+                   int N, int K, int acc) {
+  if (o->bp)
+    gptk_gemm_packed(c, ldc, a, ars, aks, o->bp + (size_t)k0 * GPTK_NR, o->pstride, M, N, K, acc, NULL);
+  else
+    gptk_gemm(c, ldc, a, ars, aks, o->b + (size_t)k0 * o->bks, o->bks, o->bjs, M, N, K, acc, NULL);
+}
+
+/* n columns rounded up to whole GPTK_NR panels, at most T (the row's length). */
+static int att_cols(int n, int T) {
+  int r = (n + GPTK_NR - 1) / GPTK_NR * GPTK_NR;
+  return r < T ? r : T;
+}
+
+static int att_packs(int T, int hs) {
+  return gptk_packed_floats(hs, T) <= ATT_PACK && gptk_packed_floats(T, hs) <= ATT_PACK;
+}
+
 /* task = (b, h), as att_fwd, with gptk_gemm over the lower triangle only. */
 static void att_fwd_tiled(void *c, size_t lo, size_t hi) {
   att_ctx *x = c;
   int T = x->T, C = x->C, H = x->H, hs = C / H;
   size_t C3 = 3 * (size_t)C, Tz = (size_t)T;
   float scale = 1.0f / sqrtf((float)hs);
+  float pk[2][ATT_PACK] __attribute__((aligned(64)));
+  int packs = att_packs(T, hs);
   for (size_t task = lo; task < hi; task++) {
     int h = (int)(task % (size_t)H), b = (int)(task / (size_t)H);
     const float *q = x->qkv + (size_t)b * T * C3 + (size_t)h * hs; // (T, hs) stride 3C
@@ -639,21 +683,26 @@ static void att_fwd_tiled(void *c, size_t lo, size_t hi) {
     float *att = x->att + task * Tz * Tz;                     // (T, T)
     float *pre = x->preatt ? x->preatt + task * Tz * Tz : att; // (T, T), lower triangle
     float *out = x->out + (size_t)b * T * C + (size_t)h * hs; // (T, hs) stride C
+    att_b kt = att_operand(packs ? pk[0] : NULL, k, 1, C3, hs, T); /* B (hs, T) = k^T */
+    att_b vb = att_operand(packs ? pk[1] : NULL, v, C3, 1, T, hs); /* B (T, hs) = v */
     for (int i0 = 0; i0 < T; i0 += ATT_RB) {
       int rb = T - i0 < ATT_RB ? T - i0 : ATT_RB, n = i0 + rb;
-      /* pre rows [i0, n), columns [0, n) = q @ k^T (unscaled) */
-      gptk_gemm(pre + i0 * Tz, Tz, q + i0 * C3, C3, 1, k, 1, C3, rb, n, hs, 0, NULL);
+      /* pre rows [i0, n), columns [0, n) = q @ k^T (unscaled); in place, to the end of n's
+       * 16-column panel, a partial tile's copy saved: the masked scores past n are
+       * overwritten below */
+      int nc = x->preatt ? n : att_cols(n, T);
+      att_mm(pre + i0 * Tz, Tz, q + i0 * C3, C3, 1, &kt, 0, rb, nc, hs, 0);
       for (int t = i0; t < n; t++) {
         float *p = pre + t * Tz, *a = att + t * Tz, s = scale;
         if (x->preatt) { /* keep the scaled scores */
           for (int j = 0; j <= t; j++) p[j] *= scale;
           s = 1.0f;
         }
-        gptk_softmax(a, p, t + 1, s);
+        gptk_softmax_probs(a, p, t + 1, s);
         memset(a + t + 1, 0, (Tz - (size_t)t - 1) * sizeof(float)); /* causal mask */
       }
       /* out rows [i0, n) = att (rb, n) @ v (n, hs) */
-      gptk_gemm(out + i0 * (size_t)C, (size_t)C, att + i0 * Tz, Tz, 1, v, C3, 1, rb, hs, n, 0, NULL);
+      att_mm(out + i0 * (size_t)C, (size_t)C, att + i0 * Tz, Tz, 1, &vb, 0, rb, hs, n, 0);
     }
   }
 }
@@ -704,6 +753,8 @@ static void att_bwd_tiled(void *c, size_t lo, size_t hi) {
   int T = x->T, C = x->C, H = x->H, hs = C / H, acc = x->acc;
   size_t C3 = 3 * (size_t)C, Tz = (size_t)T, Cz = (size_t)C;
   float scale = 1.0f / sqrtf((float)hs);
+  float pk[4][ATT_PACK] __attribute__((aligned(64)));
+  int packs = att_packs(T, hs);
   for (size_t task = lo; task < hi; task++) {
     int h = (int)(task % (size_t)H), b = (int)(task / (size_t)H);
     size_t qoff = (size_t)b * T * C3 + (size_t)h * hs;
@@ -712,10 +763,15 @@ static void att_bwd_tiled(void *c, size_t lo, size_t hi) {
     const float *att = x->catt + task * Tz * Tz;                 // (T, T)
     const float *d = x->dout + (size_t)b * T * C + (size_t)h * hs; // (T, hs) stride C
     float *datt = x->scratch + task * Tz * Tz;                   // (T, T), lower triangle
+    att_b vt = att_operand(packs ? pk[0] : NULL, v, 1, C3, hs, T); /* B (hs, T) = v^T */
+    att_b kb = att_operand(packs ? pk[1] : NULL, k, C3, 1, T, hs); /* B (T, hs) = k */
+    att_b qb = att_operand(packs ? pk[2] : NULL, q, C3, 1, T, hs); /* B (T, hs) = q */
+    att_b db = att_operand(packs ? pk[3] : NULL, d, Cz, 1, T, hs); /* B (T, hs) = dout */
     for (int i0 = 0; i0 < T; i0 += ATT_RB) {
       int rb = T - i0 < ATT_RB ? T - i0 : ATT_RB, n = i0 + rb;
-      /* datt rows [i0, n), columns [0, n) = dout @ v^T */
-      gptk_gemm(datt + i0 * Tz, Tz, d + i0 * Cz, Cz, 1, v, 1, C3, rb, n, hs, 0, NULL);
+      /* datt rows [i0, n), columns [0, n) = dout @ v^T (to the end of n's panel: the GEMMs
+       * below read no column past n of these rows) */
+      att_mm(datt + i0 * Tz, Tz, d + i0 * Cz, Cz, 1, &vt, 0, rb, att_cols(n, T), hs, 0);
       /* softmax rows: dpre = att * (datt - sum(att * datt)) * scale; zero to the block's end,
        * where the GEMMs below read */
       for (int t = i0; t < n; t++) {
@@ -727,10 +783,10 @@ static void att_bwd_tiled(void *c, size_t lo, size_t hi) {
     for (int i0 = 0; i0 < T; i0 += ATT_RB) {
       int rb = T - i0 < ATT_RB ? T - i0 : ATT_RB, n = i0 + rb;
       /* dq rows [i0, n) = dpre (rb, n) @ k (n, hs) */
-      gptk_gemm(dq + i0 * C3, C3, datt + i0 * Tz, Tz, 1, k, C3, 1, rb, hs, n, acc, NULL);
+      att_mm(dq + i0 * C3, C3, datt + i0 * Tz, Tz, 1, &kb, 0, rb, hs, n, acc);
       /* dk rows [i0, n) = dpre^T @ q and dv rows = att^T @ dout, over rows t >= i0 only */
-      gptk_gemm(dk + i0 * C3, C3, datt + i0 * Tz + i0, 1, Tz, q + i0 * C3, C3, 1, rb, hs, T - i0, acc, NULL);
-      gptk_gemm(dv + i0 * C3, C3, att + i0 * Tz + i0, 1, Tz, d + i0 * Cz, Cz, 1, rb, hs, T - i0, acc, NULL);
+      att_mm(dk + i0 * C3, C3, datt + i0 * Tz + i0, 1, Tz, &qb, i0, rb, hs, T - i0, acc);
+      att_mm(dv + i0 * C3, C3, att + i0 * Tz + i0, 1, Tz, &db, i0, rb, hs, T - i0, acc);
     }
   }
 }

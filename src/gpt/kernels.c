@@ -23,6 +23,7 @@
 #include "compute/simd.h"
 
 enum { MR = 6, NR = 16, KC = 256, MC = 192 };
+_Static_assert(NR == GPTK_NR, "kernels.h's panel width is the kernel's");
 
 #if defined(QV_X86)
 
@@ -139,7 +140,10 @@ AVX2 static inline __m256 exp8(__m256 x) {
   return _mm256_and_ps(_mm256_mul_ps(y, _mm256_castsi256_ps(e)), keep);
 }
 
-AVX2 static float softmax_avx2(float *out, const float *in, int n, float scale) {
+/* out = softmax(scale * in); returns the sum of exponentials, the maximum in *maxp. The tail
+ * (n % 8) takes expf, as the inference path (infer.c) does for every term, which keeps
+ * short rows (attention's first) equal to it. */
+AVX2 static float softmax_avx2(float *out, const float *in, int n, float scale, float *maxp) {
   int i = 0;
   __m256 mv = _mm256_set1_ps(-INFINITY);
   for (; i + 8 <= n; i += 8) mv = _mm256_max_ps(mv, _mm256_loadu_ps(in + i));
@@ -160,7 +164,8 @@ AVX2 static float softmax_avx2(float *out, const float *in, int n, float scale) 
   __m256 iv = _mm256_set1_ps(inv);
   for (i = 0; i + 8 <= n; i += 8) _mm256_storeu_ps(out + i, _mm256_mul_ps(_mm256_loadu_ps(out + i), iv));
   for (; i < n; i++) out[i] *= inv;
-  return maxv * scale + logf(sum);
+  *maxp = maxv;
+  return sum;
 }
 
 #else
@@ -213,15 +218,48 @@ static void pack_b(float *bp, const float *b, size_t bks, size_t bjs, int k0, in
   }
 }
 
+typedef void (*ukernel_fn)(float *, size_t, const float *const *, size_t, const float *, int, const float *);
+
+static ukernel_fn pick_ukernel(void) {
+#if defined(QV_X86)
+  if (gptk_gemm_available()) return ukernel_avx2;
+#endif
+  return ukernel_c;
+}
+
+/* Rows [i0, i1) of columns j0.. (nr of them) over one k block [k0, k0 + kc), against the
+ * block's packed panel bp: tiles start from init (16 floats) when it is set, else from c. */
+static void panel_rows(ukernel_fn uk, float *c, size_t ldc, const float *a, size_t ars, size_t aks, const float *bp,
+                       int i0, int i1, int j0, int nr, int k0, int kc, const float *init) {
+  float ct[MR * NR] __attribute__((aligned(64)));
+  for (int i = i0; i < i1; i += MR) {
+    int mr = i1 - i < MR ? i1 - i : MR;
+    const float *ar[MR];
+    /* rows past mr repeat row i: computed into the padded tile and dropped */
+    for (int r = 0; r < MR; r++) ar[r] = a + (size_t)(i + (r < mr ? r : 0)) * ars + (size_t)k0 * aks;
+    float *ctile = c + (size_t)i * ldc + (size_t)j0;
+    if (mr == MR && nr == NR) {
+      uk(ctile, ldc, ar, aks, bp, kc, init);
+      continue;
+    }
+    memset(ct, 0, sizeof ct);
+    if (!init)
+      for (int r = 0; r < mr; r++) memcpy(ct + r * NR, ctile + (size_t)r * ldc, (size_t)nr * sizeof(float));
+    uk(ct, NR, ar, aks, bp, kc, init);
+    for (int r = 0; r < mr; r++) memcpy(ctile + (size_t)r * ldc, ct + r * NR, (size_t)nr * sizeof(float));
+  }
+}
+
+/* init (16) = bias[j0..j0+nr) or zeros, zero past nr. */
+static void panel_init(float *init, const float *bias, int j0, int nr) {
+  for (int j = 0; j < NR; j++) init[j] = bias && j < nr ? bias[j0 + j] : 0.0f;
+}
+
 void gptk_gemm(float *c, size_t ldc, const float *a, size_t ars, size_t aks, const float *b, size_t bks,
                size_t bjs, int M, int N, int K, int accumulate, const float *bias) {
   float bp[KC * NR] __attribute__((aligned(64)));
-  float ct[MR * NR] __attribute__((aligned(64)));
   float init[NR] __attribute__((aligned(64)));
-  void (*ukernel)(float *, size_t, const float *const *, size_t, const float *, int, const float *) = ukernel_c;
-#if defined(QV_X86)
-  if (gptk_gemm_available()) ukernel = ukernel_avx2;
-#endif
+  ukernel_fn uk = pick_ukernel();
   for (int i0 = 0; i0 < M; i0 += MC) {
     int mc = M - i0 < MC ? M - i0 : MC;
     /* K == 0 still runs one empty block, so that a non-accumulating call writes its init */
@@ -230,32 +268,42 @@ void gptk_gemm(float *c, size_t ldc, const float *a, size_t ars, size_t aks, con
       int fresh = k0 == 0 && !accumulate; /* tiles start from init instead of c */
       for (int j0 = 0; j0 < N; j0 += NR) {
         int nr = N - j0 < NR ? N - j0 : NR;
-        if (fresh) {
-          for (int j = 0; j < NR; j++) init[j] = bias && j < nr ? bias[j0 + j] : 0.0f;
-        }
+        if (fresh) panel_init(init, bias, j0, nr);
         pack_b(bp, b, bks, bjs, k0, kc, j0, nr);
-        for (int i = i0; i < i0 + mc; i += MR) {
-          int mr = i0 + mc - i < MR ? i0 + mc - i : MR;
-          const float *ar[MR];
-          /* rows past mr repeat row i: computed into the padded tile and dropped */
-          for (int r = 0; r < MR; r++) ar[r] = a + (size_t)(i + (r < mr ? r : 0)) * ars + (size_t)k0 * aks;
-          float *ctile = c + (size_t)i * ldc + (size_t)j0;
-          if (mr == MR && nr == NR) {
-            ukernel(ctile, ldc, ar, aks, bp, kc, fresh ? init : NULL);
-            continue;
-          }
-          memset(ct, 0, sizeof ct);
-          if (!fresh)
-            for (int r = 0; r < mr; r++) memcpy(ct + r * NR, ctile + (size_t)r * ldc, (size_t)nr * sizeof(float));
-          ukernel(ct, NR, ar, aks, bp, kc, fresh ? init : NULL);
-          for (int r = 0; r < mr; r++) memcpy(ctile + (size_t)r * ldc, ct + r * NR, (size_t)nr * sizeof(float));
-        }
+        panel_rows(uk, c, ldc, a, ars, aks, bp, i0, i0 + mc, j0, nr, k0, kc, fresh ? init : NULL);
       }
     }
   }
 }
 
-static float softmax_c(float *out, const float *in, int n, float scale) {
+size_t gptk_packed_floats(int K, int N) { return (size_t)((N + NR - 1) / NR) * NR * (size_t)(K > 0 ? K : 0); }
+
+void gptk_pack(float *bp, const float *b, size_t bks, size_t bjs, int K, int N) {
+  if (K <= 0) return;
+  for (int j0 = 0; j0 < N; j0 += NR)
+    pack_b(bp + (size_t)(j0 / NR) * NR * (size_t)K, b, bks, bjs, 0, K, j0, N - j0 < NR ? N - j0 : NR);
+}
+
+void gptk_gemm_packed(float *c, size_t ldc, const float *a, size_t ars, size_t aks, const float *bp, size_t pstride,
+                      int M, int N, int K, int accumulate, const float *bias) {
+  float init[NR] __attribute__((aligned(64)));
+  ukernel_fn uk = pick_ukernel();
+  for (int i0 = 0; i0 < M; i0 += MC) {
+    int mc = M - i0 < MC ? M - i0 : MC;
+    for (int k0 = 0; k0 < K || k0 == 0; k0 += KC) {
+      int kc = K - k0 < KC ? K - k0 : KC;
+      int fresh = k0 == 0 && !accumulate;
+      for (int j0 = 0; j0 < N; j0 += NR) {
+        int nr = N - j0 < NR ? N - j0 : NR;
+        if (fresh) panel_init(init, bias, j0, nr);
+        const float *panel = bp + (size_t)(j0 / NR) * pstride + (size_t)k0 * NR;
+        panel_rows(uk, c, ldc, a, ars, aks, panel, i0, i0 + mc, j0, nr, k0, kc, fresh ? init : NULL);
+      }
+    }
+  }
+}
+
+static float softmax_c(float *out, const float *in, int n, float scale, float *maxp) {
   float maxv = -INFINITY, sum = 0;
   for (int i = 0; i < n; i++) maxv = in[i] > maxv ? in[i] : maxv;
   for (int i = 0; i < n; i++) {
@@ -264,14 +312,25 @@ static float softmax_c(float *out, const float *in, int n, float scale) {
   }
   float inv = 1.0f / sum;
   for (int i = 0; i < n; i++) out[i] *= inv;
-  return maxv * scale + logf(sum);
+  *maxp = maxv;
+  return sum;
+}
+
+static float softmax_any(float *out, const float *in, int n, float scale, float *maxp) {
+#if defined(QV_X86)
+  if (gptk_gemm_available()) return softmax_avx2(out, in, n, scale, maxp);
+#endif
+  return softmax_c(out, in, n, scale, maxp);
 }
 
 float gptk_softmax(float *out, const float *in, int n, float scale) {
-#if defined(QV_X86)
-  if (gptk_gemm_available()) return softmax_avx2(out, in, n, scale);
-#endif
-  return softmax_c(out, in, n, scale);
+  float maxv, sum = softmax_any(out, in, n, scale, &maxv);
+  return maxv * scale + logf(sum);
+}
+
+void gptk_softmax_probs(float *out, const float *in, int n, float scale) {
+  float maxv;
+  softmax_any(out, in, n, scale, &maxv);
 }
 
 /* ---- Elementwise and row kernels ----------------------------------------------------------

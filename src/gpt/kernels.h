@@ -22,10 +22,25 @@ int gptk_gemm_available(void);
 void gptk_gemm(float *c, size_t ldc, const float *a, size_t ars, size_t aks, const float *b, size_t bks,
                size_t bjs, int M, int N, int K, int accumulate, const float *bias);
 
+/* Packed B, for an operand that several calls share (attention's per-head K, V, Q and dout):
+ * gptk_pack writes B (K, N) (B(k, j) = b[k * bks + j * bjs]) as ceil(N / GPTK_NR) panels of
+ * K rows x GPTK_NR floats, panel p at bp + p * K * GPTK_NR, columns past N zero;
+ * gptk_packed_floats(K, N) is its size. bp must be 32-byte aligned. */
+#define GPTK_NR 16
+size_t gptk_packed_floats(int K, int N);
+void gptk_pack(float *bp, const float *b, size_t bks, size_t bjs, int K, int N);
+/* gptk_gemm with B packed: panel p of B's rows [0, K) at bp + p * pstride, rows GPTK_NR floats
+ * apart (so bp + k0 * GPTK_NR with pstride K * GPTK_NR reads rows [k0, k0 + K) of a
+ * gptk_pack). The same bits as gptk_gemm on the unpacked operand. */
+void gptk_gemm_packed(float *c, size_t ldc, const float *a, size_t ars, size_t aks, const float *bp, size_t pstride,
+                      int M, int N, int K, int accumulate, const float *bias);
+
 /* out (n) = softmax(scale * in (n)), n >= 1, scale > 0; returns log(sum(exp(scale * in))),
  * computed from the maximum, so that -log p = lse - in[i] (scale 1) stays exact for tiny
  * probabilities. out may be in. Sums run in a fixed order for a given n. */
 float gptk_softmax(float *out, const float *in, int n, float scale);
+/* gptk_softmax without the log-sum-exp (attention's rows): the same out. */
+void gptk_softmax_probs(float *out, const float *in, int n, float scale);
 
 /* ---- Elementwise and row kernels (AVX2 where available, the same math in C elsewhere) ---- */
 
