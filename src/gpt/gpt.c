@@ -209,6 +209,8 @@ struct gpt_acts {
   float *dfch, *dfch_gelu;                   /* (B, T, 4C) */
   float *dlogits;                            /* (B, T, V) */
   float *dscratch;                           /* (B, H, T, T) */
+  float *pack;                               /* a matmul's B, packed once per call (mm_par) */
+  size_t pack_cap;                           /* its floats */
   int32_t *inputs, *targets;                 /* (B, T) of the last forward */
   int lastB, lastT;
   int has_targets;
@@ -292,8 +294,14 @@ qv_status gpt_train_alloc(gpt_model *m, int B, int T, qv_error *err) {
   size_t asize = PAD(BT * C) + 3 * (PAD(L * BT * C) + 2 * PAD(L * BT)) + PAD(L * BT * 3 * C) + PAD(L * BT * C) +
                  PAD(L * B * H * Tn * Tn) + PAD(L * BT * C) + 2 * PAD(L * BT * 4 * C) + PAD(BT * C) +
                  PAD(BT * V) + PAD(BT);
+  /* the largest B a step's matmuls pack (K x columns rounded to panels): weights (C x 4C both
+   * ways), dout for weight gradients (BT x 4C), the tied head (C x V, V x C, BT x C) */
+  size_t pcap = gptk_packed_floats((int)C, (int)(4 * C));
+  size_t pk[] = {gptk_packed_floats((int)(4 * C), (int)C), gptk_packed_floats((int)BT, (int)(4 * C)),
+                 gptk_packed_floats((int)C, (int)V), gptk_packed_floats((int)V, (int)C)};
+  for (size_t i = 0; i < sizeof pk / sizeof *pk; i++) pcap = pk[i] > pcap ? pk[i] : pcap;
   size_t gsize = PAD(BT * C) + 3 * PAD(BT * C) + PAD(BT * 3 * C) + 2 * PAD(BT * 4 * C) +
-                 PAD(BT * V) + PAD((size_t)B * H * Tn * Tn);
+                 PAD(BT * V) + PAD((size_t)B * H * Tn * Tn) + PAD(pcap);
 #undef PAD
   gpt_acts *a = calloc(1, sizeof *a);
   if (!a) return qv_fail(err, QV_ENOMEM, "out of memory for activations");
@@ -356,6 +364,8 @@ qv_status gpt_train_alloc(gpt_model *m, int B, int T, qv_error *err) {
   a->dfch_gelu = take(&g, BT * 4 * C);
   a->dlogits = take(&g, BT * V);
   a->dscratch = take(&g, (size_t)B * H * Tn * Tn);
+  a->pack = take(&g, pcap);
+  a->pack_cap = pcap;
   m->B = B;
   m->T = T;
   return QV_OK;
@@ -448,7 +458,38 @@ typedef struct mm_ctx {
   int kind; /* 0: out = a @ b, 1: out = a @ b^T, 3: out = a^T @ b; all sliced by rows of out */
   int acc;  /* 1: out += ..., 0: out = bias + ... (bias NULL: zeros) */
   const float *bias;
+  float *pack;      /* room to pack B once for the whole call (NULL: each block packs its own) */
+  size_t pack_cap;  /* pack's floats */
+  const float *bp;  /* B packed (gptk_pack) into pack by mm_par, or NULL */
 } mm_ctx;
+
+/* B as gptk_gemm reads it for each kind: B(k, j) = b[k * bks + j * bjs], K x cols. */
+typedef struct mm_bdesc {
+  size_t bks, bjs;
+  int K, cols;
+} mm_bdesc;
+
+static mm_bdesc mm_b(const mm_ctx *x) {
+  if (x->kind == 0) return (mm_bdesc){(size_t)x->OC, 1, x->IC, x->OC};
+  if (x->kind == 1) return (mm_bdesc){1, (size_t)x->OC, x->OC, x->IC};
+  return (mm_bdesc){(size_t)x->OC, 1, x->N, x->OC};
+}
+
+/* out (rows [lo, lo + M), columns [j0, j0 + nc)) through gptk_gemm, or gptk_gemm_packed when
+ * B is packed (the same bits). */
+static void mm_gptk(const mm_ctx *x, size_t lo, int M, size_t j0, int nc) {
+  size_t IC = (size_t)x->IC, OC = (size_t)x->OC, w = x->kind == 1 ? IC : OC; /* w: out's row length */
+  const float *a = x->kind == 0 ? x->a + lo * IC : x->kind == 1 ? x->a + lo * OC : x->a + lo;
+  size_t ars = x->kind == 0 ? IC : x->kind == 1 ? OC : 1, aks = x->kind == 3 ? IC : 1;
+  mm_bdesc d = mm_b(x);
+  float *out = x->out + lo * w + j0;
+  const float *bias = x->bias ? x->bias + j0 : NULL;
+  if (x->bp)
+    gptk_gemm_packed(out, w, a, ars, aks, x->bp + j0 * (size_t)d.K, (size_t)d.K * GPTK_NR, M, nc, d.K, x->acc,
+                     bias);
+  else
+    gptk_gemm(out, w, a, ars, aks, x->b + j0 * d.bjs, d.bks, d.bjs, M, nc, d.K, x->acc, bias);
+}
 
 static void mm_slice(void *c, size_t lo, size_t hi) {
   mm_ctx *x = c;
@@ -456,12 +497,7 @@ static void mm_slice(void *c, size_t lo, size_t hi) {
   size_t IC = (size_t)x->IC, OC = (size_t)x->OC, w = x->kind == 1 ? IC : OC; /* w: out's row length */
   float *out = x->out + lo * w;
   if (gptk_gemm_available()) {
-    if (x->kind == 0)
-      gptk_gemm(out, OC, x->a + lo * IC, IC, 1, x->b, OC, 1, n, x->OC, x->IC, x->acc, x->bias);
-    else if (x->kind == 1) /* B(k, j) = b[j, k] */
-      gptk_gemm(out, IC, x->a + lo * OC, OC, 1, x->b, 1, OC, n, x->IC, x->OC, x->acc, x->bias);
-    else /* A(i, k) = a[k, lo + i] */
-      gptk_gemm(out, OC, x->a + lo, 1, IC, x->b, OC, 1, n, x->OC, x->N, x->acc, x->bias);
+    mm_gptk(x, lo, n, 0, (int)w);
     return;
   }
   if (!x->acc)
@@ -513,23 +549,40 @@ static void mm_block(void *c, size_t task, int worker) {
     return;
   }
   size_t j0 = task * MM_COLS, nc = j0 + MM_COLS < j->cols ? MM_COLS : j->cols - j0;
-  size_t IC = (size_t)x->IC, OC = (size_t)x->OC, M = j->rows;
-  const float *bias = x->bias ? x->bias + j0 : NULL;
-  if (x->kind == 0)
-    gptk_gemm(x->out + j0, OC, x->a, IC, 1, x->b + j0, OC, 1, (int)M, (int)nc, x->IC, x->acc, bias);
-  else if (x->kind == 1)
-    gptk_gemm(x->out + j0, IC, x->a, OC, 1, x->b + j0 * OC, 1, OC, (int)M, (int)nc, x->OC, x->acc, bias);
-  else
-    gptk_gemm(x->out + j0, OC, x->a, 1, IC, x->b + j0, OC, 1, (int)M, (int)nc, x->N, x->acc, bias);
+  mm_gptk(x, 0, (int)j->rows, j0, (int)nc);
+}
+
+/* Packs columns [64 task, 64 task + 64) of B into x->pack (four panels). */
+enum { MM_PACK_COLS = 64 };
+static void mm_pack_task(void *c, size_t task, int worker) {
+  (void)worker;
+  mm_ctx *x = c;
+  mm_bdesc d = mm_b(x);
+  int j0 = (int)task * MM_PACK_COLS, nc = d.cols - j0 < MM_PACK_COLS ? d.cols - j0 : MM_PACK_COLS;
+  gptk_pack(x->pack + (size_t)j0 * (size_t)d.K, x->b + (size_t)j0 * d.bjs, d.bks, d.bjs, d.K, nc);
 }
 
 static void mm_par(qv_pool *pool, mm_ctx *x, size_t n, size_t work_per) {
   size_t nt = (size_t)pool_size(pool);
-  if (nt > 1 && n * work_per >= 65536 && gptk_gemm_available()) {
+  x->bp = NULL;
+  if (gptk_gemm_available()) {
     size_t cols = (size_t)(x->kind == 1 ? x->IC : x->OC);
     mm_blocks j = {x, n, cols, n >= 2 * MM_ROWS * nt || cols < 2 * MM_COLS};
     size_t tasks = j.by_rows ? (n + MM_ROWS - 1) / MM_ROWS : (cols + MM_COLS - 1) / MM_COLS;
-    if (tasks > 1) {
+    int split = nt > 1 && n * work_per >= 65536 && tasks > 1;
+    /* More than one block of rows would each pack all of B (gptk_gemm packs per MC rows):
+     * pack it once, over the pool, and let every block read the one copy. A split by
+     * columns packs each panel once already. */
+    mm_bdesc d = mm_b(x);
+    if (x->pack && n > MM_ROWS && (!split || j.by_rows) && d.K > 0 &&
+        gptk_packed_floats(d.K, d.cols) <= x->pack_cap) {
+      size_t pt = ((size_t)d.cols + MM_PACK_COLS - 1) / MM_PACK_COLS;
+      if (split && pt > 1) pool_run(pool, pt, mm_pack_task, x);
+      else
+        for (size_t t = 0; t < pt; t++) mm_pack_task(x, t, 0);
+      x->bp = x->pack;
+    }
+    if (split) {
       pool_run(pool, tasks, mm_block, &j);
       return;
     }
@@ -545,10 +598,16 @@ static void mm_par(qv_pool *pool, mm_ctx *x, size_t n, size_t work_per) {
   pool_run(pool, (n + per - 1) / per, mm_task, &j);
 }
 
+/* gpt_matmul_forward with room to pack the weight once (pack NULL: none). */
+static void matmul_forward(qv_pool *pool, float *pack, size_t cap, float *out, const float *inp, const float *w,
+                           const float *b, int N, int IC, int OC) {
+  mm_ctx x = {out, inp, w, N, IC, OC, 0, 0, b, pack, cap, NULL};
+  mm_par(pool, &x, (size_t)N, (size_t)IC * OC);
+}
+
 void gpt_matmul_forward(qv_pool *pool, float *out, const float *inp, const float *w, const float *b, int N,
                         int IC, int OC) {
-  mm_ctx x = {out, inp, w, N, IC, OC, 0, 0, b};
-  mm_par(pool, &x, (size_t)N, (size_t)IC * OC);
+  matmul_forward(pool, NULL, 0, out, inp, w, b, N, IC, OC);
 }
 
 typedef struct bias_ctx {
@@ -562,13 +621,15 @@ static void bias_cols(void *c, size_t lo, size_t hi) {
   gptk_colsum(x->db + lo, x->dout + lo, x->N, x->OC, hi - lo);
 }
 
-/* gpt_matmul_backward with dinp overwritten (acc_dinp 0) or accumulated into (1). */
-static void matmul_backward(qv_pool *pool, float *dinp, float *dw, float *db, const float *dout,
-                            const float *inp, const float *w, int N, int IC, int OC, int acc_dinp) {
+/* gpt_matmul_backward with dinp overwritten (acc_dinp 0) or accumulated into (1), and room to
+ * pack B once per matmul (pack NULL: none). */
+static void matmul_backward(qv_pool *pool, float *pack, size_t cap, float *dinp, float *dw, float *db,
+                            const float *dout, const float *inp, const float *w, int N, int IC, int OC,
+                            int acc_dinp) {
   /* dinp (N, IC) (+)= dout (N, OC) @ w^T; dw (IC, OC) += inp^T (IC, N) @ dout (N, OC) */
-  mm_ctx x = {dinp, dout, w, N, IC, OC, 1, acc_dinp, NULL};
+  mm_ctx x = {dinp, dout, w, N, IC, OC, 1, acc_dinp, NULL, pack, cap, NULL};
   mm_par(pool, &x, (size_t)N, (size_t)IC * OC);
-  mm_ctx y = {dw, inp, dout, N, IC, OC, 3, 1, NULL};
+  mm_ctx y = {dw, inp, dout, N, IC, OC, 3, 1, NULL, pack, cap, NULL};
   mm_par(pool, &y, (size_t)IC, (size_t)OC * N);
   if (db) {
     bias_ctx z = {db, dout, (size_t)N, (size_t)OC};
@@ -578,7 +639,7 @@ static void matmul_backward(qv_pool *pool, float *dinp, float *dw, float *db, co
 
 void gpt_matmul_backward(qv_pool *pool, float *dinp, float *dw, float *db, const float *dout,
                          const float *inp, const float *w, int N, int IC, int OC) {
-  matmul_backward(pool, dinp, dw, db, dout, inp, w, N, IC, OC, 1);
+  matmul_backward(pool, NULL, 0, dinp, dw, db, dout, inp, w, N, IC, OC, 1);
 }
 
 typedef struct att_ctx {
@@ -1025,16 +1086,16 @@ qv_status gpt_forward(gpt_model *m, const int32_t *inputs, const int32_t *target
     float *fchg = a->fch_gelu + l * s4C, *res3 = a->residual3 + l * sC;
     gpt_layernorm_forward(pool, ln1, a->ln1_mean + l * sN, a->ln1_rstd + l * sN, residual, w->ln1w, w->ln1b,
                           (int)BT, C, c->ln_eps);
-    gpt_matmul_forward(pool, qkv, ln1, w->qkvw, w->qkvb, (int)BT, C, 3 * C);
+    matmul_forward(pool, a->pack, a->pack_cap, qkv, ln1, w->qkvw, w->qkvb, (int)BT, C, 3 * C);
     gpt_attention_forward(pool, atty, NULL, a->att + l * sTT, qkv, B, T, C, H);
     /* res2 = residual + atty @ attprojw + b: the projection goes into res2, then adds */
-    gpt_matmul_forward(pool, res2, atty, w->attprojw, w->attprojb, (int)BT, C, C);
+    matmul_forward(pool, a->pack, a->pack_cap, res2, atty, w->attprojw, w->attprojb, (int)BT, C, C);
     add_into(res2, res2, residual, sC);
     gpt_layernorm_forward(pool, ln2, a->ln2_mean + l * sN, a->ln2_rstd + l * sN, res2, w->ln2w, w->ln2b,
                           (int)BT, C, c->ln_eps);
-    gpt_matmul_forward(pool, fch, ln2, w->fcw, w->fcb, (int)BT, C, 4 * C);
+    matmul_forward(pool, a->pack, a->pack_cap, fch, ln2, w->fcw, w->fcb, (int)BT, C, 4 * C);
     gpt_gelu_forward(pool, fchg, fch, s4C);
-    gpt_matmul_forward(pool, res3, fchg, w->fcprojw, w->fcprojb, (int)BT, 4 * C, C);
+    matmul_forward(pool, a->pack, a->pack_cap, res3, fchg, w->fcprojw, w->fcprojb, (int)BT, 4 * C, C);
     add_into(res3, res3, res2, sC);
     residual = res3;
   }
@@ -1042,7 +1103,7 @@ qv_status gpt_forward(gpt_model *m, const int32_t *inputs, const int32_t *target
                         c->ln_eps);
   /* logits (BT, V) = lnf (BT, C) @ wte^T */
   /* logits (BT, V) = lnf (BT, C) @ wte^T: the "dinp" shape of a matmul with w = wte */
-  mm_ctx head = {a->logits, a->lnf, m->w.wte, (int)BT, V, C, 1, 0, NULL};
+  mm_ctx head = {a->logits, a->lnf, m->w.wte, (int)BT, V, C, 1, 0, NULL, a->pack, a->pack_cap, NULL};
   mm_par(pool, &head, BT, (size_t)V * C);
   if (targets) {
     gpt_crossentropy_forward(pool, a->probs, a->losses, a->logits, targets, (int)BT, V);
@@ -1081,9 +1142,9 @@ void gpt_backward(gpt_model *m, float loss_scale) {
   par_range(pool, BT, (size_t)V * 2, ce_bwd, &ce);
   /* logits = lnf @ wte^T: dlnf (BT, C) += dlogits (BT, V) @ wte (V, C);
    * dwte (V, C) += dlogits^T (V, BT) @ lnf (BT, C) */
-  mm_ctx h1 = {a->dlnf, a->dlogits, m->w.wte, (int)BT, V, C, 0, 0, NULL};
+  mm_ctx h1 = {a->dlnf, a->dlogits, m->w.wte, (int)BT, V, C, 0, 0, NULL, a->pack, a->pack_cap, NULL};
   mm_par(pool, &h1, BT, (size_t)V * C);
-  mm_ctx h2 = {m->g.wte, a->dlogits, a->lnf, (int)BT, V, C, 3, 1, NULL};
+  mm_ctx h2 = {m->g.wte, a->dlogits, a->lnf, (int)BT, V, C, 3, 1, NULL, a->pack, a->pack_cap, NULL};
   mm_par(pool, &h2, (size_t)V, (size_t)BT * C);
   const float *last = a->residual3 + (size_t)(L - 1) * sC;
   /* The residual stream's gradient lives in one buffer, updated in place from the top:
@@ -1099,16 +1160,16 @@ void gpt_backward(gpt_model *m, float loss_scale) {
     const float *res2 = a->residual2 + l * sC, *ln2 = a->ln2 + l * sC, *fch = a->fch + l * s4C;
     const float *fchg = a->fch_gelu + l * s4C;
     /* res3 = res2 + fcproj(gelu(fc(ln2(res2)))): dres holds dres3, then dres2 */
-    matmul_backward(pool, a->dfch_gelu, g->fcprojw, g->fcprojb, a->dres, fchg, w->fcprojw, (int)BT, 4 * C, C, 0);
+    matmul_backward(pool, a->pack, a->pack_cap, a->dfch_gelu, g->fcprojw, g->fcprojb, a->dres, fchg, w->fcprojw, (int)BT, 4 * C, C, 0);
     gelu_ctx gb = {a->dfch, fch, a->dfch_gelu, 0};
     par_range(pool, s4C, 24, gelu_bwd, &gb);
-    matmul_backward(pool, a->dln, g->fcw, g->fcb, a->dfch, ln2, w->fcw, (int)BT, C, 4 * C, 0);
+    matmul_backward(pool, a->pack, a->pack_cap, a->dln, g->fcw, g->fcb, a->dfch, ln2, w->fcw, (int)BT, C, 4 * C, 0);
     gpt_layernorm_backward(pool, a->dres, g->ln2w, g->ln2b, a->dln, res2, w->ln2w, a->ln2_mean + l * sN,
                            a->ln2_rstd + l * sN, (int)BT, C);
     /* res2 = residual + attproj(attention(qkv(ln1(residual)))): dres2, then dresidual */
-    matmul_backward(pool, a->datty, g->attprojw, g->attprojb, a->dres, atty, w->attprojw, (int)BT, C, C, 0);
+    matmul_backward(pool, a->pack, a->pack_cap, a->datty, g->attprojw, g->attprojb, a->dres, atty, w->attprojw, (int)BT, C, C, 0);
     attention_backward(pool, a->dqkv, a->dscratch, a->datty, qkv, a->att + l * sTT, B, T, C, H, 0);
-    matmul_backward(pool, a->dln, g->qkvw, g->qkvb, a->dqkv, ln1, w->qkvw, (int)BT, C, 3 * C, 0);
+    matmul_backward(pool, a->pack, a->pack_cap, a->dln, g->qkvw, g->qkvb, a->dqkv, ln1, w->qkvw, (int)BT, C, 3 * C, 0);
     gpt_layernorm_backward(pool, a->dres, g->ln1w, g->ln1b, a->dln, residual, w->ln1w, a->ln1_mean + l * sN,
                            a->ln1_rstd + l * sN, (int)BT, C);
   }
