@@ -562,6 +562,20 @@ static void mm_pack_task(void *c, size_t task, int worker) {
   gptk_pack(x->pack + (size_t)j0 * (size_t)d.K, x->b + (size_t)j0 * d.bjs, d.bks, d.bjs, d.K, nc);
 }
 
+/* Packs x's B into x->pack (over the pool when parallel) and points x->bp at it; returns 0,
+ * leaving bp NULL, where there is no room. */
+static int mm_prepack(qv_pool *pool, mm_ctx *x, int parallel) {
+  mm_bdesc d = mm_b(x);
+  x->bp = NULL;
+  if (!x->pack || d.K <= 0 || gptk_packed_floats(d.K, d.cols) > x->pack_cap) return 0;
+  size_t pt = ((size_t)d.cols + MM_PACK_COLS - 1) / MM_PACK_COLS;
+  if (parallel && pt > 1) pool_run(pool, pt, mm_pack_task, x);
+  else
+    for (size_t t = 0; t < pt; t++) mm_pack_task(x, t, 0);
+  x->bp = x->pack;
+  return 1;
+}
+
 static void mm_par(qv_pool *pool, mm_ctx *x, size_t n, size_t work_per) {
   size_t nt = (size_t)pool_size(pool);
   x->bp = NULL;
@@ -573,15 +587,7 @@ static void mm_par(qv_pool *pool, mm_ctx *x, size_t n, size_t work_per) {
     /* More than one block of rows would each pack all of B (gptk_gemm packs per MC rows):
      * pack it once, over the pool, and let every block read the one copy. A split by
      * columns packs each panel once already. */
-    mm_bdesc d = mm_b(x);
-    if (x->pack && n > MM_ROWS && (!split || j.by_rows) && d.K > 0 &&
-        gptk_packed_floats(d.K, d.cols) <= x->pack_cap) {
-      size_t pt = ((size_t)d.cols + MM_PACK_COLS - 1) / MM_PACK_COLS;
-      if (split && pt > 1) pool_run(pool, pt, mm_pack_task, x);
-      else
-        for (size_t t = 0; t < pt; t++) mm_pack_task(x, t, 0);
-      x->bp = x->pack;
-    }
+    if (n > MM_ROWS && (!split || j.by_rows)) mm_prepack(pool, x, split);
     if (split) {
       pool_run(pool, tasks, mm_block, &j);
       return;
@@ -1047,6 +1053,42 @@ static void ce_bwd(void *c, size_t lo, size_t hi) {
   }
 }
 
+/* The LM head fused with the cross-entropy by blocks of HEAD_ROWS rows, so that a block's
+ * logits (8 KiB a row at V = 2048) are still in cache when the next pass reads them: forward,
+ * logits rows then their softmax and losses; backward, dlogits rows then dlnf's rows (h1).
+ * Each row's values are those of the separate passes. */
+enum { HEAD_ROWS = 24 };
+typedef struct head_job {
+  mm_ctx *mm;
+  ce_ctx *ce;
+  size_t rows;
+  int backward;
+} head_job;
+
+static void head_task(void *c, size_t task, int worker) {
+  (void)worker;
+  head_job *j = c;
+  size_t lo = task * HEAD_ROWS, hi = lo + HEAD_ROWS < j->rows ? lo + HEAD_ROWS : j->rows;
+  size_t w = (size_t)(j->mm->kind == 1 ? j->mm->IC : j->mm->OC);
+  if (j->backward) ce_bwd(j->ce, lo, hi);
+  mm_gptk(j->mm, lo, (int)(hi - lo), 0, (int)w);
+  if (!j->backward) ce_fwd(j->ce, lo, hi);
+}
+
+/* Runs the fused head over rows [0, rows) with B packed once; 0 (nothing run) where the
+ * kernels or the packing room are missing. */
+static int head_fused(qv_pool *pool, mm_ctx *mm, ce_ctx *ce, size_t rows, int backward) {
+  if (!gptk_gemm_available()) return 0;
+  int parallel = pool_size(pool) > 1;
+  if (!mm_prepack(pool, mm, parallel)) return 0;
+  head_job j = {mm, ce, rows, backward};
+  size_t tasks = (rows + HEAD_ROWS - 1) / HEAD_ROWS;
+  if (parallel && tasks > 1) pool_run(pool, tasks, head_task, &j);
+  else
+    for (size_t t = 0; t < tasks; t++) head_task(&j, t, 0);
+  return 1;
+}
+
 void gpt_crossentropy_backward(qv_pool *pool, float *dlogits, const float *probs, const int32_t *targets,
                                int N, int V, float dloss) {
   ce_ctx x = {.dlogits = dlogits, .cprobs = probs, .targets = targets, .V = V, .dloss = dloss, .acc = 1};
@@ -1104,9 +1146,11 @@ qv_status gpt_forward(gpt_model *m, const int32_t *inputs, const int32_t *target
   /* logits (BT, V) = lnf (BT, C) @ wte^T */
   /* logits (BT, V) = lnf (BT, C) @ wte^T: the "dinp" shape of a matmul with w = wte */
   mm_ctx head = {a->logits, a->lnf, m->w.wte, (int)BT, V, C, 1, 0, NULL, a->pack, a->pack_cap, NULL};
-  mm_par(pool, &head, BT, (size_t)V * C);
+  ce_ctx ce = {.probs = a->probs, .losses = a->losses, .logits = a->logits, .targets = targets, .V = V};
+  int fused = targets && head_fused(pool, &head, &ce, BT, 0);
+  if (!fused) mm_par(pool, &head, BT, (size_t)V * C);
   if (targets) {
-    gpt_crossentropy_forward(pool, a->probs, a->losses, a->logits, targets, (int)BT, V);
+    if (!fused) gpt_crossentropy_forward(pool, a->probs, a->losses, a->logits, targets, (int)BT, V);
     double sum = 0;
     size_t nvalid = 0;
     for (size_t i = 0; i < BT; i++)
@@ -1139,11 +1183,13 @@ void gpt_backward(gpt_model *m, float loss_scale) {
   memset(a->dres, 0, sC * sizeof(float));
   ce_ctx ce = {.dlogits = a->dlogits, .cprobs = a->probs, .targets = a->targets, .V = V,
                .dloss = loss_scale / (float)a->nvalid, .acc = 0};
-  par_range(pool, BT, (size_t)V * 2, ce_bwd, &ce);
   /* logits = lnf @ wte^T: dlnf (BT, C) += dlogits (BT, V) @ wte (V, C);
    * dwte (V, C) += dlogits^T (V, BT) @ lnf (BT, C) */
   mm_ctx h1 = {a->dlnf, a->dlogits, m->w.wte, (int)BT, V, C, 0, 0, NULL, a->pack, a->pack_cap, NULL};
-  mm_par(pool, &h1, BT, (size_t)V * C);
+  if (!head_fused(pool, &h1, &ce, BT, 1)) {
+    par_range(pool, BT, (size_t)V * 2, ce_bwd, &ce);
+    mm_par(pool, &h1, BT, (size_t)V * C);
+  }
   mm_ctx h2 = {m->g.wte, a->dlogits, a->lnf, (int)BT, V, C, 3, 1, NULL, a->pack, a->pack_cap, NULL};
   mm_par(pool, &h2, (size_t)V, (size_t)BT * C);
   const float *last = a->residual3 + (size_t)(L - 1) * sC;
