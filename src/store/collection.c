@@ -108,7 +108,7 @@ struct qv_collection {
   float *sqnorms;                 /* (cap) squared L2 norm of each row */
   qv_point_id *ids;               /* (cap) */
   json_t **payloads;              /* (cap) parsed payload objects, NULL for none */
-  idmap map;                      /* id -> row */
+  idmap map;                      /* id -> row; reads ids (store/idmap.h) */
   size_t corrupt;                 /* records skipped at open; read-only after open */
   uint64_t version;               /* committed writes; stored in meta "version"; atomic */
   uint64_t points_version;        /* committed writes that changed points or vectors (not
@@ -1132,6 +1132,7 @@ qv_status collection_open_dir(qv_collection **out, const char *dir, const char *
   int rc;
   qv_collection *c = calloc(1, sizeof *c);
   if (!c) return qv_fail(err, QV_ENOMEM, "out of memory");
+  idmap_init(&c->map, &c->ids);
   c->name = strdup(name);
   c->dir = strdup(dir);
   pthread_mutex_init(&c->write_mu, NULL);

@@ -13,15 +13,22 @@ static uint64_t id_hash(const qv_point_id *id) {
   return qv_mix64(a ^ qv_mix64(b) ^ 0x9e3779b97f4a7c15ULL);
 }
 
-void idmap_free(idmap *m) {
-  free(m->slots);
+void idmap_init(idmap *m, qv_point_id *const *ids) {
   memset(m, 0, sizeof *m);
+  m->ids = ids;
 }
 
-static void insert_slot(idmap_slot *slots, size_t cap, const idmap_slot *s) {
-  size_t i = id_hash(&s->id) & (cap - 1);
-  while (slots[i].used) i = (i + 1) & (cap - 1);
-  slots[i] = *s;
+void idmap_free(idmap *m) {
+  free(m->slots);
+  m->slots = NULL;
+  m->cap = m->count = 0;
+}
+
+/* The slot a member's probe starts from. Past 2^32 slots the 32 stored hash bits are too
+ * few, and the hash is computed again from the member's id. */
+static size_t home_of(const idmap *m, const idmap_slot *s) {
+  if (m->cap <= ((size_t)1 << 32)) return s->hash & (m->cap - 1);
+  return id_hash(&(*m->ids)[s->row1 - 1]) & (m->cap - 1);
 }
 
 qv_status idmap_reserve(idmap *m, size_t more) {
@@ -36,23 +43,28 @@ qv_status idmap_reserve(idmap *m, size_t more) {
   }
   idmap_slot *slots = calloc(cap, sizeof *slots);
   if (!slots) return QV_ENOMEM;
-  for (size_t i = 0; i < m->cap; i++)
-    if (m->slots[i].used) insert_slot(slots, cap, &m->slots[i]);
-  free(m->slots);
+  idmap old = *m;
   m->slots = slots;
   m->cap = cap;
+  for (size_t i = 0; i < old.cap; i++) {
+    if (!old.slots[i].row1) continue;
+    size_t j = home_of(m, &old.slots[i]);
+    while (slots[j].row1) j = (j + 1) & (cap - 1);
+    slots[j] = old.slots[i];
+  }
+  free(old.slots);
   return QV_OK;
 }
 
 static size_t find(const idmap *m, const qv_point_id *id, int *found) {
-  size_t i = id_hash(id) & (m->cap - 1);
-  while (m->slots[i].used) {
-    if (qv_point_id_equal(&m->slots[i].id, id)) {
+  uint64_t h = id_hash(id);
+  uint32_t h32 = (uint32_t)h;
+  size_t i = h & (m->cap - 1);
+  for (const idmap_slot *s; (s = &m->slots[i])->row1; i = (i + 1) & (m->cap - 1))
+    if (s->hash == h32 && qv_point_id_equal(&(*m->ids)[s->row1 - 1], id)) {
       *found = 1;
       return i;
     }
-    i = (i + 1) & (m->cap - 1);
-  }
   *found = 0;
   return i;
 }
@@ -61,18 +73,17 @@ int64_t idmap_get(const idmap *m, const qv_point_id *id) {
   if (!m->cap) return -1;
   int found;
   size_t i = find(m, id, &found);
-  return found ? (int64_t)m->slots[i].row : -1;
+  return found ? (int64_t)m->slots[i].row1 - 1 : -1;
 }
 
 void idmap_put(idmap *m, const qv_point_id *id, uint32_t row) {
   int found;
   size_t i = find(m, id, &found);
   if (!found) {
-    m->slots[i].used = 1;
-    m->slots[i].id = *id;
+    m->slots[i].hash = (uint32_t)id_hash(id);
     m->count++;
   }
-  m->slots[i].row = row;
+  m->slots[i].row1 = row + 1;
 }
 
 void idmap_del(idmap *m, const qv_point_id *id) {
@@ -80,19 +91,19 @@ void idmap_del(idmap *m, const qv_point_id *id) {
   int found;
   size_t i = find(m, id, &found);
   if (!found) return;
-  m->slots[i].used = 0;
+  m->slots[i].row1 = 0;
   m->count--;
   /* Backward shift: pull later members of the probe run into the hole when their home
    * slot lies at or before it, so lookups never stop early at the gap. */
   size_t hole = i, j = i;
   for (;;) {
     j = (j + 1) & (m->cap - 1);
-    if (!m->slots[j].used) break;
-    size_t home = id_hash(&m->slots[j].id) & (m->cap - 1);
+    if (!m->slots[j].row1) break;
+    size_t home = home_of(m, &m->slots[j]);
     size_t dist_hole = (hole - home) & (m->cap - 1), dist_j = (j - home) & (m->cap - 1);
     if (dist_hole < dist_j) {
       m->slots[hole] = m->slots[j];
-      m->slots[j].used = 0;
+      m->slots[j].row1 = 0;
       hole = j;
     }
   }

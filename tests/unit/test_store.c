@@ -269,19 +269,34 @@ TEST(point_id_parse_and_format) {
   ASSERT_STATUS(qv_point_id_parse(&id, "550e8400xe29b-41d4-a716-446655440000"), QV_EINVAL);
 }
 
-/* The id map against a plain array under heavy churn, so backward-shift deletion is hit. */
+/* Key k's id: numeric for even k, a UUID built from k for odd k. */
+static qv_point_id key_id(int k) {
+  if (k % 2 == 0) return num((uint64_t)k * 1000003u);
+  qv_point_id id = {.kind = QV_ID_UUID};
+  for (int b = 0; b < 16; b++) id.uuid[b] = (uint8_t)((k * 2654435761u) >> (b % 4 * 8)) ^ (uint8_t)b;
+  return id;
+}
+
+/* The id map against a plain array under heavy churn, so backward-shift deletion is hit.
+ * Rows are step numbers; the row table says which id each row was given (the map reads
+ * it), and a row's entry is rewritten only once the map has moved its id elsewhere. Half
+ * the keys are UUIDs, so both id kinds probe and compare. */
 TEST(idmap_matches_reference_under_churn) {
-  idmap m = {0};
-  enum { N = 5000 };
+  enum { N = 5000, STEPS = 200000 };
+  qv_point_id *rows = calloc(STEPS, sizeof *rows);
+  ASSERT(rows != NULL);
+  idmap m;
+  idmap_init(&m, &rows);
   static int64_t ref[N];
   for (int i = 0; i < N; i++) ref[i] = -1;
   uint64_t s = 12345;
-  for (int step = 0; step < 200000; step++) {
+  for (int step = 0; step < STEPS; step++) {
     s = s * 6364136223846793005ULL + 1442695040888963407ULL;
     int key = (int)((s >> 33) % N);
-    qv_point_id id = num((uint64_t)key * 1000003u);
+    qv_point_id id = key_id(key);
     if ((s >> 20) & 1) {
       ASSERT_OK(idmap_reserve(&m, 1));
+      rows[step] = id;
       idmap_put(&m, &id, (uint32_t)step);
       ref[key] = step;
     } else {
@@ -291,12 +306,15 @@ TEST(idmap_matches_reference_under_churn) {
   }
   size_t live = 0;
   for (int i = 0; i < N; i++) {
-    qv_point_id id = num((uint64_t)i * 1000003u);
+    qv_point_id id = key_id(i);
     ASSERT_EQ(idmap_get(&m, &id), ref[i]);
     live += ref[i] >= 0;
   }
   ASSERT_EQ(m.count, live);
+  qv_point_id absent = num(7); /* no key maps to 7 */
+  ASSERT_EQ(idmap_get(&m, &absent), -1);
   idmap_free(&m);
+  free(rows);
 }
 
 TEST(statuses_have_messages) {
