@@ -528,15 +528,17 @@ static void mm_task(void *c, size_t task, int worker) {
   if (lo < hi) mm_slice(j->x, lo, hi);
 }
 
-/* gptk_gemm path: output blocks of MM_ROWS rows (gptk's MC: B is packed once per block
- * anyway) or, for outputs with few rows, MM_COLS columns (B panels are packed by the task
- * that owns them). Several blocks per thread, claimed dynamically, so a thread that starts
- * late (a shared machine) does not leave its half undone; the bits do not depend on this. */
+/* gptk_gemm path: output blocks of rows (B packed once for them all, mm_prepack) or, for
+ * outputs with few rows, MM_COLS columns (B panels are packed by the task that owns them).
+ * Several blocks per thread, claimed dynamically, so a thread that starts late (a shared
+ * machine) does not leave its half undone; the bits do not depend on this. MM_ROWS is
+ * gptk's MC: an output with more rows is packed once ahead even on one thread. */
 enum { MM_ROWS = 192, MM_COLS = 32 };
 
 typedef struct mm_blocks {
   mm_ctx *x;
   size_t rows, cols, by_rows; /* the output's shape; by_rows: split rows, else columns */
+  size_t per;                 /* rows a block, by_rows */
 } mm_blocks;
 
 static void mm_block(void *c, size_t task, int worker) {
@@ -544,7 +546,7 @@ static void mm_block(void *c, size_t task, int worker) {
   mm_blocks *j = c;
   mm_ctx *x = j->x;
   if (j->by_rows) {
-    size_t lo = task * MM_ROWS, hi = lo + MM_ROWS < j->rows ? lo + MM_ROWS : j->rows;
+    size_t lo = task * j->per, hi = lo + j->per < j->rows ? lo + j->per : j->rows;
     mm_slice(x, lo, hi);
     return;
   }
@@ -581,8 +583,12 @@ static void mm_par(qv_pool *pool, mm_ctx *x, size_t n, size_t work_per) {
   x->bp = NULL;
   if (gptk_gemm_available()) {
     size_t cols = (size_t)(x->kind == 1 ? x->IC : x->OC);
-    mm_blocks j = {x, n, cols, n >= 2 * MM_ROWS * nt || cols < 2 * MM_COLS};
-    size_t tasks = j.by_rows ? (n + MM_ROWS - 1) / MM_ROWS : (cols + MM_COLS - 1) / MM_COLS;
+    /* row blocks: four a thread, in whole 6-row tiles, so that the blocks even out over the
+     * threads (192-row blocks left one thread 576 of 1,024 rows at 2 threads) */
+    size_t per = (n + 4 * nt - 1) / (4 * nt);
+    per = (per + 5) / 6 * 6;
+    mm_blocks j = {x, n, cols, n >= 2 * MM_ROWS * nt || cols < 2 * MM_COLS, per};
+    size_t tasks = j.by_rows ? (n + per - 1) / per : (cols + MM_COLS - 1) / MM_COLS;
     int split = nt > 1 && n * work_per >= 65536 && tasks > 1;
     /* More than one block of rows would each pack all of B (gptk_gemm packs per MC rows):
      * pack it once, over the pool, and let every block read the one copy. A split by
@@ -1099,8 +1105,20 @@ void gpt_crossentropy_backward(qv_pool *pool, float *dlogits, const float *probs
 
 static qv_pool *pool_of(const gpt_model *m) { return m->pool ? m->pool : pool_default(); }
 
-static void add_into(float *out, const float *a, const float *b, size_t n) {
-  for (size_t i = 0; i < n; i++) out[i] = a[i] + b[i];
+typedef struct add_ctx {
+  float *out;
+  const float *a, *b;
+} add_ctx;
+
+static void add_range(void *c, size_t lo, size_t hi) {
+  add_ctx *x = c;
+  for (size_t i = lo; i < hi; i++) x->out[i] = x->a[i] + x->b[i];
+}
+
+/* out = a + b elementwise (the residual adds), over the pool. */
+static void add_into(qv_pool *pool, float *out, const float *a, const float *b, size_t n) {
+  add_ctx x = {out, a, b};
+  par_range(pool, n, 2, add_range, &x);
 }
 
 qv_status gpt_forward(gpt_model *m, const int32_t *inputs, const int32_t *targets, int B, int T) {
@@ -1132,13 +1150,13 @@ qv_status gpt_forward(gpt_model *m, const int32_t *inputs, const int32_t *target
     gpt_attention_forward(pool, atty, NULL, a->att + l * sTT, qkv, B, T, C, H);
     /* res2 = residual + atty @ attprojw + b: the projection goes into res2, then adds */
     matmul_forward(pool, a->pack, a->pack_cap, res2, atty, w->attprojw, w->attprojb, (int)BT, C, C);
-    add_into(res2, res2, residual, sC);
+    add_into(pool, res2, res2, residual, sC);
     gpt_layernorm_forward(pool, ln2, a->ln2_mean + l * sN, a->ln2_rstd + l * sN, res2, w->ln2w, w->ln2b,
                           (int)BT, C, c->ln_eps);
     matmul_forward(pool, a->pack, a->pack_cap, fch, ln2, w->fcw, w->fcb, (int)BT, C, 4 * C);
     gpt_gelu_forward(pool, fchg, fch, s4C);
     matmul_forward(pool, a->pack, a->pack_cap, res3, fchg, w->fcprojw, w->fcprojb, (int)BT, 4 * C, C);
-    add_into(res3, res3, res2, sC);
+    add_into(pool, res3, res3, res2, sC);
     residual = res3;
   }
   gpt_layernorm_forward(pool, a->lnf, a->lnf_mean, a->lnf_rstd, residual, m->w.lnfw, m->w.lnfb, (int)BT, C,
