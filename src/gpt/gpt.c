@@ -1250,13 +1250,23 @@ double gpt_clip_grad(gpt_model *m, float clip) {
 typedef struct adam_ctx {
   gpt_model *m;
   gptk_adam k;
-  size_t off; /* first float of the tensor being updated */
+  float weight_decay; /* for tensors with decay set */
 } adam_ctx;
 
+/* Floats [lo, hi) of the parameter buffer, tensor by tensor for each one's weight decay. */
 static void adam_range(void *c, size_t lo, size_t hi) {
   adam_ctx *x = c;
-  size_t o = x->off + lo;
-  gptk_adamw(x->m->params + o, x->m->grads + o, x->m->m + o, x->m->v + o, hi - lo, &x->k);
+  size_t nt = gpt_tensor_count(&x->m->cfg), off = 0;
+  for (size_t i = 0; i < nt && off < hi; i++) {
+    gpt_tensor_info ti;
+    shape_of(&x->m->cfg, i, &ti);
+    size_t a = off > lo ? off : lo, b = off + ti.numel < hi ? off + ti.numel : hi;
+    off += ti.numel;
+    if (a >= b) continue;
+    gptk_adam k = x->k;
+    k.decay = ti.decay ? x->weight_decay : 0.0f;
+    gptk_adamw(x->m->params + a, x->m->grads + a, x->m->m + a, x->m->v + a, b - a, &k);
+  }
 }
 
 void gpt_adamw_step(gpt_model *m, const gpt_adamw *o, long t) {
@@ -1264,16 +1274,10 @@ void gpt_adamw_step(gpt_model *m, const gpt_adamw *o, long t) {
   adam_ctx x = {m,
                 {o->lr, o->beta1, o->beta2, o->eps, 0, (float)(1.0 - pow(o->beta1, (double)t)),
                  (float)(1.0 - pow(o->beta2, (double)t))},
-                0};
-  size_t nt = gpt_tensor_count(&m->cfg);
-  for (size_t i = 0; i < nt; i++) {
-    gpt_tensor_info ti;
-    shape_of(&m->cfg, i, &ti);
-    x.k.decay = ti.decay ? o->weight_decay : 0.0f;
-    /* elementwise: any split gives the same bits (invariant 2) */
-    par_range(pool_of(m), ti.numel, 16, adam_range, &x);
-    x.off += ti.numel;
-  }
+                o->weight_decay};
+  /* one job over the whole buffer instead of one a tensor: elementwise, so any split gives
+   * the same bits (invariant 2) */
+  par_range(pool_of(m), m->nparams, 16, adam_range, &x);
 }
 
 float gpt_lr_at(long step, long warmup, long steps, float lr, float min_lr) {
