@@ -610,6 +610,44 @@ static void mm_par(qv_pool *pool, mm_ctx *x, size_t n, size_t work_per) {
   pool_run(pool, (n + per - 1) / per, mm_task, &j);
 }
 
+/* A matmul fused with the row-wise passes around it, by blocks of FUSE_ROWS rows, so that a
+ * block's rows are still in cache when the next pass reads them: the LM head with the
+ * cross-entropy (forward: logits rows, then their softmax and losses; backward: dlogits rows,
+ * then dlnf's rows), the MLP's first matmul with the GELU (forward: fch rows, then their
+ * GELU; backward: dfch_gelu rows, then dfch's). B is packed once for all blocks. Each row's
+ * values are those of the separate passes. */
+enum { FUSE_ROWS = 24 };
+typedef struct fuse_job {
+  mm_ctx *mm;
+  range_fn pre, post; /* before and after the block's matmul rows; NULL: none */
+  void *pre_ctx, *post_ctx;
+  size_t unit; /* pre and post take ranges of rows x unit (elements, or rows when 1) */
+  size_t rows;
+} fuse_job;
+
+static void fuse_task(void *c, size_t task, int worker) {
+  (void)worker;
+  fuse_job *j = c;
+  size_t lo = task * FUSE_ROWS, hi = lo + FUSE_ROWS < j->rows ? lo + FUSE_ROWS : j->rows;
+  size_t w = (size_t)(j->mm->kind == 1 ? j->mm->IC : j->mm->OC);
+  if (j->pre) j->pre(j->pre_ctx, lo * j->unit, hi * j->unit);
+  mm_gptk(j->mm, lo, (int)(hi - lo), 0, (int)w);
+  if (j->post) j->post(j->post_ctx, lo * j->unit, hi * j->unit);
+}
+
+/* Runs a fused job over rows [0, j->rows); 0 (nothing run) where the kernels or the packing
+ * room are missing, so that the caller runs the passes separately. */
+static int fused_rows(qv_pool *pool, fuse_job *j) {
+  if (!gptk_gemm_available()) return 0;
+  int parallel = pool_size(pool) > 1;
+  if (!mm_prepack(pool, j->mm, parallel)) return 0;
+  size_t tasks = (j->rows + FUSE_ROWS - 1) / FUSE_ROWS;
+  if (parallel && tasks > 1) pool_run(pool, tasks, fuse_task, j);
+  else
+    for (size_t t = 0; t < tasks; t++) fuse_task(j, t, 0);
+  return 1;
+}
+
 /* gpt_matmul_forward with room to pack the weight once (pack NULL: none). */
 static void matmul_forward(qv_pool *pool, float *pack, size_t cap, float *out, const float *inp, const float *w,
                            const float *b, int N, int IC, int OC) {
@@ -633,20 +671,31 @@ static void bias_cols(void *c, size_t lo, size_t hi) {
   gptk_colsum(x->db + lo, x->dout + lo, x->N, x->OC, hi - lo);
 }
 
-/* gpt_matmul_backward with dinp overwritten (acc_dinp 0) or accumulated into (1), and room to
- * pack B once per matmul (pack NULL: none). */
-static void matmul_backward(qv_pool *pool, float *pack, size_t cap, float *dinp, float *dw, float *db,
-                            const float *dout, const float *inp, const float *w, int N, int IC, int OC,
-                            int acc_dinp) {
+/* gpt_matmul_backward with dinp overwritten (acc_dinp 0) or accumulated into (1), room to
+ * pack B once per matmul (pack NULL: none), and a pass over dinp's elements (post, NULL:
+ * none; the GELU's backward) run by rows as they come out of the matmul (fuse_job). */
+static void matmul_backward_then(qv_pool *pool, float *pack, size_t cap, float *dinp, float *dw, float *db,
+                                 const float *dout, const float *inp, const float *w, int N, int IC, int OC,
+                                 int acc_dinp, range_fn post, void *post_ctx) {
   /* dinp (N, IC) (+)= dout (N, OC) @ w^T; dw (IC, OC) += inp^T (IC, N) @ dout (N, OC) */
   mm_ctx x = {dinp, dout, w, N, IC, OC, 1, acc_dinp, NULL, pack, cap, NULL};
-  mm_par(pool, &x, (size_t)N, (size_t)IC * OC);
+  fuse_job fj = {&x, NULL, post, NULL, post_ctx, (size_t)IC, (size_t)N};
+  if (!post || !fused_rows(pool, &fj)) {
+    mm_par(pool, &x, (size_t)N, (size_t)IC * OC);
+    if (post) par_range(pool, (size_t)N * IC, 24, post, post_ctx);
+  }
   mm_ctx y = {dw, inp, dout, N, IC, OC, 3, 1, NULL, pack, cap, NULL};
   mm_par(pool, &y, (size_t)IC, (size_t)OC * N);
   if (db) {
     bias_ctx z = {db, dout, (size_t)N, (size_t)OC};
     par_range(pool, (size_t)OC, (size_t)N, bias_cols, &z);
   }
+}
+
+static void matmul_backward(qv_pool *pool, float *pack, size_t cap, float *dinp, float *dw, float *db,
+                            const float *dout, const float *inp, const float *w, int N, int IC, int OC,
+                            int acc_dinp) {
+  matmul_backward_then(pool, pack, cap, dinp, dw, db, dout, inp, w, N, IC, OC, acc_dinp, NULL, NULL);
 }
 
 void gpt_matmul_backward(qv_pool *pool, float *dinp, float *dw, float *db, const float *dout,
@@ -1059,42 +1108,6 @@ static void ce_bwd(void *c, size_t lo, size_t hi) {
   }
 }
 
-/* The LM head fused with the cross-entropy by blocks of HEAD_ROWS rows, so that a block's
- * logits (8 KiB a row at V = 2048) are still in cache when the next pass reads them: forward,
- * logits rows then their softmax and losses; backward, dlogits rows then dlnf's rows (h1).
- * Each row's values are those of the separate passes. */
-enum { HEAD_ROWS = 24 };
-typedef struct head_job {
-  mm_ctx *mm;
-  ce_ctx *ce;
-  size_t rows;
-  int backward;
-} head_job;
-
-static void head_task(void *c, size_t task, int worker) {
-  (void)worker;
-  head_job *j = c;
-  size_t lo = task * HEAD_ROWS, hi = lo + HEAD_ROWS < j->rows ? lo + HEAD_ROWS : j->rows;
-  size_t w = (size_t)(j->mm->kind == 1 ? j->mm->IC : j->mm->OC);
-  if (j->backward) ce_bwd(j->ce, lo, hi);
-  mm_gptk(j->mm, lo, (int)(hi - lo), 0, (int)w);
-  if (!j->backward) ce_fwd(j->ce, lo, hi);
-}
-
-/* Runs the fused head over rows [0, rows) with B packed once; 0 (nothing run) where the
- * kernels or the packing room are missing. */
-static int head_fused(qv_pool *pool, mm_ctx *mm, ce_ctx *ce, size_t rows, int backward) {
-  if (!gptk_gemm_available()) return 0;
-  int parallel = pool_size(pool) > 1;
-  if (!mm_prepack(pool, mm, parallel)) return 0;
-  head_job j = {mm, ce, rows, backward};
-  size_t tasks = (rows + HEAD_ROWS - 1) / HEAD_ROWS;
-  if (parallel && tasks > 1) pool_run(pool, tasks, head_task, &j);
-  else
-    for (size_t t = 0; t < tasks; t++) head_task(&j, t, 0);
-  return 1;
-}
-
 void gpt_crossentropy_backward(qv_pool *pool, float *dlogits, const float *probs, const int32_t *targets,
                                int N, int V, float dloss) {
   ce_ctx x = {.dlogits = dlogits, .cprobs = probs, .targets = targets, .V = V, .dloss = dloss, .acc = 1};
@@ -1153,8 +1166,13 @@ qv_status gpt_forward(gpt_model *m, const int32_t *inputs, const int32_t *target
     add_into(pool, res2, res2, residual, sC);
     gpt_layernorm_forward(pool, ln2, a->ln2_mean + l * sN, a->ln2_rstd + l * sN, res2, w->ln2w, w->ln2b,
                           (int)BT, C, c->ln_eps);
-    matmul_forward(pool, a->pack, a->pack_cap, fch, ln2, w->fcw, w->fcb, (int)BT, C, 4 * C);
-    gpt_gelu_forward(pool, fchg, fch, s4C);
+    mm_ctx fc = {fch, ln2, w->fcw, (int)BT, C, 4 * C, 0, 0, w->fcb, a->pack, a->pack_cap, NULL};
+    gelu_ctx gf = {fchg, fch, NULL, 0};
+    fuse_job fj = {&fc, NULL, gelu_fwd, NULL, &gf, (size_t)4 * C, BT};
+    if (!fused_rows(pool, &fj)) {
+      mm_par(pool, &fc, BT, (size_t)C * 4 * C);
+      gpt_gelu_forward(pool, fchg, fch, s4C);
+    }
     matmul_forward(pool, a->pack, a->pack_cap, res3, fchg, w->fcprojw, w->fcprojb, (int)BT, 4 * C, C);
     add_into(pool, res3, res3, res2, sC);
     residual = res3;
@@ -1165,7 +1183,8 @@ qv_status gpt_forward(gpt_model *m, const int32_t *inputs, const int32_t *target
   /* logits (BT, V) = lnf (BT, C) @ wte^T: the "dinp" shape of a matmul with w = wte */
   mm_ctx head = {a->logits, a->lnf, m->w.wte, (int)BT, V, C, 1, 0, NULL, a->pack, a->pack_cap, NULL};
   ce_ctx ce = {.probs = a->probs, .losses = a->losses, .logits = a->logits, .targets = targets, .V = V};
-  int fused = targets && head_fused(pool, &head, &ce, BT, 0);
+  fuse_job hj = {&head, NULL, ce_fwd, NULL, &ce, 1, BT};
+  int fused = targets && fused_rows(pool, &hj);
   if (!fused) mm_par(pool, &head, BT, (size_t)V * C);
   if (targets) {
     if (!fused) gpt_crossentropy_forward(pool, a->probs, a->losses, a->logits, targets, (int)BT, V);
@@ -1204,7 +1223,8 @@ void gpt_backward(gpt_model *m, float loss_scale) {
   /* logits = lnf @ wte^T: dlnf (BT, C) += dlogits (BT, V) @ wte (V, C);
    * dwte (V, C) += dlogits^T (V, BT) @ lnf (BT, C) */
   mm_ctx h1 = {a->dlnf, a->dlogits, m->w.wte, (int)BT, V, C, 0, 0, NULL, a->pack, a->pack_cap, NULL};
-  if (!head_fused(pool, &h1, &ce, BT, 1)) {
+  fuse_job hj = {&h1, ce_bwd, NULL, &ce, NULL, 1, BT};
+  if (!fused_rows(pool, &hj)) {
     par_range(pool, BT, (size_t)V * 2, ce_bwd, &ce);
     mm_par(pool, &h1, BT, (size_t)V * C);
   }
@@ -1224,9 +1244,9 @@ void gpt_backward(gpt_model *m, float loss_scale) {
     const float *res2 = a->residual2 + l * sC, *ln2 = a->ln2 + l * sC, *fch = a->fch + l * s4C;
     const float *fchg = a->fch_gelu + l * s4C;
     /* res3 = res2 + fcproj(gelu(fc(ln2(res2)))): dres holds dres3, then dres2 */
-    matmul_backward(pool, a->pack, a->pack_cap, a->dfch_gelu, g->fcprojw, g->fcprojb, a->dres, fchg, w->fcprojw, (int)BT, 4 * C, C, 0);
     gelu_ctx gb = {a->dfch, fch, a->dfch_gelu, 0};
-    par_range(pool, s4C, 24, gelu_bwd, &gb);
+    matmul_backward_then(pool, a->pack, a->pack_cap, a->dfch_gelu, g->fcprojw, g->fcprojb, a->dres, fchg,
+                         w->fcprojw, (int)BT, 4 * C, C, 0, gelu_bwd, &gb);
     matmul_backward(pool, a->pack, a->pack_cap, a->dln, g->fcw, g->fcb, a->dfch, ln2, w->fcw, (int)BT, C, 4 * C, 0);
     gpt_layernorm_backward(pool, a->dres, g->ln2w, g->ln2b, a->dln, res2, w->ln2w, a->ln2_mean + l * sN,
                            a->ln2_rstd + l * sN, (int)BT, C);
