@@ -6,7 +6,9 @@
  * and A is read in place through its strides (six rows, one broadcast each per k). Rows are
  * taken MC at a time so that the A rows a panel meets stay in L2. Training's matrices are
  * small (K <= 512 at width 128, a weight at most 1 MiB), so copying B costs 1/MC of the
- * multiply-adds and A needs no copy at all.
+ * multiply-adds and A needs no copy at all. A B that several calls or row blocks share can be
+ * packed once ahead (gptk_pack) and read in place by gptk_gemm_packed: the same loop, panels
+ * taken from the caller's buffer instead of the stack.
  *
  * Invariants:
  *   1. An output element's value depends only on its row of A, its column of B and K: terms
@@ -14,6 +16,8 @@
  *      same k blocks whatever M, N or the caller's split (kernels.h).
  *   2. Edge tiles (fewer than 6 rows or 16 columns) run the same kernel on a padded copy, so
  *      they follow invariant 1 too.
+ *   3. Packed or not, a panel holds the same floats in the same order, so gptk_gemm_packed
+ *      gives gptk_gemm's bits.
  */
 #include "gpt/kernels.h"
 
@@ -264,9 +268,13 @@ static void panel_init(float *init, const float *bias, int j0, int nr) {
   for (int j = 0; j < NR; j++) init[j] = bias && j < nr ? bias[j0 + j] : 0.0f;
 }
 
-void gptk_gemm(float *c, size_t ldc, const float *a, size_t ars, size_t aks, const float *b, size_t bks,
-               size_t bjs, int M, int N, int K, int accumulate, const float *bias) {
-  float bp[KC * NR] __attribute__((aligned(64)));
+/* The GEMM over blocks of MC rows and KC k's, one 16-column panel at a time: B packed per
+ * (row block, k block, panel) into a stack panel when bp is NULL (b through its strides),
+ * else read from bp's panels (panel p at bp + p * pstride). */
+static void gemm_blocks(float *c, size_t ldc, const float *a, size_t ars, size_t aks, const float *b, size_t bks,
+                        size_t bjs, const float *bp, size_t pstride, int M, int N, int K, int accumulate,
+                        const float *bias) {
+  float panel_buf[KC * NR] __attribute__((aligned(64)));
   float init[NR] __attribute__((aligned(64)));
   ukernel_fn uk = pick_ukernel();
   for (int i0 = 0; i0 < M; i0 += MC) {
@@ -278,11 +286,18 @@ void gptk_gemm(float *c, size_t ldc, const float *a, size_t ars, size_t aks, con
       for (int j0 = 0; j0 < N; j0 += NR) {
         int nr = N - j0 < NR ? N - j0 : NR;
         if (fresh) panel_init(init, bias, j0, nr);
-        pack_b(bp, b, bks, bjs, k0, kc, j0, nr);
-        panel_rows(uk, c, ldc, a, ars, aks, bp, i0, i0 + mc, j0, nr, k0, kc, fresh ? init : NULL);
+        const float *panel = panel_buf;
+        if (bp) panel = bp + (size_t)(j0 / NR) * pstride + (size_t)k0 * NR;
+        else pack_b(panel_buf, b, bks, bjs, k0, kc, j0, nr);
+        panel_rows(uk, c, ldc, a, ars, aks, panel, i0, i0 + mc, j0, nr, k0, kc, fresh ? init : NULL);
       }
     }
   }
+}
+
+void gptk_gemm(float *c, size_t ldc, const float *a, size_t ars, size_t aks, const float *b, size_t bks,
+               size_t bjs, int M, int N, int K, int accumulate, const float *bias) {
+  gemm_blocks(c, ldc, a, ars, aks, b, bks, bjs, NULL, 0, M, N, K, accumulate, bias);
 }
 
 size_t gptk_packed_floats(int K, int N) { return (size_t)((N + NR - 1) / NR) * NR * (size_t)(K > 0 ? K : 0); }
@@ -295,21 +310,7 @@ void gptk_pack(float *bp, const float *b, size_t bks, size_t bjs, int K, int N) 
 
 void gptk_gemm_packed(float *c, size_t ldc, const float *a, size_t ars, size_t aks, const float *bp, size_t pstride,
                       int M, int N, int K, int accumulate, const float *bias) {
-  float init[NR] __attribute__((aligned(64)));
-  ukernel_fn uk = pick_ukernel();
-  for (int i0 = 0; i0 < M; i0 += MC) {
-    int mc = M - i0 < MC ? M - i0 : MC;
-    for (int k0 = 0; k0 < K || k0 == 0; k0 += KC) {
-      int kc = K - k0 < KC ? K - k0 : KC;
-      int fresh = k0 == 0 && !accumulate;
-      for (int j0 = 0; j0 < N; j0 += NR) {
-        int nr = N - j0 < NR ? N - j0 : NR;
-        if (fresh) panel_init(init, bias, j0, nr);
-        const float *panel = bp + (size_t)(j0 / NR) * pstride + (size_t)k0 * NR;
-        panel_rows(uk, c, ldc, a, ars, aks, panel, i0, i0 + mc, j0, nr, k0, kc, fresh ? init : NULL);
-      }
-    }
-  }
+  gemm_blocks(c, ldc, a, ars, aks, NULL, 0, 0, bp, pstride, M, N, K, accumulate, bias);
 }
 
 static float softmax_c(float *out, const float *in, int n, float scale, float *maxp) {
