@@ -50,6 +50,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <lmdb.h>
+#include <malloc.h>
 #include <stdio.h>
 #include <unistd.h>
 #include <math.h>
@@ -856,6 +857,12 @@ static void unload_rows(qv_collection *c, const hnsw *next, const uint32_t *next
 /* Builds a new graph over every row and swaps it in. Caller holds write_mu; searches go
  * on with the old graph (or exact scans) until the swap. Stops early, changing nothing,
  * when the collection is closing. */
+/* A build or a large batch frees megabytes of short-lived blocks (the old graph, the
+ * batch's vectors, the graph file's map) in the middle of the heap, where free() keeps
+ * them; malloc_trim hands their pages back. On a 100k x 128 collection it took the heap
+ * from 20.7 to 15.8 MB after the build (bench ann --collection, VmRSS by mapping). */
+static void give_back_heap(void) { malloc_trim(0); }
+
 static qv_status build_locked(qv_collection *c) {
   hnsw *g = NULL;
   size_t n = c->n;
@@ -1100,6 +1107,7 @@ static void *index_worker(void *arg) {
     if (needs_build(c)) {
       qv_status st = build_locked(c);
       if (!st) save_graph_locked(c);
+      give_back_heap();
       if (st && st != QV_EBUSY)
         LOG_ERROR("collection %s: building the index failed: %s; searches stay exact", c->name,
                   qv_strerror(st));
@@ -1117,6 +1125,7 @@ qv_status collection_index_build(qv_collection *c, qv_error *err) {
   pthread_mutex_lock(&c->write_mu);
   qv_status st = build_locked(c);
   if (!st) st = save_graph_locked(c);
+  give_back_heap();
   pthread_mutex_unlock(&c->write_mu);
   return st ? qv_fail(err, st, "collection %s: building the index: %s", c->name, qv_strerror(st)) : QV_OK;
 }
@@ -1409,6 +1418,7 @@ qv_status qv_collection_upsert(qv_collection *c, const qv_point *points, size_t 
   pthread_mutex_unlock(&c->write_mu);
 out:
   prepared_free(prep, n);
+  if (n >= 1024) give_back_heap(); /* a batch's vectors were one block each */
   return st;
 }
 
