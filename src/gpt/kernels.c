@@ -241,24 +241,31 @@ static ukernel_fn pick_ukernel(void) {
 }
 
 /* Rows [i0, i1) of columns j0.. (nr of them) over one k block [k0, k0 + kc), against the
- * block's packed panel bp: tiles start from init (16 floats) when it is set, else from c. */
-static void panel_rows(ukernel_fn uk, float *c, size_t ldc, const float *a, size_t ars, size_t aks, const float *bp,
-                       int i0, int i1, int j0, int nr, int k0, int kc, const float *init) {
+ * block's packed panel bp: tiles start from init (16 floats) when it is set, else from c.
+ * A is read through its strides, or from ap (pack_a_cols's block for rows [i0, i1)) when
+ * that is set. */
+static void panel_rows(ukernel_fn uk, float *c, size_t ldc, const float *a, size_t ars, size_t aks,
+                       const float *ap, const float *bp, int i0, int i1, int j0, int nr, int k0, int kc,
+                       const float *init) {
   float ct[MR * NR] __attribute__((aligned(64)));
+  size_t raks = ap ? MR : aks;
   for (int i = i0; i < i1; i += MR) {
     int mr = i1 - i < MR ? i1 - i : MR;
     const float *ar[MR];
     /* rows past mr repeat row i: computed into the padded tile and dropped */
-    for (int r = 0; r < MR; r++) ar[r] = a + (size_t)(i + (r < mr ? r : 0)) * ars + (size_t)k0 * aks;
+    for (int r = 0; r < MR; r++) {
+      int rr = r < mr ? r : 0;
+      ar[r] = ap ? ap + (size_t)(i - i0) * (size_t)kc + (size_t)rr : a + (size_t)(i + rr) * ars + (size_t)k0 * aks;
+    }
     float *ctile = c + (size_t)i * ldc + (size_t)j0;
     if (mr == MR && nr == NR) {
-      uk(ctile, ldc, ar, aks, bp, kc, init);
+      uk(ctile, ldc, ar, raks, bp, kc, init);
       continue;
     }
     memset(ct, 0, sizeof ct);
     if (!init)
       for (int r = 0; r < mr; r++) memcpy(ct + r * NR, ctile + (size_t)r * ldc, (size_t)nr * sizeof(float));
-    uk(ct, NR, ar, aks, bp, kc, init);
+    uk(ct, NR, ar, raks, bp, kc, init);
     for (int r = 0; r < mr; r++) memcpy(ctile + (size_t)r * ldc, ct + r * NR, (size_t)nr * sizeof(float));
   }
 }
@@ -268,12 +275,34 @@ static void panel_init(float *init, const float *bias, int j0, int nr) {
   for (int j = 0; j < NR; j++) init[j] = bias && j < nr ? bias[j0 + j] : 0.0f;
 }
 
+/* ap = A's rows [0, mc) x k's [0, kc) for A stored by columns (ars == 1, column k at
+ * a + k * aks), in panels of MR rows: panel p holds kc groups of MR floats (rows p * MR..,
+ * in row order), kc * MR floats apart. A last panel's rows past mc are left unset (the
+ * kernel reads its first row in their place). */
+static void pack_a_cols(float *ap, const float *a, size_t aks, int mc, int kc) {
+  for (int k = 0; k < kc; k++) {
+    const float *src = a + (size_t)k * aks;
+    float *dst = ap + (size_t)k * MR;
+    int i = 0;
+    for (; i + MR <= mc; i += MR, dst += (size_t)kc * MR)
+      for (int r = 0; r < MR; r++) dst[r] = src[i + r];
+    for (int r = 0; i + r < mc; r++) dst[r] = src[i + r];
+  }
+}
+
+/* A stored by columns this far apart (floats) or more is packed per (row block, k block):
+ * each k of a tile would read a new line at a multiple of 4 KiB, all in one L1 set (the LM
+ * head's weight gradient, 2,048 apart: 56 -> 62 GFLOP/s measured, alternating; at 512 apart,
+ * the MLP's, packing measured no better). */
+enum { PACKA_MIN = 1024 };
+
 /* The GEMM over blocks of MC rows and KC k's, one 16-column panel at a time: B packed per
  * (row block, k block, panel) into a stack panel when bp is NULL (b through its strides),
- * else read from bp's panels (panel p at bp + p * pstride). */
+ * else read from bp's panels (panel p at bp + p * pstride); A packed into ap per (row block,
+ * k block) when ap is set. */
 static void gemm_blocks(float *c, size_t ldc, const float *a, size_t ars, size_t aks, const float *b, size_t bks,
-                        size_t bjs, const float *bp, size_t pstride, int M, int N, int K, int accumulate,
-                        const float *bias) {
+                        size_t bjs, const float *bp, size_t pstride, float *ap, int M, int N, int K,
+                        int accumulate, const float *bias) {
   float panel_buf[KC * NR] __attribute__((aligned(64)));
   float init[NR] __attribute__((aligned(64)));
   ukernel_fn uk = pick_ukernel();
@@ -283,21 +312,40 @@ static void gemm_blocks(float *c, size_t ldc, const float *a, size_t ars, size_t
     for (int k0 = 0; k0 < K || k0 == 0; k0 += KC) {
       int kc = K - k0 < KC ? K - k0 : KC;
       int fresh = k0 == 0 && !accumulate; /* tiles start from init instead of c */
+      if (ap) pack_a_cols(ap, a + (size_t)i0 + (size_t)k0 * aks, aks, mc, kc);
       for (int j0 = 0; j0 < N; j0 += NR) {
         int nr = N - j0 < NR ? N - j0 : NR;
         if (fresh) panel_init(init, bias, j0, nr);
         const float *panel = panel_buf;
         if (bp) panel = bp + (size_t)(j0 / NR) * pstride + (size_t)k0 * NR;
         else pack_b(panel_buf, b, bks, bjs, k0, kc, j0, nr);
-        panel_rows(uk, c, ldc, a, ars, aks, panel, i0, i0 + mc, j0, nr, k0, kc, fresh ? init : NULL);
+        panel_rows(uk, c, ldc, a, ars, aks, ap, panel, i0, i0 + mc, j0, nr, k0, kc, fresh ? init : NULL);
       }
     }
   }
 }
 
+/* gemm_blocks with A packed (a stack block of MC x KC floats, 192 KiB, only on this path). */
+static __attribute__((noinline)) void gemm_blocks_packa(float *c, size_t ldc, const float *a, size_t aks,
+                                                        const float *b, size_t bks, size_t bjs, const float *bp,
+                                                        size_t pstride, int M, int N, int K, int accumulate,
+                                                        const float *bias) {
+  float ap[MC * KC] __attribute__((aligned(64)));
+  gemm_blocks(c, ldc, a, 1, aks, b, bks, bjs, bp, pstride, ap, M, N, K, accumulate, bias);
+}
+
+static void gemm_any(float *c, size_t ldc, const float *a, size_t ars, size_t aks, const float *b, size_t bks,
+                     size_t bjs, const float *bp, size_t pstride, int M, int N, int K, int accumulate,
+                     const float *bias) {
+  if (ars == 1 && aks >= PACKA_MIN && N > NR)
+    gemm_blocks_packa(c, ldc, a, aks, b, bks, bjs, bp, pstride, M, N, K, accumulate, bias);
+  else
+    gemm_blocks(c, ldc, a, ars, aks, b, bks, bjs, bp, pstride, NULL, M, N, K, accumulate, bias);
+}
+
 void gptk_gemm(float *c, size_t ldc, const float *a, size_t ars, size_t aks, const float *b, size_t bks,
                size_t bjs, int M, int N, int K, int accumulate, const float *bias) {
-  gemm_blocks(c, ldc, a, ars, aks, b, bks, bjs, NULL, 0, M, N, K, accumulate, bias);
+  gemm_any(c, ldc, a, ars, aks, b, bks, bjs, NULL, 0, M, N, K, accumulate, bias);
 }
 
 size_t gptk_packed_floats(int K, int N) { return (size_t)((N + NR - 1) / NR) * NR * (size_t)(K > 0 ? K : 0); }
@@ -310,7 +358,7 @@ void gptk_pack(float *bp, const float *b, size_t bks, size_t bjs, int K, int N) 
 
 void gptk_gemm_packed(float *c, size_t ldc, const float *a, size_t ars, size_t aks, const float *bp, size_t pstride,
                       int M, int N, int K, int accumulate, const float *bias) {
-  gemm_blocks(c, ldc, a, ars, aks, NULL, 0, 0, bp, pstride, M, N, K, accumulate, bias);
+  gemm_any(c, ldc, a, ars, aks, NULL, 0, 0, bp, pstride, M, N, K, accumulate, bias);
 }
 
 static float softmax_c(float *out, const float *in, int n, float scale, float *maxp) {

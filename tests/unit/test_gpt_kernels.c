@@ -26,13 +26,16 @@ static void reference(float *c, size_t ldc, const float *a, size_t ars, size_t a
 }
 
 /* layout 0: A (M, K) row-major, B (K, N) row-major; 1: B given as (N, K) (transposed);
- * 2: A given as (K, M) (transposed), B (K, N). c has 3 spare columns (ldc = N + 3). */
-static int check(int layout, int M, int N, int K, int acc, int with_bias, gpt_rng *r) {
+ * 2: A given as (K, M) (transposed), B (K, N). c has 3 spare columns (ldc = N + 3). The
+ * product runs over k in [k0, K) (A's columns and B's rows from k0), through gptk_gemm, or
+ * through gptk_pack of all K rows and gptk_gemm_packed from row k0 (packed). */
+static int check_gemm(int layout, int M, int N, int K, int k0, int acc, int with_bias, int packed, gpt_rng *r) {
   size_t ldc = (size_t)N + 3;
   float *a = malloc(sizeof(float) * ((size_t)M * K + 1)), *b = malloc(sizeof(float) * ((size_t)K * N + 1));
   float *bias = malloc(sizeof(float) * (size_t)N + 4);
   float *c = malloc(sizeof(float) * ((size_t)M * ldc + 1)), *want = malloc(sizeof(float) * ((size_t)M * ldc + 1));
-  if (!a || !b || !bias || !c || !want) return -1;
+  float *bp = aligned_alloc(64, (sizeof(float) * gptk_packed_floats(K, N) + 64) / 64 * 64);
+  if (!a || !b || !bias || !c || !want || !bp) return -1;
   fill(a, (size_t)M * K, r);
   fill(b, (size_t)K * N, r);
   fill(bias, (size_t)N, r);
@@ -41,12 +44,25 @@ static int check(int layout, int M, int N, int K, int acc, int with_bias, gpt_rn
   size_t ars = (size_t)K, aks = 1, bks = (size_t)N, bjs = 1;
   if (layout == 1) bks = 1, bjs = (size_t)K;
   if (layout == 2) ars = 1, aks = (size_t)M;
-  const float *bi = with_bias ? bias : NULL;
-  reference(want, ldc, a, ars, aks, b, bks, bjs, M, N, K, acc, bi);
-  gptk_gemm(c, ldc, a, ars, aks, b, bks, bjs, M, N, K, acc, bi);
+  const float *bi = with_bias ? bias : NULL, *a0 = a + (size_t)k0 * aks;
+  reference(want, ldc, a0, ars, aks, b + (size_t)k0 * bks, bks, bjs, M, N, K - k0, acc, bi);
+  if (packed) {
+    gptk_pack(bp, b, bks, bjs, K, N);
+    gptk_gemm_packed(c, ldc, a0, ars, aks, bp + (size_t)k0 * GPTK_NR, (size_t)K * GPTK_NR, M, N, K - k0, acc, bi);
+  } else {
+    gptk_gemm(c, ldc, a0, ars, aks, b + (size_t)k0 * bks, bks, bjs, M, N, K - k0, acc, bi);
+  }
   int bad = memcmp(c, want, sizeof(float) * (size_t)M * ldc) != 0;
-  free(a), free(b), free(bias), free(c), free(want);
+  free(a), free(b), free(bias), free(c), free(want), free(bp);
   return bad;
+}
+
+static int check(int layout, int M, int N, int K, int acc, int with_bias, gpt_rng *r) {
+  return check_gemm(layout, M, N, K, 0, acc, with_bias, 0, r);
+}
+
+static int check_packed(int layout, int M, int N, int K, int k0, int acc, int with_bias, gpt_rng *r) {
+  return check_gemm(layout, M, N, K, k0, acc, with_bias, 1, r);
 }
 
 TEST(gemm_matches_fma_loop_bit_for_bit) {
@@ -195,32 +211,6 @@ TEST(attention_across_causal_blocks) {
 
 /* gptk_pack + gptk_gemm_packed against the fmaf loop, bit for bit, on the three layouts, and
  * on a row range [k0, K) of a packed B (attention's dk and dv read one from k0 = i0). */
-static int check_packed(int layout, int M, int N, int K, int k0, int acc, int with_bias, gpt_rng *r) {
-  size_t ldc = (size_t)N + 3;
-  float *a = malloc(sizeof(float) * ((size_t)M * K + 1)), *b = malloc(sizeof(float) * ((size_t)K * N + 1));
-  float *bias = malloc(sizeof(float) * (size_t)N + 4);
-  float *c = malloc(sizeof(float) * ((size_t)M * ldc + 1)), *want = malloc(sizeof(float) * ((size_t)M * ldc + 1));
-  float *bp = aligned_alloc(64, (sizeof(float) * gptk_packed_floats(K, N) + 64) / 64 * 64);
-  if (!a || !b || !bias || !c || !want || !bp) return -1;
-  fill(a, (size_t)M * K, r);
-  fill(b, (size_t)K * N, r);
-  fill(bias, (size_t)N, r);
-  fill(c, (size_t)M * ldc, r);
-  memcpy(want, c, sizeof(float) * (size_t)M * ldc);
-  size_t ars = (size_t)K, aks = 1, bks = (size_t)N, bjs = 1;
-  if (layout == 1) bks = 1, bjs = (size_t)K;
-  if (layout == 2) ars = 1, aks = (size_t)M;
-  const float *bi = with_bias ? bias : NULL;
-  /* the product over k in [k0, K): A's columns and B's rows from k0 */
-  reference(want, ldc, a + (size_t)k0 * aks, ars, aks, b + (size_t)k0 * bks, bks, bjs, M, N, K - k0, acc, bi);
-  gptk_pack(bp, b, bks, bjs, K, N);
-  gptk_gemm_packed(c, ldc, a + (size_t)k0 * aks, ars, aks, bp + (size_t)k0 * GPTK_NR, (size_t)K * GPTK_NR, M, N,
-                   K - k0, acc, bi);
-  int bad = memcmp(c, want, sizeof(float) * (size_t)M * ldc) != 0;
-  free(a), free(b), free(bias), free(c), free(want), free(bp);
-  return bad;
-}
-
 TEST(packed_gemm_matches_fma_loop_bit_for_bit) {
   gpt_rng r;
   gpt_rng_seed(&r, 11);
@@ -240,6 +230,26 @@ TEST(packed_gemm_matches_fma_loop_bit_for_bit) {
           }
 }
 
+/* A stored by columns 1,024 or more floats apart is packed by the kernel (kernels.c
+ * PACKA_MIN): the same bits as the fmaf loop, plain and with B packed, edge rows and tiles. */
+TEST(gemm_far_apart_columns_of_a_bit_for_bit) {
+  gpt_rng r;
+  gpt_rng_seed(&r, 12);
+  static const int Ms[] = {1024, 1030};
+  static const int Ns[] = {17, 40};
+  static const int Ks[] = {7, 300};
+  for (size_t mi = 0; mi < sizeof Ms / sizeof *Ms; mi++)
+    for (size_t ni = 0; ni < sizeof Ns / sizeof *Ns; ni++)
+      for (size_t ki = 0; ki < sizeof Ks / sizeof *Ks; ki++)
+        for (int mode = 0; mode < 3; mode++) {
+          int bad = check(2, Ms[mi], Ns[ni], Ks[ki], mode == 0, mode == 1, &r);
+          if (!bad) bad = check_packed(2, Ms[mi], Ns[ni], Ks[ki], mode == 0 ? Ks[ki] / 3 : 0, mode == 0, mode == 1, &r);
+          if (bad)
+            TEST_FAIL_("M %d N %d K %d mode %d: %s", Ms[mi], Ns[ni], Ks[ki], mode,
+                       bad < 0 ? "out of memory" : "differs from the fmaf loop");
+        }
+}
+
 TEST_MAIN(T(gemm_matches_fma_loop_bit_for_bit), T(gemm_training_shapes_and_splits_agree),
           T(softmax_matches_double_and_returns_log_sum_exp), T(attention_across_causal_blocks),
-          T(packed_gemm_matches_fma_loop_bit_for_bit))
+          T(packed_gemm_matches_fma_loop_bit_for_bit), T(gemm_far_apart_columns_of_a_bit_for_bit))
