@@ -50,6 +50,7 @@ Draws recall-vs-QPS curves (1 search thread) to docs/ann-<dataset>.png.
     python bench/ann.py [--n 100000] [--n-960 50000] [--queries 1000] [--threads 2]
                         [--search-threads 1,2] [--ef 16,32,...,2048] [--datasets a,b]
                         [--rounds 5] [--round-libs quiver,quiver-collection,hnswlib,faiss]
+                        [--libs quiver,hnswlib,...]
 """
 import argparse
 import gc
@@ -341,7 +342,7 @@ def table(results, efs, sthreads):
 
 def ratios(results, sthreads):
     out = []
-    peers = ["hnswlib", "faiss", "usearch"]
+    peers = [lib for lib in ["hnswlib", "faiss", "usearch"] if lib in LIBS]
     for slug, libs in results.items():
         at = {lib: first_at_target(libs[lib]["runs"]) for lib in LIBS}
         out.append(f"\n{slug}: smallest ef reaching recall@{K} >= {TARGET}")
@@ -357,7 +358,7 @@ def ratios(results, sthreads):
         head = ["Quiver vs"] + [f"QPS ratio {t}t" for t in sthreads] + ["build time ratio", "memory ratio (RSS)"]
         out.append("| " + " | ".join(head) + " |")
         out.append("|---|" + "---:|" * (len(head) - 1))
-        for mine in ["quiver", "quiver-collection"]:
+        for mine in [lib for lib in ["quiver", "quiver-collection"] if lib in LIBS]:
             q = libs[mine]
             for lib in peers:
                 o = libs[lib]
@@ -365,6 +366,8 @@ def ratios(results, sthreads):
                 cells += [f"{qa / qb:.2f}x" for qa, qb in zip(at[mine]["qps_by_threads"], at[lib]["qps_by_threads"])]
                 cells += [f"{q['build_s'] / o['build_s']:.2f}x", f"{q['bytes_per_point'] / o['bytes_per_point']:.2f}x"]
                 out.append("| " + " | ".join(cells) + " |")
+        if "quiver-collection" not in libs or "quiver-collection-int8" not in libs:
+            continue
         f32 = libs["quiver-collection"]["index_bytes_per_point"]
         i8 = libs["quiver-collection-int8"]["index_bytes_per_point"]
         out.append(f"\n  {slug}: collection index (graph + codes) bytes/point: float32 {f32:.0f}, int8 {i8:.0f} "
@@ -437,6 +440,7 @@ def plot(slug, desc, libs, path):
 
 
 def main():
+    global LIBS
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=100000)
     ap.add_argument("--n-960", type=int, default=50000, help="points of the 960-d set")
@@ -449,8 +453,13 @@ def main():
     ap.add_argument("--rounds", type=int, default=5, help="alternating timed rounds at recall 0.95 (0: none)")
     ap.add_argument("--round-libs", default="quiver,quiver-collection,hnswlib,faiss",
                     help="the libraries timed in the alternating rounds")
+    ap.add_argument("--libs", default=",".join(LIBS), help="the libraries to run (quiver and hnswlib at least)")
     a = ap.parse_args()
-    round_libs = a.round_libs.split(",")
+    unknown = set(a.libs.split(",")) - set(LIBS)
+    if unknown or not {"quiver", "hnswlib"} <= set(a.libs.split(",")):
+        ap.error(f"--libs: unknown {sorted(unknown)}" if unknown else "--libs must hold quiver and hnswlib")
+    LIBS = [lib for lib in LIBS if lib in a.libs.split(",")]
+    round_libs = [lib for lib in a.round_libs.split(",") if lib in LIBS]
     if a.rounds and not {"quiver", "hnswlib"} <= set(round_libs):
         ap.error("--round-libs must hold quiver and hnswlib")
     efs = [int(e) for e in a.ef.split(",")]
