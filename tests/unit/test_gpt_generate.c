@@ -194,9 +194,15 @@ TEST(cache_and_blocks_match_the_full_forward) {
   ASSERT(all);
   ASSERT_OK(gpt_infer_feed(inf, ids, n, all, NULL));
   ASSERT_EQ(gpt_infer_pos(inf), n);
-  double worst = 0;
+  /* The two paths add in different orders (training's blocked GEMM, inference's cached
+   * rows), so they agree to float32 rounding relative to the logits' size, not to a fixed
+   * absolute amount: here logits reach ~15 and the paths differ by up to ~1e-4 (7e-6 of
+   * the largest), while a wrong position, mask or cache row moves logits by O(1). */
+  double scale = 1, worst = 0;
+  for (int i = 0; i < n * V; i++) scale = fmax(scale, fabs(want[i]));
+  const double tol = 2e-5 * scale;
   for (int i = 0; i < n * V; i++) worst = fmax(worst, fabs(all[i] - want[i]));
-  ASSERT(worst < 1e-4);
+  ASSERT(worst < tol);
   /* one token at a time, after a reset: the same logits at every position */
   gpt_infer_reset(inf);
   worst = 0;
@@ -205,7 +211,7 @@ TEST(cache_and_blocks_match_the_full_forward) {
     const float *l = gpt_infer_logits(inf);
     for (int v = 0; v < V; v++) worst = fmax(worst, fabs(l[v] - want[(size_t)t * V + v]));
   }
-  ASSERT(worst < 1e-4);
+  ASSERT(worst < tol);
   free(all);
   gpt_infer_free(inf);
   gpt_free(m);
