@@ -55,6 +55,12 @@ typedef struct cu_ctx {
   size_t act_cap;
   float *scratch;               /* search scores and norms, grown on demand */
   size_t scratch_cap;
+  void *gpt_scr;                /* GPT ops: permuted q, k, v and their gradients (gpt.cu) */
+  size_t gpt_scr_cap;
+  void *gpt_red;                /* GPT ops: reduction partials (gpt.cu) */
+  size_t gpt_red_cap;
+  void *gpt_links;              /* GPT ops: the encoder backward's row chains (gpt.cu) */
+  size_t gpt_links_cap;
   qv_device_info info;
 } cu_ctx;
 
@@ -92,6 +98,9 @@ qv_status cu_search_exact(void *ctx, float *scores, uint32_t *rows, size_t *coun
                           size_t nq, const float *base, size_t n, size_t dim, size_t stride, int metric, size_t k,
                           const uint64_t *mask);
 }
+
+/* The GPT training ops on the device (gpt.cu), the qv_backend's gpt table. */
+extern const qv_gpt_ops cu_gpt_ops;
 
 /* The most results one search returns per query on the device (larger k runs on the CPU). */
 #define CU_TOPK_MAX 1024

@@ -207,6 +207,7 @@ static qv_status cu_status(void *ctx) {
   cu_enter(c);
   qv_status st = c->err;
   c->err = QV_OK;
+  c->err_msg[0] = '\0';
   /* a sticky CUDA error (an illegal address) poisons the context; cudaGetLastError
    * clears only the non-sticky kind, so the next op fails again and the breaker opens */
   cudaGetLastError();
@@ -248,6 +249,9 @@ static void cu_close(void *ctx) {
     if (c->stage[i]) cudaFree(c->stage[i]);
   if (c->act) cudaFree(c->act);
   if (c->scratch) cudaFree(c->scratch);
+  if (c->gpt_scr) cudaFree(c->gpt_scr);
+  if (c->gpt_red) cudaFree(c->gpt_red);
+  if (c->gpt_links) cudaFree(c->gpt_links);
   if (c->blas) cublasDestroy(c->blas);
   if (c->stream) cudaStreamDestroy(c->stream);
   pthread_mutex_destroy(&c->mu);
@@ -355,6 +359,7 @@ extern "C" __attribute__((visibility("default"))) int quiver_plugin_open(int api
   be->map_update = cu_map_update;
   be->status = cu_status;
   be->search_exact = cu_search_exact;
+  be->gpt = &cu_gpt_ops;
   out->info = cu_info;
   out->budget_left = cu_budget_left;
   out->close = cu_close;
