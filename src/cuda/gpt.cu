@@ -35,8 +35,8 @@
  *   2. Same inputs, same bits: no reduction uses atomics; every sum's order depends only on
  *      the sizes (block sizes and chunk counts are constants or functions of N), and cuBLAS
  *      is deterministic for a given GPU model and stream.
- *   3. GEMMs run in IEEE FP32: each GEMM op sets CUBLAS_DEFAULT_MATH and restores the mode
- *      the encoder set (TF32 under QUIVER_CUDA_GEMM=tf32) before it returns.
+ *   3. GEMMs run in IEEE FP32: gemm() sets CUBLAS_DEFAULT_MATH for each call and restores the
+ *      mode the encoder set (TF32 under QUIVER_CUDA_GEMM=tf32) after it.
  *   4. The ctx's GPT scratch (gpt_scr, gpt_red, gpt_links) is only live within one op: an op
  *      may grow it (cudaFree waits for the device), and no op reads what another left. */
 #include <math.h>
@@ -91,15 +91,25 @@ static __device__ float gpt_block_max(float v, float *sh) {
   return m;
 }
 
-/* Sets IEEE FP32 GEMMs for this op (invariant 3); returns the mode to restore. */
-static cublasMath_t fp32_gemm_begin(cu_ctx *c) {
-  cublasMath_t m = CUBLAS_DEFAULT_MATH;
-  cu_check_blas(c, cublasGetMathMode(c->blas, &m), "cublasGetMathMode");
-  cu_check_blas(c, cublasSetMathMode(c->blas, CUBLAS_DEFAULT_MATH), "cublasSetMathMode");
-  return m;
+/* Column-major C (m, n) = alpha op(A) (m, k) @ op(B) (k, n) + beta C, batch times with the
+ * strides given (cublasSgemm for one), in IEEE FP32: the math mode is set for the call and
+ * the encoder's restored after it (invariant 3). 1 on failure (recorded). */
+static int gemm(cu_ctx *c, const char *what, cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k,
+                float alpha, const float *A, int lda, long long sa, const float *B, int ldb, long long sb, float beta,
+                float *C, int ldc, long long sc, int batch) {
+  cublasMath_t mode = CUBLAS_DEFAULT_MATH;
+  if (cu_check_blas(c, cublasGetMathMode(c->blas, &mode), what) ||
+      cu_check_blas(c, cublasSetMathMode(c->blas, CUBLAS_DEFAULT_MATH), what))
+    return 1;
+  cublasStatus_t st = batch == 1 ? cublasSgemm(c->blas, ta, tb, m, n, k, &alpha, A, lda, B, ldb, &beta, C, ldc)
+                                 : cublasSgemmStridedBatched(c->blas, ta, tb, m, n, k, &alpha, A, lda, sa, B, ldb,
+                                                             sb, &beta, C, ldc, sc, batch);
+  cublasSetMathMode(c->blas, mode);
+  return cu_check_blas(c, st, what);
 }
 
-static void fp32_gemm_end(cu_ctx *c, cublasMath_t m) { cublasSetMathMode(c->blas, m); }
+#define GEMM1(c, what, ta, tb, m, n, k, A, lda, B, ldb, beta, C, ldc) \
+  gemm(c, what, ta, tb, m, n, k, 1.0f, A, lda, 0, B, ldb, 0, beta, C, ldc, 0, 1)
 
 /* ---- memory --------------------------------------------------------------------------- */
 
@@ -379,161 +389,106 @@ __global__ void add_bias_kernel(float *out /* (N, OC) */, const float *b /* (OC)
 
 static void gpt_matmul_fwd(void *ctx, float *out, const float *inp, const float *w, const float *b, int N, int IC,
                            int OC) {
-  cublasMath_t mode = CUBLAS_DEFAULT_MATH;
-  int began = 0;
   GPT_LOCK(c);
-  {
-    if (N <= 0 || IC <= 0 || OC <= 0) goto done;
-    mode = fp32_gemm_begin(c);
-    began = 1;
-    const float one = 1.0f, zero = 0.0f;
-    /* Row-major out (N, OC) = inp (N, IC) @ w (IC, OC) is column-major
-     * out^T (OC, N) = w^T (OC, IC) @ inp^T (IC, N), and each buffer read column-major is
-     * already the transpose: A = w (lda OC), B = inp (ldb IC), C = out (ldc OC). */
-    if (cu_check_blas(c, cublasSgemm(c->blas, CUBLAS_OP_N, CUBLAS_OP_N, OC, N, IC, &one, w, OC, inp, IC, &zero,
-                                     out, OC),
-                      "gpt matmul_fwd"))
-      goto done;
-    if (b) {
-      size_t n = (size_t)N * OC;
-      add_bias_kernel<<<grid_for(n, GPT_THREADS), GPT_THREADS, 0, c->stream>>>(out, b, OC, n);
-      cu_check(c, cudaGetLastError(), "gpt matmul_fwd bias");
-    }
+  if (N <= 0 || IC <= 0 || OC <= 0) goto done;
+  /* Row-major out (N, OC) = inp (N, IC) @ w (IC, OC) is column-major
+   * out^T (OC, N) = w^T (OC, IC) @ inp^T (IC, N), and each buffer read column-major is
+   * already the transpose: A = w (lda OC), B = inp (ldb IC), C = out (ldc OC). */
+  if (GEMM1(c, "gpt matmul_fwd", CUBLAS_OP_N, CUBLAS_OP_N, OC, N, IC, w, OC, inp, IC, 0.0f, out, OC)) goto done;
+  if (b) {
+    size_t n = (size_t)N * OC;
+    add_bias_kernel<<<grid_for(n, GPT_THREADS), GPT_THREADS, 0, c->stream>>>(out, b, OC, n);
+    cu_check(c, cudaGetLastError(), "gpt matmul_fwd bias");
   }
 done:
-  if (began) fp32_gemm_end(c, mode);
   GPT_UNLOCK(c);
 }
 
 static void gpt_matmul_bwd(void *ctx, float *dinp, float *dw, float *db, const float *dout, const float *inp,
                            const float *w, int N, int IC, int OC) {
-  cublasMath_t mode = CUBLAS_DEFAULT_MATH;
-  int began = 0;
   GPT_LOCK(c);
-  {
-    if (N <= 0 || IC <= 0 || OC <= 0) goto done;
-    mode = fp32_gemm_begin(c);
-    began = 1;
-    const float one = 1.0f;
-    /* dinp (N, IC) += dout (N, OC) @ w^T: column-major dinp^T (IC, N) += w (IC, OC) @
-     * dout^T (OC, N); the w buffer read column-major is w^T (OC, IC, ld OC), so op T;
-     * dout read column-major is dout^T (OC, N, ld OC), op N; C = dinp (ldc IC). */
-    if (dinp && cu_check_blas(c, cublasSgemm(c->blas, CUBLAS_OP_T, CUBLAS_OP_N, IC, N, OC, &one, w, OC, dout, OC,
-                                             &one, dinp, IC),
-                              "gpt matmul_bwd dinp"))
-      goto done;
-    /* dw (IC, OC) += inp^T (IC, N) @ dout (N, OC): column-major dw^T (OC, IC) += dout^T
-     * (OC, N) @ inp (N, IC); dout read column-major is dout^T (ld OC), op N; inp read
-     * column-major is inp^T (IC, N, ld IC), so op T; C = dw (ldc OC). */
-    if (dw && cu_check_blas(c, cublasSgemm(c->blas, CUBLAS_OP_N, CUBLAS_OP_T, OC, IC, N, &one, dout, OC, inp, IC,
-                                           &one, dw, OC),
-                            "gpt matmul_bwd dw"))
-      goto done;
-    if (db) colsums(c, NULL, db, dout, NULL, NULL, NULL, N, OC);
-  }
+  if (N <= 0 || IC <= 0 || OC <= 0) goto done;
+  /* dinp (N, IC) += dout (N, OC) @ w^T: column-major dinp^T (IC, N) += w (IC, OC) @
+   * dout^T (OC, N); the w buffer read column-major is w^T (OC, IC, ld OC), so op T;
+   * dout read column-major is dout^T (OC, N, ld OC), op N; C = dinp (ldc IC). */
+  if (dinp && GEMM1(c, "gpt matmul_bwd dinp", CUBLAS_OP_T, CUBLAS_OP_N, IC, N, OC, w, OC, dout, OC, 1.0f, dinp, IC))
+    goto done;
+  /* dw (IC, OC) += inp^T (IC, N) @ dout (N, OC): column-major dw^T (OC, IC) += dout^T
+   * (OC, N) @ inp (N, IC); dout read column-major is dout^T (ld OC), op N; inp read
+   * column-major is inp^T (IC, N, ld IC), so op T; C = dw (ldc OC). */
+  if (dw && GEMM1(c, "gpt matmul_bwd dw", CUBLAS_OP_N, CUBLAS_OP_T, OC, IC, N, dout, OC, inp, IC, 1.0f, dw, OC))
+    goto done;
+  if (db) colsums(c, NULL, db, dout, NULL, NULL, NULL, N, OC);
 done:
-  if (began) fp32_gemm_end(c, mode);
   GPT_UNLOCK(c);
 }
 
 static void gpt_head_fwd(void *ctx, float *logits, const float *x, const float *wte, int N, int V, int C) {
-  cublasMath_t mode = CUBLAS_DEFAULT_MATH;
-  int began = 0;
   GPT_LOCK(c);
-  {
-    if (N <= 0 || V <= 0 || C <= 0) goto done;
-    mode = fp32_gemm_begin(c);
-    began = 1;
-    const float one = 1.0f, zero = 0.0f;
-    /* logits (N, V) = x (N, C) @ wte^T: column-major logits^T (V, N) = wte (V, C) @ x^T
-     * (C, N); wte read column-major is wte^T (C, V, ld C), so op T; x read column-major is
-     * x^T (C, N, ld C), op N; C = logits (ldc V). */
-    cu_check_blas(c, cublasSgemm(c->blas, CUBLAS_OP_T, CUBLAS_OP_N, V, N, C, &one, wte, C, x, C, &zero, logits, V),
-                  "gpt head_fwd");
-  }
+  if (N <= 0 || V <= 0 || C <= 0) goto done;
+  /* logits (N, V) = x (N, C) @ wte^T: column-major logits^T (V, N) = wte (V, C) @ x^T
+   * (C, N); wte read column-major is wte^T (C, V, ld C), so op T; x read column-major is
+   * x^T (C, N, ld C), op N; C = logits (ldc V). */
+  GEMM1(c, "gpt head_fwd", CUBLAS_OP_T, CUBLAS_OP_N, V, N, C, wte, C, x, C, 0.0f, logits, V);
 done:
-  if (began) fp32_gemm_end(c, mode);
   GPT_UNLOCK(c);
 }
 
 static void gpt_head_bwd(void *ctx, float *dx, float *dwte, const float *dlogits, const float *x, const float *wte,
                          int N, int V, int C) {
-  cublasMath_t mode = CUBLAS_DEFAULT_MATH;
-  int began = 0;
   GPT_LOCK(c);
-  {
-    if (N <= 0 || V <= 0 || C <= 0) goto done;
-    mode = fp32_gemm_begin(c);
-    began = 1;
-    const float one = 1.0f;
-    /* dx (N, C) += dlogits (N, V) @ wte (V, C): column-major dx^T (C, N) += wte^T (C, V) @
-     * dlogits^T (V, N); both buffers read column-major are those transposes: A = wte
-     * (lda C), B = dlogits (ldb V), op N both; C = dx (ldc C). */
-    if (dx && cu_check_blas(c, cublasSgemm(c->blas, CUBLAS_OP_N, CUBLAS_OP_N, C, N, V, &one, wte, C, dlogits, V,
-                                           &one, dx, C),
-                            "gpt head_bwd dx"))
-      goto done;
-    /* dwte (V, C) += dlogits^T (V, N) @ x (N, C): column-major dwte^T (C, V) += x^T (C, N) @
-     * dlogits (N, V); x read column-major is x^T (ld C), op N; dlogits read column-major is
-     * dlogits^T (V, N, ld V), so op T; C = dwte (ldc C). */
-    if (dwte)
-      cu_check_blas(c, cublasSgemm(c->blas, CUBLAS_OP_N, CUBLAS_OP_T, C, V, N, &one, x, C, dlogits, V, &one, dwte, C),
-                    "gpt head_bwd dwte");
-  }
+  if (N <= 0 || V <= 0 || C <= 0) goto done;
+  /* dx (N, C) += dlogits (N, V) @ wte (V, C): column-major dx^T (C, N) += wte^T (C, V) @
+   * dlogits^T (V, N); both buffers read column-major are those transposes: A = wte
+   * (lda C), B = dlogits (ldb V), op N both; C = dx (ldc C). */
+  if (dx && GEMM1(c, "gpt head_bwd dx", CUBLAS_OP_N, CUBLAS_OP_N, C, N, V, wte, C, dlogits, V, 1.0f, dx, C))
+    goto done;
+  /* dwte (V, C) += dlogits^T (V, N) @ x (N, C): column-major dwte^T (C, V) += x^T (C, N) @
+   * dlogits (N, V); x read column-major is x^T (ld C), op N; dlogits read column-major is
+   * dlogits^T (V, N, ld V), so op T; C = dwte (ldc C). */
+  if (dwte) GEMM1(c, "gpt head_bwd dwte", CUBLAS_OP_N, CUBLAS_OP_T, C, V, N, x, C, dlogits, V, 1.0f, dwte, C);
 done:
-  if (began) fp32_gemm_end(c, mode);
   GPT_UNLOCK(c);
 }
 
 /* ---- attention ------------------------------------------------------------------------ */
 
+/* Element i of a (B, H, T, hs) tensor, as an offset into a (B, T, row) one whose row holds
+ * the heads' slices side by side from column 0 (row = C for out, 3C for qkv's q part). */
+static __device__ size_t head_to_row(size_t i, int T, int C, int H, size_t row) {
+  size_t hs = (size_t)(C / H);
+  size_t d = i % hs, r = i / hs;
+  size_t t = r % (size_t)T, bh = r / (size_t)T;
+  size_t h = bh % (size_t)H, b = bh / (size_t)H;
+  return (b * T + t) * row + h * hs + d;
+}
+
 /* qkv (B, T, 3C) -> q, k, v (B, H, T, hs) each. */
 __global__ void att_permute_kernel(float *q, float *k, float *v, const float *qkv, int T, int C, int H,
                                    size_t n /* B T C */) {
-  int hs = C / H;
   FOR_EACH(i, n) {
-    /* i indexes (b, h, t, d) of the permuted tensors */
-    size_t d = i % (size_t)hs, r = i / (size_t)hs;
-    size_t t = r % (size_t)T, bh = r / (size_t)T;
-    size_t h = bh % (size_t)H, b = bh / (size_t)H;
-    size_t src = (b * T + t) * 3 * (size_t)C + h * hs + d;
+    size_t src = head_to_row(i, T, C, H, 3 * (size_t)C);
     q[i] = qkv[src];
     k[i] = qkv[src + C];
     v[i] = qkv[src + 2 * (size_t)C];
   }
 }
 
-/* out (B, T, C) -> y (B, H, T, hs) (dout for the backward). */
-__global__ void att_permute1_kernel(float *y, const float *out, int T, int C, int H, size_t n) {
-  int hs = C / H;
+/* dir 0: dst (B, H, T, hs) = src (B, T, C) permuted; dir 1: dst (B, T, C) = src (B, H, T, hs)
+ * unpermuted. */
+__global__ void att_move_kernel(float *dst, const float *src, int T, int C, int H, size_t n, int dir) {
   FOR_EACH(i, n) {
-    size_t d = i % (size_t)hs, r = i / (size_t)hs;
-    size_t t = r % (size_t)T, bh = r / (size_t)T;
-    size_t h = bh % (size_t)H, b = bh / (size_t)H;
-    y[i] = out[(b * T + t) * (size_t)C + h * hs + d];
-  }
-}
-
-/* y (B, H, T, hs) -> out (B, T, C). */
-__global__ void att_unpermute_kernel(float *out, const float *y, int T, int C, int H, size_t n) {
-  int hs = C / H;
-  FOR_EACH(i, n) {
-    size_t d = i % (size_t)hs, r = i / (size_t)hs;
-    size_t t = r % (size_t)T, bh = r / (size_t)T;
-    size_t h = bh % (size_t)H, b = bh / (size_t)H;
-    out[(b * T + t) * (size_t)C + h * hs + d] = y[i];
+    size_t o = head_to_row(i, T, C, H, (size_t)C);
+    if (dir) dst[o] = src[i];
+    else dst[i] = src[o];
   }
 }
 
 /* dqkv (B, T, 3C) += dq, dk, dv (B, H, T, hs). */
 __global__ void att_unpermute_add_kernel(float *dqkv, const float *dq, const float *dk, const float *dv, int T,
                                          int C, int H, size_t n) {
-  int hs = C / H;
   FOR_EACH(i, n) {
-    size_t d = i % (size_t)hs, r = i / (size_t)hs;
-    size_t t = r % (size_t)T, bh = r / (size_t)T;
-    size_t h = bh % (size_t)H, b = bh / (size_t)H;
-    size_t dst = (b * T + t) * 3 * (size_t)C + h * hs + d;
+    size_t dst = head_to_row(i, T, C, H, 3 * (size_t)C);
     dqkv[dst] += dq[i];
     dqkv[dst + C] += dk[i];
     dqkv[dst + 2 * (size_t)C] += dv[i];
@@ -580,8 +535,6 @@ __global__ void att_softmax_bwd_kernel(float *da, const float *att, int T, float
 static unsigned warp_rows_grid(size_t rows) { return (unsigned)((rows * 32 + GPT_THREADS - 1) / GPT_THREADS); }
 
 static void gpt_attention_fwd(void *ctx, float *out, float *att, const float *qkv, int B, int T, int C, int H) {
-  cublasMath_t mode = CUBLAS_DEFAULT_MATH;
-  int began = 0;
   GPT_LOCK(c);
   {
     if (B <= 0 || T <= 0 || C <= 0 || H <= 0 || C % H) goto done;
@@ -591,38 +544,31 @@ static void gpt_attention_fwd(void *ctx, float *out, float *att, const float *qk
     float *q = (float *)c->gpt_scr, *k = q + n, *v = k + n, *y = v + n; /* each (B, H, T, hs) */
     att_permute_kernel<<<grid_for(n, GPT_THREADS), GPT_THREADS, 0, c->stream>>>(q, k, v, qkv, T, C, H, n);
     if (cu_check(c, cudaGetLastError(), "gpt attention_fwd permute")) goto done;
-    mode = fp32_gemm_begin(c);
-    began = 1;
-    const float scale = 1.0f / sqrtf((float)hs), one = 1.0f, zero = 0.0f;
+    float scale = 1.0f / sqrtf((float)hs);
     long long sq = (long long)T * hs, sa = (long long)T * T;
     /* per head: att (T, T) = q (T, hs) @ k^T * scale, i.e. column-major att^T (T, T) =
      * k (T, hs) @ q^T (hs, T); k read column-major is k^T (hs, T, ld hs), so op T; q read
      * column-major is q^T (ld hs), op N; C = att (ldc T). */
-    if (cu_check_blas(c, cublasSgemmStridedBatched(c->blas, CUBLAS_OP_T, CUBLAS_OP_N, T, T, hs, &scale, k, hs, sq,
-                                                   q, hs, sq, &zero, att, T, sa, BH),
-                      "gpt attention_fwd scores"))
+    if (gemm(c, "gpt attention_fwd scores", CUBLAS_OP_T, CUBLAS_OP_N, T, T, hs, scale, k, hs, sq, q, hs, sq, 0.0f,
+             att, T, sa, BH))
       goto done;
     att_softmax_kernel<<<warp_rows_grid(rows), GPT_THREADS, 0, c->stream>>>(att, T, rows);
     if (cu_check(c, cudaGetLastError(), "gpt attention_fwd softmax")) goto done;
     /* per head: y (T, hs) = att (T, T) @ v (T, hs), i.e. column-major y^T (hs, T) = v^T
      * (hs, T) @ att^T (T, T); both buffers read column-major are those transposes, op N:
      * A = v (lda hs), B = att (ldb T), C = y (ldc hs). */
-    if (cu_check_blas(c, cublasSgemmStridedBatched(c->blas, CUBLAS_OP_N, CUBLAS_OP_N, hs, T, T, &one, v, hs, sq,
-                                                   att, T, sa, &zero, y, hs, sq, BH),
-                      "gpt attention_fwd att @ v"))
+    if (gemm(c, "gpt attention_fwd att @ v", CUBLAS_OP_N, CUBLAS_OP_N, hs, T, T, 1.0f, v, hs, sq, att, T, sa, 0.0f,
+             y, hs, sq, BH))
       goto done;
-    att_unpermute_kernel<<<grid_for(n, GPT_THREADS), GPT_THREADS, 0, c->stream>>>(out, y, T, C, H, n);
+    att_move_kernel<<<grid_for(n, GPT_THREADS), GPT_THREADS, 0, c->stream>>>(out, y, T, C, H, n, 1);
     cu_check(c, cudaGetLastError(), "gpt attention_fwd unpermute");
   }
 done:
-  if (began) fp32_gemm_end(c, mode);
   GPT_UNLOCK(c);
 }
 
 static void gpt_attention_bwd(void *ctx, float *dqkv, float *scratch, const float *dout, const float *qkv,
                               const float *att, int B, int T, int C, int H) {
-  cublasMath_t mode = CUBLAS_DEFAULT_MATH;
-  int began = 0;
   GPT_LOCK(c);
   {
     if (B <= 0 || T <= 0 || C <= 0 || H <= 0 || C % H) goto done;
@@ -634,48 +580,41 @@ static void gpt_attention_bwd(void *ctx, float *dqkv, float *scratch, const floa
     float *datt = scratch; /* (B, H, T, T) */
     att_permute_kernel<<<grid_for(n, GPT_THREADS), GPT_THREADS, 0, c->stream>>>(q, k, v, qkv, T, C, H, n);
     if (cu_check(c, cudaGetLastError(), "gpt attention_bwd permute")) goto done;
-    att_permute1_kernel<<<grid_for(n, GPT_THREADS), GPT_THREADS, 0, c->stream>>>(dy, dout, T, C, H, n);
+    att_move_kernel<<<grid_for(n, GPT_THREADS), GPT_THREADS, 0, c->stream>>>(dy, dout, T, C, H, n, 0);
     if (cu_check(c, cudaGetLastError(), "gpt attention_bwd permute dout")) goto done;
-    mode = fp32_gemm_begin(c);
-    began = 1;
-    const float scale = 1.0f / sqrtf((float)hs), one = 1.0f, zero = 0.0f;
+    float scale = 1.0f / sqrtf((float)hs);
     long long sq = (long long)T * hs, sa = (long long)T * T;
     /* y = att @ v. datt (T, T) = dy (T, hs) @ v^T: column-major datt^T (T, T) = v (T, hs) @
      * dy^T (hs, T); v read column-major is v^T (hs, T, ld hs), so op T; dy read column-major
      * is dy^T (ld hs), op N; C = datt (ldc T). */
-    if (cu_check_blas(c, cublasSgemmStridedBatched(c->blas, CUBLAS_OP_T, CUBLAS_OP_N, T, T, hs, &one, v, hs, sq, dy,
-                                                   hs, sq, &zero, datt, T, sa, BH),
-                      "gpt attention_bwd datt"))
+    if (gemm(c, "gpt attention_bwd datt", CUBLAS_OP_T, CUBLAS_OP_N, T, T, hs, 1.0f, v, hs, sq, dy, hs, sq, 0.0f,
+             datt, T, sa, BH))
       goto done;
     /* dv (T, hs) = att^T (T, T) @ dy (T, hs): column-major dv^T (hs, T) = dy^T (hs, T) @
      * att (T, T); dy read column-major is dy^T (ld hs), op N; att read column-major is
      * att^T (ld T), so op T; C = dv (ldc hs). */
-    if (cu_check_blas(c, cublasSgemmStridedBatched(c->blas, CUBLAS_OP_N, CUBLAS_OP_T, hs, T, T, &one, dy, hs, sq,
-                                                   att, T, sa, &zero, dv, hs, sq, BH),
-                      "gpt attention_bwd dv"))
+    if (gemm(c, "gpt attention_bwd dv", CUBLAS_OP_N, CUBLAS_OP_T, hs, T, T, 1.0f, dy, hs, sq, att, T, sa, 0.0f, dv,
+             hs, sq, BH))
       goto done;
     att_softmax_bwd_kernel<<<warp_rows_grid(rows), GPT_THREADS, 0, c->stream>>>(datt, att, T, scale, rows);
     if (cu_check(c, cudaGetLastError(), "gpt attention_bwd softmax")) goto done;
     /* pre = q @ k^T * scale (scale already in dpre). dq (T, hs) = dpre (T, T) @ k (T, hs):
      * column-major dq^T (hs, T) = k^T (hs, T) @ dpre^T (T, T); both buffers read
      * column-major are those transposes, op N: A = k (lda hs), B = dpre (ldb T). */
-    if (cu_check_blas(c, cublasSgemmStridedBatched(c->blas, CUBLAS_OP_N, CUBLAS_OP_N, hs, T, T, &one, k, hs, sq,
-                                                   datt, T, sa, &zero, dq, hs, sq, BH),
-                      "gpt attention_bwd dq"))
+    if (gemm(c, "gpt attention_bwd dq", CUBLAS_OP_N, CUBLAS_OP_N, hs, T, T, 1.0f, k, hs, sq, datt, T, sa, 0.0f, dq,
+             hs, sq, BH))
       goto done;
     /* dk (T, hs) = dpre^T (T, T) @ q (T, hs): column-major dk^T (hs, T) = q^T (hs, T) @ dpre
      * (T, T); q read column-major is q^T (ld hs), op N; dpre read column-major is dpre^T
      * (ld T), so op T; C = dk (ldc hs). */
-    if (cu_check_blas(c, cublasSgemmStridedBatched(c->blas, CUBLAS_OP_N, CUBLAS_OP_T, hs, T, T, &one, q, hs, sq,
-                                                   datt, T, sa, &zero, dk, hs, sq, BH),
-                      "gpt attention_bwd dk"))
+    if (gemm(c, "gpt attention_bwd dk", CUBLAS_OP_N, CUBLAS_OP_T, hs, T, T, 1.0f, q, hs, sq, datt, T, sa, 0.0f, dk,
+             hs, sq, BH))
       goto done;
     att_unpermute_add_kernel<<<grid_for(n, GPT_THREADS), GPT_THREADS, 0, c->stream>>>(dqkv, dq, dk, dv, T, C, H,
                                                                                      n);
     cu_check(c, cudaGetLastError(), "gpt attention_bwd unpermute");
   }
 done:
-  if (began) fp32_gemm_end(c, mode);
   GPT_UNLOCK(c);
 }
 
