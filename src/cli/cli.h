@@ -26,6 +26,11 @@ int cli_parse(int argc, char **argv, const cli_opt *opts, const char **pos, int 
               const char *usage);
 
 long long cli_int(const char *s, const char *what, long long lo, long long hi);
+
+/* Applies the GPU settings (compute/device.h): the QUIVER_GPU* variables, then --gpu MODE
+ * and --gpu-device N where given (NULL: not given); dies on a bad value. Returns
+ * qv_gpu_config_apply's status: QV_EDEVICE when the mode is on and no GPU works. */
+qv_status cli_gpu_setup(const char *mode, const char *device_id, qv_error *err);
 double cli_double(const char *s, const char *what);
 
 /* The data directory from --data-dir, else $QUIVER_DATA_DIR, else ./quiver-data. */

@@ -41,7 +41,11 @@ static const char train_usage[] =
     "  --eval-batches N   batches of held-out windows per validation (default 8)\n"
     "  --val-fraction X   share of chunks held out (default 0.05)\n"
     "  --save-every N     checkpoint every N steps (default: only at the end)\n"
-    "  --log FILE         one JSON line per step: step, loss, lr, grad_norm, elapsed_s, val_loss\n" TCLI_CHUNK_USAGE
+    "  --log FILE         one JSON line per step: step, loss, lr, grad_norm, elapsed_s, val_loss\n"
+    "  --gpu auto|on|off  train on the GPU when one works (auto, the default), require one\n"
+    "                     (on), or stay on the CPU (off); a GPU that fails mid-run hands the\n"
+    "                     run to the CPU from the last evaluation's state\n"
+    "  --gpu-device N     which GPU (default 0)\n" TCLI_CHUNK_USAGE
     "Progress (step, loss, lr, tokens/s, ETA) shows on a terminal; a line per evaluation\n"
     "goes to stdout. Ctrl-C saves a checkpoint after the current step and stops.\n";
 
@@ -70,8 +74,8 @@ static int on_step(void *c, const gpt_train_stats *s) {
   run_ctx *x = c;
   if (s->first) {
     printf("corpus: %zu documents, %zu chunks (%zu held out), %zu training / %zu validation tokens; "
-           "model: %zu parameters\n",
-           s->ndocs, s->nchunks, s->nval_chunks, s->train_tokens, s->val_tokens, s->nparams);
+           "model: %zu parameters; training on %s\n",
+           s->ndocs, s->nchunks, s->nval_chunks, s->train_tokens, s->val_tokens, s->nparams, s->device);
     fflush(stdout);
   }
   if (x->log) {
@@ -125,7 +129,8 @@ int cmd_gpt_train(int argc, char **argv) {
   const char *data = NULL, *out = NULL, *tok = NULL, *vocab = NULL, *resume = NULL, *layers = NULL, *heads = NULL,
              *width = NULL, *context = NULL, *batch = NULL, *accum = NULL, *steps = NULL, *lr = NULL,
              *min_lr = NULL, *warmup = NULL, *wd = NULL, *clip = NULL, *seed = NULL, *eval_every = NULL,
-             *eval_batches = NULL, *val_frac = NULL, *save_every = NULL, *log = NULL;
+             *eval_batches = NULL, *val_frac = NULL, *save_every = NULL, *log = NULL, *gpu = NULL,
+             *gpu_dev = NULL;
   tcli_chunk_args ca = {0};
   cli_opt opts[] = {{"data", &data, NULL},         {"out", &out, NULL},
                     {"tokenizer", &tok, NULL},     {"vocab-size", &vocab, NULL},
@@ -138,7 +143,8 @@ int cmd_gpt_train(int argc, char **argv) {
                     {"clip", &clip, NULL},         {"seed", &seed, NULL},
                     {"eval-every", &eval_every, NULL}, {"eval-batches", &eval_batches, NULL},
                     {"val-fraction", &val_frac, NULL}, {"save-every", &save_every, NULL},
-                    {"log", &log, NULL},           TCLI_CHUNK_OPTS(ca),
+                    {"log", &log, NULL},           {"gpu", &gpu, NULL},
+                    {"gpu-device", &gpu_dev, NULL}, TCLI_CHUNK_OPTS(ca),
                     {0}};
   const char *pos[256];
   int npos = cli_parse(argc, argv, opts, pos, 255, train_usage);
@@ -202,6 +208,7 @@ int cmd_gpt_train(int argc, char **argv) {
   o.on_tok = on_tok;
   o.ctx = &x;
   qv_error err = {0};
+  cli_check(cli_gpu_setup(gpu, gpu_dev, &err), &err, "gpt train");
   qv_status st = gpt_train_run(&o, &err);
   if (x.log && fclose(x.log)) cli_die("%s: write error", log);
   cli_check(st, &err, "gpt train");

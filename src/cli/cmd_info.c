@@ -33,14 +33,9 @@ int cmd_info(int argc, char **argv) {
   cli_parse(argc, argv, opts, NULL, 0, usage);
   (void)data_dir; /* accepted like every command's; info reads no data */
 
-  qv_gpu_config cfg;
   qv_error err = {0};
-  qv_gpu_config_default(&cfg);
-  cli_check(qv_gpu_config_env(&cfg, &err), &err, "gpu settings");
-  if (gpu && qv_gpu_mode_parse(&cfg.enabled, gpu)) cli_die("--gpu \"%s\": expected auto, on or off", gpu);
-  if (gpu_dev) cfg.device_id = (int)cli_int(gpu_dev, "--gpu-device", 0, 1023);
   /* gpu: on without a GPU is reported, not fatal, here: saying why is this command's job */
-  qv_status st = qv_gpu_config_apply(&cfg, &err);
+  qv_status st = cli_gpu_setup(gpu, gpu_dev, &err);
   if (st && st != QV_EDEVICE) cli_check(st, &err, "gpu settings");
 
   qv_gpu_report r;

@@ -9,6 +9,7 @@
 
 #include "base/clock.h"
 #include "cli/cli.h"
+#include "compute/device.h"
 #include "store/vecfile.h"
 
 _Noreturn void cli_die(const char *fmt, ...) {
@@ -69,6 +70,15 @@ long long cli_int(const char *s, const char *what, long long lo, long long hi) {
   if (errno || end == s || *end || v < lo || v > hi)
     cli_die("%s must be an integer in %lld..%lld, got \"%s\"", what, lo, hi, s);
   return v;
+}
+
+qv_status cli_gpu_setup(const char *mode, const char *device_id, qv_error *err) {
+  qv_gpu_config cfg;
+  qv_gpu_config_default(&cfg);
+  cli_check(qv_gpu_config_env(&cfg, err), err, "gpu settings");
+  if (mode && qv_gpu_mode_parse(&cfg.enabled, mode)) cli_die("--gpu \"%s\": expected auto, on or off", mode);
+  if (device_id) cfg.device_id = (int)cli_int(device_id, "--gpu-device", 0, 1023);
+  return qv_gpu_config_apply(&cfg, err);
 }
 
 double cli_double(const char *s, const char *what) {

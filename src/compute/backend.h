@@ -12,9 +12,10 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "compute/gpt_ops.h"
 #include "quiver.h"
 
-#define QV_BACKEND_API_VERSION 1
+#define QV_BACKEND_API_VERSION 2
 
 typedef struct qv_backend {
   int api_version;
@@ -78,6 +79,10 @@ typedef struct qv_backend {
   qv_status (*search_exact)(void *ctx, float *scores, uint32_t *rows, size_t *counts,
                             const float *queries, size_t nq, const float *base, size_t n,
                             size_t dim, size_t stride, int metric, size_t k, const uint64_t *mask);
+  /* (optional) The GPT training ops over memory of the backend's own (compute/gpt_ops.h),
+   * with ctx as their context; NULL where the backend has none (the CPU trains through
+   * src/gpt/gpt.c directly). */
+  const qv_gpt_ops *gpt;
 } qv_backend;
 
 /* map kinds */

@@ -703,6 +703,20 @@ void gpt_matmul_backward(qv_pool *pool, float *dinp, float *dw, float *db, const
   matmul_backward(pool, NULL, 0, dinp, dw, db, dout, inp, w, N, IC, OC, 1);
 }
 
+void gpt_head_forward(qv_pool *pool, float *logits, const float *x, const float *wte, int N, int V, int C) {
+  /* logits (N, V) = x (N, C) @ wte^T: the "dinp" shape of a matmul with w = wte */
+  mm_ctx h = {logits, x, wte, N, V, C, 1, 0, NULL, NULL, 0, NULL};
+  mm_par(pool, &h, (size_t)N, (size_t)V * C);
+}
+
+void gpt_head_backward(qv_pool *pool, float *dx, float *dwte, const float *dlogits, const float *x,
+                       const float *wte, int N, int V, int C) {
+  mm_ctx h1 = {dx, dlogits, wte, N, V, C, 0, 1, NULL, NULL, 0, NULL};
+  mm_par(pool, &h1, (size_t)N, (size_t)V * C);
+  mm_ctx h2 = {dwte, dlogits, x, N, V, C, 3, 1, NULL, NULL, 0, NULL};
+  mm_par(pool, &h2, (size_t)V, (size_t)N * C);
+}
+
 typedef struct att_ctx {
   float *out, *preatt, *att, *dqkv, *scratch;
   const float *qkv, *dout, *catt;

@@ -155,6 +155,11 @@ void gpt_matmul_forward(qv_pool *pool, float *out, const float *inp, const float
                         int IC, int OC);
 void gpt_matmul_backward(qv_pool *pool, float *dinp, float *dw, float *db, const float *dout,
                          const float *inp, const float *w, int N, int IC, int OC);
+/* The tied LM head: logits (N, V) = x (N, C) @ wte (V, C)^T; backward dx (N, C) +=
+ * dlogits @ wte and dwte (V, C) += dlogits^T @ x. */
+void gpt_head_forward(qv_pool *pool, float *logits, const float *x, const float *wte, int N, int V, int C);
+void gpt_head_backward(qv_pool *pool, float *dx, float *dwte, const float *dlogits, const float *x,
+                       const float *wte, int N, int V, int C);
 /* qkv (B, T, 3C) -> out (B, T, C); att (B, H, T, T) kept for the backward; preatt
  * (B, H, T, T) receives the scaled scores, or is NULL (the softmax then runs in att). */
 void gpt_attention_forward(qv_pool *pool, float *out, float *preatt, float *att, const float *qkv, int B,

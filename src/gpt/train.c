@@ -6,6 +6,11 @@
  *      sampler's state with the optimizer, so --resume draws the same batches.
  *   2. Validation never touches a generator: it reads fixed windows of the held-out stream.
  *   3. The step loop allocates nothing: buffers are sized before the first step.
+ *   4. On a device (gpt_dev.h) the host model is the state last copied back (at start, and
+ *      at every evaluation and checkpoint) with the step, sampler state and token count it
+ *      belongs to (`synced`). When the device fails and fallback is on, the run goes back
+ *      to that state and continues on the CPU, so the steps after it are recomputed, not
+ *      lost, and a checkpoint never holds state the device did not finish.
  */
 #define _GNU_SOURCE /* strdup */
 #include "gpt/train.h"
@@ -24,8 +29,10 @@
 #include "base/file.h"
 #include "base/hash.h"
 #include "base/log.h"
+#include "compute/device.h"
 #include "gpt/bpe.h"
 #include "gpt/ckpt.h"
+#include "gpt/gpt_dev.h"
 #include "text/ingest.h"
 
 void gpt_train_defaults(gpt_train_opts *o) {
@@ -263,8 +270,23 @@ static qv_status chunking_from_json(text_chunk_config *c, const char *text, qv_e
 
 /* ---- The run ------------------------------------------------------------------------- */
 
-/* Mean loss over the fixed validation windows (invariant 2); NaN without a held-out stream. */
-static double validate(gpt_model *m, const ids *val, int B, int T, int nbatches) {
+/* The model a step runs on: the device's state when dev is set, else m. */
+typedef struct trainer {
+  gpt_model *m;
+  gpt_dev *dev;
+} trainer;
+
+static qv_status tr_forward(trainer *t, const int32_t *inp, const int32_t *tgt, int B, int T, float *loss,
+                            qv_error *err) {
+  if (t->dev) return gpt_dev_forward(t->dev, inp, tgt, B, T, loss, err);
+  qv_status st = gpt_forward(t->m, inp, tgt, B, T);
+  *loss = t->m->loss;
+  return st ? qv_fail(err, st, "forward pass failed") : QV_OK;
+}
+
+/* Mean loss over the fixed validation windows (invariant 2); NaN without a held-out stream
+ * or when the device failed (the caller checks it). */
+static double validate(trainer *t, const ids *val, int B, int T, int nbatches) {
   if (val->n < 2) return NAN;
   size_t nwin = (val->n - 1) / (size_t)T;
   int Tv = T;
@@ -279,11 +301,60 @@ static double validate(gpt_model *m, const ids *val, int B, int T, int nbatches)
     int b = (int)(nwin - w < (size_t)B ? nwin - w : (size_t)B);
     /* consecutive windows are contiguous: inputs and targets point into the stream */
     const int32_t *inp = val->v + w * (size_t)T;
-    if (gpt_forward(m, inp, inp + 1, b, Tv)) return NAN;
-    sum += (double)m->loss * b * Tv;
+    float loss;
+    qv_error ignored = {0};
+    if (tr_forward(t, inp, inp + 1, b, Tv, &loss, &ignored)) return NAN;
+    sum += (double)loss * b * Tv;
     ntok += (size_t)b * Tv;
   }
   return sum / (double)ntok;
+}
+
+/* Whether a device failure may continue on the CPU: gpu.fallback_to_cpu (always, with
+ * ops given by a test). */
+static int fallback_allowed(const gpt_train_opts *o) {
+  if (o->ops) return 1;
+  qv_gpu_config cfg;
+  device_config(&cfg);
+  return cfg.fallback_to_cpu;
+}
+
+/* Where the steps run: o->ops (tests), else the GPU backend's GPT ops when the device layer
+ * has a GPU (gpu.enabled auto or on), else the CPU (*dev NULL). */
+static qv_status open_device(const gpt_train_opts *o, gpt_model *m, int B, int T, gpt_dev **dev,
+                             const char **where, qv_error *err) {
+  *dev = NULL;
+  *where = "cpu";
+  const qv_gpt_ops *ops = o->ops;
+  void *ctx = o->ops_ctx;
+  const char *name = o->ops_name ? o->ops_name : "test";
+  if (!ops) {
+    const qv_backend *gpu = device_dispatch()->gpu;
+    qv_gpu_config cfg;
+    device_config(&cfg);
+    if (!gpu) {
+      if (cfg.enabled == QV_GPU_ON) return qv_fail(err, QV_EDEVICE, "gpu is on but no GPU is in use (quiver info says why)");
+      return QV_OK;
+    }
+    if (!gpu->gpt) {
+      if (cfg.enabled == QV_GPU_ON)
+        return qv_fail(err, QV_EDEVICE, "the %s backend has no GPT training ops (rebuild the plugin)", gpu->name);
+      LOG_WARN("gpt train: the %s backend has no GPT training ops; training on the CPU", gpu->name);
+      return QV_OK;
+    }
+    ops = gpu->gpt;
+    ctx = gpu->ctx;
+    name = gpu->name;
+  }
+  qv_error derr = {0};
+  qv_status st = gpt_dev_create(dev, ops, ctx, m, B, T, &derr);
+  if (st) {
+    if (!fallback_allowed(o)) return qv_fail(err, st, "%s", derr.msg);
+    LOG_WARN("gpt train: cannot train on the %s device (%s); training on the CPU", name, derr.msg);
+    return QV_OK;
+  }
+  *where = name;
+  return QV_OK;
 }
 
 static qv_status ensure_dir(const char *dir, qv_error *err) {
@@ -293,6 +364,20 @@ static qv_status ensure_dir(const char *dir, qv_error *err) {
   }
   qv_status st = qv_fsync_parent(dir); /* the new folder's name is durable too */
   return st ? qv_fail(err, st, "%s: fsync of the parent folder failed", dir) : QV_OK;
+}
+
+/* Writes out/step-N: the optimizer state first, so a folder whose model is written is
+ * complete (ckpt.h 1). */
+static qv_status save_checkpoint(gpt_model *m, const char *dir, long step, float loss, double val_loss,
+                                 const gpt_rng *sampler, uint64_t tokens_seen, const gpt_train_opts *o,
+                                 char *chunk_json, const char *args_json, const char *tok_json, qv_error *err) {
+  gpt_ckpt_meta meta = {.step = step, .train_loss = loss, .val_loss = val_loss, .chunking = chunk_json,
+                        .seed = o->seed, .tokens_seen = tokens_seen};
+  qv_status st;
+  if ((st = ensure_dir(dir, err)) || (st = gpt_save_optimizer(m, dir, step, sampler->s, args_json, err)) ||
+      (st = gpt_save(m, dir, &meta, tok_json, err)))
+    return st;
+  return QV_OK;
 }
 
 qv_status gpt_train_run(const gpt_train_opts *opts, qv_error *err) {
@@ -306,6 +391,7 @@ qv_status gpt_train_run(const gpt_train_opts *opts, qv_error *err) {
   int32_t *inp = NULL, *tgt = NULL;
   const char **owned_data = NULL;
   gpt_ckpt_meta rmeta = {0};
+  trainer tr = {NULL, NULL};
   long start = 0;
   gpt_rng sampler;
   gpt_rng_seed(&sampler, o.seed ^ 0x5A3C1E2D4B6F7081ull);
@@ -407,75 +493,129 @@ qv_status gpt_train_run(const gpt_train_opts *opts, qv_error *err) {
   gpt_adamw adam = {o.lr, o.beta1, o.beta2, 1e-8f, o.weight_decay};
   uint64_t tokens_seen = o.resume ? rmeta.tokens_seen : 0;
   size_t span = c.train.n - (size_t)T; /* window starts in [0, span) */
-  double t0 = qv_monotonic_s();
+  tr.m = m;
+  const char *where = "cpu";
+  if ((st = open_device(&o, m, B, T, &tr.dev, &where, err))) goto done;
   double last_val = NAN;
+  /* invariant 4: the state the host model holds */
+  struct {
+    long step;
+    gpt_rng sampler;
+    uint64_t tokens_seen;
+    double last_val;
+  } synced = {start, sampler, tokens_seen, NAN};
+  long first = start; /* this run's (or this device's) first step, for tokens/s */
+  double t0 = qv_monotonic_s();
   for (long step = start; step < o.steps; step++) {
     float lr = gpt_lr_at(step, o.warmup, o.steps, o.lr, o.min_lr);
     adam.lr = lr;
-    gpt_zero_grad(m);
-    double loss = 0;
-    for (int a = 0; a < o.accum; a++) {
+    if (tr.dev) gpt_dev_zero_grad(tr.dev);
+    else gpt_zero_grad(m);
+    double loss = 0, norm = NAN;
+    int dev_down = 0;
+    for (int a = 0; a < o.accum && !dev_down; a++) {
       for (int b = 0; b < B; b++) {
         size_t s0 = (size_t)(gpt_rng_u64(&sampler) % span);
         memcpy(inp + (size_t)b * T, c.train.v + s0, (size_t)T * sizeof *inp);
         memcpy(tgt + (size_t)b * T, c.train.v + s0 + 1, (size_t)T * sizeof *tgt);
       }
-      if ((st = gpt_forward(m, inp, tgt, B, T))) {
-        qv_fail(err, st, "forward pass failed at step %ld", step + 1);
+      float l;
+      qv_error ferr = {0};
+      if ((st = tr_forward(&tr, inp, tgt, B, T, &l, &ferr))) {
+        if (tr.dev && st == QV_EDEVICE) {
+          dev_down = 1;
+          break;
+        }
+        qv_fail(err, st, "step %ld: %s", step + 1, ferr.msg);
         goto done;
       }
-      gpt_backward(m, 1.0f / (float)o.accum);
-      loss += m->loss / (double)o.accum;
+      if (tr.dev) gpt_dev_backward(tr.dev, 1.0f / (float)o.accum);
+      else gpt_backward(m, 1.0f / (float)o.accum);
+      loss += l / (double)o.accum;
     }
-    if (!isfinite(loss)) {
+    st = QV_OK;
+    if (!dev_down && !isfinite(loss)) {
       st = qv_fail(err, QV_ENONFINITE, "the loss is not finite at step %ld (lower --lr or raise --warmup)",
                    step + 1);
       goto done;
     }
-    double norm = gpt_clip_grad(m, o.clip);
-    gpt_adamw_step(m, &adam, step + 1);
+    if (!dev_down) {
+      if (tr.dev) {
+        norm = gpt_dev_clip_grad(tr.dev, o.clip);
+        gpt_dev_adamw_step(tr.dev, &adam, step + 1);
+      } else {
+        norm = gpt_clip_grad(m, o.clip);
+        gpt_adamw_step(m, &adam, step + 1);
+      }
+    }
     tokens_seen += (uint64_t)B * T * o.accum;
     long done_steps = step + 1;
     int last = done_steps == o.steps;
     int save = last || (o.save_every > 0 && done_steps % o.save_every == 0);
     int eval = save || (o.eval_every > 0 && done_steps % o.eval_every == 0);
     double val = NAN;
-    if (eval) last_val = val = validate(m, &c.val, B, T, o.eval_batches);
+    if (!dev_down && eval) val = validate(&tr, &c.val, B, T, o.eval_batches);
+    /* a device's state comes back to the host at every evaluation and checkpoint */
+    qv_error derr = {0};
+    if (tr.dev && (dev_down || gpt_dev_status(tr.dev, &derr) || (eval && gpt_dev_download(tr.dev, m, &derr)))) {
+      if (!derr.msg[0]) gpt_dev_status(tr.dev, &derr);
+      if (!fallback_allowed(&o)) {
+        st = qv_fail(err, QV_EDEVICE, "the %s device failed at step %ld: %s", where, done_steps, derr.msg);
+        goto done;
+      }
+      LOG_WARN("gpt train: the %s device failed at step %ld (%s); continuing on the CPU from step %ld, "
+               "the last state copied back",
+               where, done_steps, derr.msg, synced.step);
+      gpt_dev_free(tr.dev);
+      tr.dev = NULL;
+      where = "cpu";
+      step = synced.step - 1; /* the loop's step++ makes it synced.step */
+      sampler = synced.sampler;
+      tokens_seen = synced.tokens_seen;
+      last_val = synced.last_val;
+      first = synced.step;
+      t0 = qv_monotonic_s();
+      continue;
+    }
+    if (eval) {
+      last_val = val;
+      synced.step = done_steps;
+      synced.sampler = sampler;
+      synced.tokens_seen = tokens_seen;
+      synced.last_val = last_val;
+    }
     char dir[4096];
     const char *saved = NULL;
     if (save) {
       snprintf(dir, sizeof dir, "%s/step-%06ld", o.out, done_steps);
-      gpt_ckpt_meta meta = {.step = done_steps, .train_loss = (float)loss, .val_loss = last_val,
-                            .chunking = chunk_json, .seed = o.seed, .tokens_seen = tokens_seen};
-      /* the optimizer state first: a folder whose model is written is complete (ckpt.h 1) */
-      if ((st = ensure_dir(dir, err)) || (st = gpt_save_optimizer(m, dir, done_steps, sampler.s, args_json, err)) ||
-          (st = gpt_save(m, dir, &meta, tok_json, err)))
+      if ((st = save_checkpoint(m, dir, done_steps, (float)loss, last_val, &sampler, tokens_seen, &o, chunk_json,
+                                args_json, tok_json, err)))
         goto done;
       saved = dir;
     }
     double el = qv_monotonic_s() - t0;
-    long ran = done_steps - start;
+    long ran = done_steps - first;
     gpt_train_stats s = {.step = done_steps, .steps = o.steps, .loss = (float)loss, .lr = lr, .grad_norm = norm,
                          .val_loss = val, .elapsed_s = el,
                          .tokens_per_s = el > 0 ? (double)ran * B * T * o.accum / el : 0,
                          .eta_s = el / (double)ran * (double)(o.steps - done_steps), .tokens_seen = tokens_seen,
                          .saved = saved, .ndocs = c.ndocs, .nchunks = c.nchunks, .nval_chunks = c.nval_chunks,
                          .train_tokens = c.train.n, .val_tokens = c.val.n, .nparams = m->nparams,
-                         .first = step == start};
+                         .first = step == start, .device = where};
     if (o.on_step && o.on_step(o.ctx, &s) && !last) {
       if (!save) {
+        /* the host needs the device's state for this checkpoint */
+        if (tr.dev && (st = gpt_dev_download(tr.dev, m, err))) goto done;
         snprintf(dir, sizeof dir, "%s/step-%06ld", o.out, done_steps);
-        gpt_ckpt_meta meta = {.step = done_steps, .train_loss = (float)loss, .val_loss = last_val,
-                              .chunking = chunk_json, .seed = o.seed, .tokens_seen = tokens_seen};
-        if ((st = ensure_dir(dir, err)) ||
-            (st = gpt_save_optimizer(m, dir, done_steps, sampler.s, args_json, err)) ||
-            (st = gpt_save(m, dir, &meta, tok_json, err)))
+        if ((st = save_checkpoint(m, dir, done_steps, (float)loss, last_val, &sampler, tokens_seen, &o,
+                                  chunk_json, args_json, tok_json, err)))
           goto done;
       }
       break;
     }
   }
 done:
+  gpt_dev_free(tr.dev);
   free(inp);
   free(tgt);
   free(args_json);

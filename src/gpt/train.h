@@ -12,13 +12,18 @@
  * Determinism: the same options and seed give the same losses bit for bit at a fixed
  * OpenBLAS thread count (the model's kernels do not depend on the pool's size). A run
  * resumed from a checkpoint (model, optimizer moments, step and the sampler's state) gives
- * the losses the uninterrupted run gives. */
+ * the losses the uninterrupted run gives.
+ *
+ * Device: with a GPU whose backend has the GPT ops, the steps run there (gpt_dev.h) and the
+ * state comes back to the host at each evaluation and checkpoint; when the device fails,
+ * the run continues on the CPU from the last state that came back (train.c invariant 4). */
 #ifndef QV_GPT_TRAIN_H
 #define QV_GPT_TRAIN_H
 
 #include <stddef.h>
 #include <stdint.h>
 
+#include "compute/gpt_ops.h"
 #include "gpt/gpt.h"
 #include "quiver.h"
 #include "text/text.h"
@@ -36,6 +41,7 @@ typedef struct gpt_train_stats {
   /* the run: corpus and model sizes */
   size_t ndocs, nchunks, nval_chunks, train_tokens, val_tokens, nparams;
   int first;               /* the first step of this run */
+  const char *device;      /* where this step ran: "cpu", or the device backend's name */
 } gpt_train_stats;
 
 typedef struct gpt_train_opts {
@@ -55,6 +61,13 @@ typedef struct gpt_train_opts {
   double val_fraction;
   text_chunk_config chunk;
   qv_pool *pool;           /* NULL: pool_default() */
+  /* Where the steps run: NULL trains on the GPU when the device layer has one whose backend
+   * has the GPT ops (gpu.enabled auto or on; compute/device.h), else on the CPU. Tests set
+   * ops (and ops_ctx, ops_name) to train on given ops instead. A device that fails falls
+   * back to the CPU when gpu.fallback_to_cpu allows it (always with ops given). */
+  const qv_gpt_ops *ops;
+  void *ops_ctx;
+  const char *ops_name;
   /* called after every step (may be NULL); returning nonzero stops after a save */
   int (*on_step)(void *ctx, const gpt_train_stats *s);
   void *ctx;

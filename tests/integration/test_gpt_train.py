@@ -207,6 +207,21 @@ def test_bad_input_is_one_clear_line(base_run, corpus, tmp_path):
     assert "config.json" in fail("gpt", "train", "--resume", bad, "--out", tmp_path / "r")
 
 
+def test_gpu_setting_decides_where_training_runs(corpus, tmp_path):
+    """--gpu off trains on the CPU; --gpu on trains on the GPU where `quiver info` finds one
+    and is refused with the reason where it does not; a bad mode is refused."""
+    info = json.loads(run("info", "--json").stdout)
+    args = ["gpt", "train", "--data", corpus, "--vocab-size", "300", *TINY, "--steps", "2"]
+    assert "training on cpu" in run(*args, "--out", tmp_path / "off", "--gpu", "off").stdout
+    if info["backend"] == "cuda":
+        assert "training on cuda" in run(*args, "--out", tmp_path / "on", "--gpu", "on").stdout
+    else:
+        err = fail(*args, "--out", tmp_path / "on", "--gpu", "on")
+        assert "gpt train" in err and "GPU" in err, err
+        assert not (tmp_path / "on").exists()
+    assert "auto, on or off" in fail(*args, "--out", tmp_path / "x", "--gpu", "maybe")
+
+
 def test_generate_loads_a_trained_checkpoint(base_run):
     """gen's `quiver gpt generate` reads train's checkpoint folder as it is; the same seed
     gives the same text."""

@@ -1,0 +1,494 @@
+/* Training through a backend's GPT ops (gpt_dev.h), and the ops' CPU twin. */
+#include "gpt/gpt_dev.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "base/error.h"
+#include "base/mem.h"
+#include "base/pool.h"
+#include "gpt/kernels.h"
+
+/* ---- The CPU twin: gpt.c's kernels; ctx is the pool (NULL: pool_default()) ----------- */
+
+static qv_pool *cpu_pool(void *ctx) { return ctx ? (qv_pool *)ctx : pool_default(); }
+
+static void *cpu_alloc(void *ctx, size_t bytes) {
+  (void)ctx;
+  void *p = qv_aligned_alloc(bytes ? bytes : 1);
+  if (p) memset(p, 0, bytes);
+  return p;
+}
+static void cpu_release(void *ctx, void *p) {
+  (void)ctx;
+  qv_aligned_free(p);
+}
+static void cpu_zero(void *ctx, void *p, size_t bytes) {
+  (void)ctx;
+  memset(p, 0, bytes);
+}
+static void cpu_copy(void *ctx, void *dst, const void *src, size_t bytes) {
+  (void)ctx;
+  memcpy(dst, src, bytes);
+}
+static void cpu_encoder_fwd(void *ctx, float *out, const int32_t *inp, const float *wte, const float *wpe, int B,
+                            int T, int C) {
+  (void)ctx;
+  gpt_encoder_forward(out, inp, wte, wpe, B, T, C);
+}
+static void cpu_encoder_bwd(void *ctx, float *dwte, float *dwpe, const float *dout, const int32_t *inp, int B,
+                            int T, int C) {
+  (void)ctx;
+  gpt_encoder_backward(dwte, dwpe, dout, inp, B, T, C);
+}
+static void cpu_layernorm_fwd(void *ctx, float *out, float *mean, float *rstd, const float *inp, const float *w,
+                              const float *b, int N, int C, float eps) {
+  gpt_layernorm_forward(cpu_pool(ctx), out, mean, rstd, inp, w, b, N, C, eps);
+}
+static void cpu_layernorm_bwd(void *ctx, float *dinp, float *dw, float *db, const float *dout, const float *inp,
+                              const float *w, const float *mean, const float *rstd, int N, int C) {
+  gpt_layernorm_backward(cpu_pool(ctx), dinp, dw, db, dout, inp, w, mean, rstd, N, C);
+}
+static void cpu_matmul_fwd(void *ctx, float *out, const float *inp, const float *w, const float *b, int N, int IC,
+                           int OC) {
+  gpt_matmul_forward(cpu_pool(ctx), out, inp, w, b, N, IC, OC);
+}
+static void cpu_matmul_bwd(void *ctx, float *dinp, float *dw, float *db, const float *dout, const float *inp,
+                           const float *w, int N, int IC, int OC) {
+  gpt_matmul_backward(cpu_pool(ctx), dinp, dw, db, dout, inp, w, N, IC, OC);
+}
+static void cpu_head_fwd(void *ctx, float *logits, const float *x, const float *wte, int N, int V, int C) {
+  gpt_head_forward(cpu_pool(ctx), logits, x, wte, N, V, C);
+}
+static void cpu_head_bwd(void *ctx, float *dx, float *dwte, const float *dlogits, const float *x, const float *wte,
+                         int N, int V, int C) {
+  gpt_head_backward(cpu_pool(ctx), dx, dwte, dlogits, x, wte, N, V, C);
+}
+static void cpu_attention_fwd(void *ctx, float *out, float *att, const float *qkv, int B, int T, int C, int H) {
+  gpt_attention_forward(cpu_pool(ctx), out, NULL, att, qkv, B, T, C, H);
+}
+static void cpu_attention_bwd(void *ctx, float *dqkv, float *scratch, const float *dout, const float *qkv,
+                              const float *att, int B, int T, int C, int H) {
+  gpt_attention_backward(cpu_pool(ctx), dqkv, scratch, dout, qkv, att, B, T, C, H);
+}
+static void cpu_gelu_fwd(void *ctx, float *out, const float *inp, size_t n) {
+  gpt_gelu_forward(cpu_pool(ctx), out, inp, n);
+}
+static void cpu_gelu_bwd(void *ctx, float *dinp, const float *inp, const float *dout, size_t n) {
+  gpt_gelu_backward(cpu_pool(ctx), dinp, inp, dout, n);
+}
+static void cpu_add(void *ctx, float *out, const float *a, const float *b, size_t n) {
+  (void)ctx;
+  for (size_t i = 0; i < n; i++) out[i] = a[i] + b[i];
+}
+static void cpu_ce_fwd(void *ctx, float *probs, float *losses, const float *logits, const int32_t *targets, int N,
+                       int V) {
+  gpt_crossentropy_forward(cpu_pool(ctx), probs, losses, logits, targets, N, V);
+}
+static void cpu_ce_bwd(void *ctx, float *dlogits, const float *probs, const int32_t *targets, int N, int V,
+                       float dloss) {
+  gpt_crossentropy_backward(cpu_pool(ctx), dlogits, probs, targets, N, V, dloss);
+}
+static double cpu_sumsq(void *ctx, const float *x, size_t n) {
+  (void)ctx;
+  return gptk_sumsq(x, n);
+}
+static void cpu_scale(void *ctx, float *x, size_t n, float s) {
+  (void)ctx;
+  gptk_scale(x, n, s);
+}
+static void cpu_adamw(void *ctx, float *p, const float *g, float *m, float *v, size_t n, float lr, float b1,
+                      float b2, float eps, float decay, float c1, float c2) {
+  (void)ctx;
+  gptk_adam o = {lr, b1, b2, eps, decay, c1, c2};
+  gptk_adamw(p, g, m, v, n, &o);
+}
+static qv_status cpu_status(void *ctx, char *msg, size_t msg_len) {
+  (void)ctx;
+  if (msg && msg_len) msg[0] = 0;
+  return QV_OK;
+}
+
+static const qv_gpt_ops cpu_ops = {
+    .alloc = cpu_alloc,
+    .release = cpu_release,
+    .zero = cpu_zero,
+    .copy_in = cpu_copy,
+    .copy_out = cpu_copy,
+    .encoder_fwd = cpu_encoder_fwd,
+    .encoder_bwd = cpu_encoder_bwd,
+    .layernorm_fwd = cpu_layernorm_fwd,
+    .layernorm_bwd = cpu_layernorm_bwd,
+    .matmul_fwd = cpu_matmul_fwd,
+    .matmul_bwd = cpu_matmul_bwd,
+    .head_fwd = cpu_head_fwd,
+    .head_bwd = cpu_head_bwd,
+    .attention_fwd = cpu_attention_fwd,
+    .attention_bwd = cpu_attention_bwd,
+    .gelu_fwd = cpu_gelu_fwd,
+    .gelu_bwd = cpu_gelu_bwd,
+    .add = cpu_add,
+    .crossentropy_fwd = cpu_ce_fwd,
+    .crossentropy_bwd = cpu_ce_bwd,
+    .sumsq = cpu_sumsq,
+    .scale = cpu_scale,
+    .adamw = cpu_adamw,
+    .status = cpu_status,
+};
+
+const qv_gpt_ops *gpt_ops_cpu(void) { return &cpu_ops; }
+
+/* ---- The driver ---------------------------------------------------------------------- */
+
+/* Activations (device), laid out as gpt.c's gpt_acts; per-layer arrays strided by the
+ * created B*T (a smaller batch uses the front of each layer's slice). */
+typedef struct dev_acts {
+  float *encoded, *ln1, *ln1_mean, *ln1_rstd, *qkv, *atty, *att, *res2, *ln2, *ln2_mean, *ln2_rstd;
+  float *fch, *fchg, *res3, *lnf, *lnf_mean, *lnf_rstd, *logits, *losses;
+  /* gradients of activations, zeroed before each use (the ops accumulate) */
+  float *dres, *dln, *datty, *dlnf, *dqkv, *dfch, *dfchg, *dlogits, *dscratch;
+} dev_acts;
+
+struct gpt_dev {
+  const qv_gpt_ops *o;
+  void *ctx;
+  gpt_config cfg;
+  size_t nparams;
+  int B, T;            /* created sizes */
+  float *params, *grads, *m, *v;
+  gpt_weights w, g;    /* pointers into params / grads (device addresses) */
+  float *block;        /* activations */
+  size_t block_floats;
+  float *gblock;       /* their gradients */
+  size_t gblock_floats;
+  int32_t *inputs, *targets;
+  dev_acts a;
+  float *losses_host;  /* (B*T) */
+  float *stage;        /* (3 nparams) host: gpt_dev_download's all-or-nothing copy */
+  int lastB, lastT, has_targets;
+  size_t nvalid;
+  int failed;          /* invariant 1 */
+  qv_status fail_st;
+  char fail_msg[256];
+};
+
+static float *take(float **cur, size_t n) {
+  float *p = *cur;
+  *cur += (n + 15) & ~(size_t)15;
+  return p;
+}
+
+/* Asks the backend after a unit of work; latches the first failure (invariant 1). */
+static int dev_failed(gpt_dev *d) {
+  if (d->failed) return 1;
+  char msg[sizeof d->fail_msg];
+  qv_status st = d->o->status(d->ctx, msg, sizeof msg);
+  if (st == QV_OK) return 0;
+  d->failed = 1;
+  d->fail_st = st;
+  snprintf(d->fail_msg, sizeof d->fail_msg, "%s", msg[0] ? msg : qv_strerror(st));
+  return 1;
+}
+
+static void dev_point_weights(const gpt_config *c, float *base, gpt_weights *w, gpt_layer_w *layers) {
+  size_t nt = gpt_tensor_count(c);
+  w->layers = layers;
+  for (size_t i = 0; i < nt; i++) {
+    gpt_tensor_info t;
+    gpt_tensor_at(c, i, &t);
+    float *p = base + t.offset;
+    if (i == 0) w->wte = p;
+    else if (i == 1) w->wpe = p;
+    else if (i == nt - 2) w->lnfw = p;
+    else if (i == nt - 1) w->lnfb = p;
+    else {
+      size_t l = (i - 2) / 12, k = (i - 2) % 12;
+      float **slot[12] = {&layers[l].ln1w,     &layers[l].ln1b,     &layers[l].qkvw, &layers[l].qkvb,
+                          &layers[l].attprojw, &layers[l].attprojb, &layers[l].ln2w, &layers[l].ln2b,
+                          &layers[l].fcw,      &layers[l].fcb,      &layers[l].fcprojw, &layers[l].fcprojb};
+      *slot[k] = p;
+    }
+  }
+}
+
+void gpt_dev_free(gpt_dev *d) {
+  if (!d) return;
+  void *bufs[] = {d->params, d->grads, d->m, d->v, d->block, d->gblock, d->inputs, d->targets};
+  for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++)
+    if (bufs[i]) d->o->release(d->ctx, bufs[i]);
+  free(d->w.layers);
+  free(d->g.layers);
+  free(d->losses_host);
+  qv_aligned_free(d->stage);
+  free(d);
+}
+
+qv_status gpt_dev_create(gpt_dev **out, const qv_gpt_ops *ops, void *ctx, const gpt_model *m, int B, int T,
+                         qv_error *err) {
+  *out = NULL;
+  const gpt_config *c = &m->cfg;
+  if (B <= 0 || T <= 0 || T > c->n_ctx)
+    return qv_fail(err, QV_EINVAL, "batch %d x %d does not fit the model (context %d)", B, T, c->n_ctx);
+  gpt_dev *d = calloc(1, sizeof *d);
+  if (!d) return qv_fail(err, QV_ENOMEM, "out of memory");
+  d->o = ops;
+  d->ctx = ctx;
+  d->cfg = *c;
+  d->nparams = m->nparams;
+  d->B = B;
+  d->T = T;
+  size_t L = (size_t)c->n_layer, C = (size_t)c->n_embd, H = (size_t)c->n_head, V = (size_t)c->vocab_size;
+  size_t BT = (size_t)B * (size_t)T, TT = (size_t)B * H * (size_t)T * (size_t)T;
+#define PAD(n) (((size_t)(n) + 15) & ~(size_t)15)
+  d->block_floats = PAD(BT * C) + 3 * (PAD(L * BT * C) + 2 * PAD(L * BT)) + PAD(L * BT * 3 * C) +
+                    PAD(L * BT * C) + PAD(L * TT) + PAD(L * BT * C) + 2 * PAD(L * BT * 4 * C) + PAD(BT * C) +
+                    2 * PAD(BT) + PAD(BT * V) + PAD(BT);
+  d->gblock_floats = 4 * PAD(BT * C) + PAD(BT * 3 * C) + 2 * PAD(BT * 4 * C) + PAD(BT * V) + PAD(TT);
+#undef PAD
+  qv_status st = QV_OK;
+  d->w.layers = calloc(L, sizeof(gpt_layer_w));
+  d->g.layers = calloc(L, sizeof(gpt_layer_w));
+  d->losses_host = malloc(BT * sizeof(float));
+  d->stage = qv_aligned_alloc(3 * m->nparams * sizeof(float));
+  if (!d->w.layers || !d->g.layers || !d->losses_host || !d->stage) {
+    st = qv_fail(err, QV_ENOMEM, "out of memory");
+    goto fail;
+  }
+  size_t pbytes = m->nparams * sizeof(float);
+  d->params = ops->alloc(ctx, pbytes);
+  d->grads = ops->alloc(ctx, pbytes);
+  d->m = ops->alloc(ctx, pbytes);
+  d->v = ops->alloc(ctx, pbytes);
+  d->block = ops->alloc(ctx, d->block_floats * sizeof(float));
+  d->gblock = ops->alloc(ctx, d->gblock_floats * sizeof(float));
+  d->inputs = ops->alloc(ctx, BT * sizeof(int32_t));
+  d->targets = ops->alloc(ctx, BT * sizeof(int32_t));
+  if (!d->params || !d->grads || !d->m || !d->v || !d->block || !d->gblock || !d->inputs || !d->targets) {
+    size_t total = 4 * pbytes + (d->block_floats + d->gblock_floats) * sizeof(float);
+    st = qv_fail(err, QV_ENOMEM, "the %s backend cannot hold the training state (%.1f MiB)", "device",
+                 (double)total / 1048576.0);
+    goto fail;
+  }
+  dev_point_weights(c, d->params, &d->w, d->w.layers);
+  dev_point_weights(c, d->grads, &d->g, d->g.layers);
+  float *p = d->block;
+  dev_acts *a = &d->a;
+  a->encoded = take(&p, BT * C);
+  a->ln1 = take(&p, L * BT * C);
+  a->ln1_mean = take(&p, L * BT);
+  a->ln1_rstd = take(&p, L * BT);
+  a->qkv = take(&p, L * BT * 3 * C);
+  a->atty = take(&p, L * BT * C);
+  a->att = take(&p, L * TT);
+  a->res2 = take(&p, L * BT * C);
+  a->ln2 = take(&p, L * BT * C);
+  a->ln2_mean = take(&p, L * BT);
+  a->ln2_rstd = take(&p, L * BT);
+  a->fch = take(&p, L * BT * 4 * C);
+  a->fchg = take(&p, L * BT * 4 * C);
+  a->res3 = take(&p, L * BT * C);
+  a->lnf = take(&p, BT * C);
+  a->lnf_mean = take(&p, BT);
+  a->lnf_rstd = take(&p, BT);
+  a->logits = take(&p, BT * V);
+  a->losses = take(&p, BT);
+  float *g = d->gblock;
+  a->dres = take(&g, BT * C);
+  a->dln = take(&g, BT * C);
+  a->datty = take(&g, BT * C);
+  a->dlnf = take(&g, BT * C);
+  a->dqkv = take(&g, BT * 3 * C);
+  a->dfch = take(&g, BT * 4 * C);
+  a->dfchg = take(&g, BT * 4 * C);
+  a->dlogits = take(&g, BT * V);
+  a->dscratch = take(&g, TT);
+  ops->copy_in(ctx, d->params, m->params, pbytes);
+  if (m->m && m->v) {
+    ops->copy_in(ctx, d->m, m->m, pbytes);
+    ops->copy_in(ctx, d->v, m->v, pbytes);
+  }
+  if (dev_failed(d)) {
+    st = qv_fail(err, d->fail_st, "copying the model to the device: %s", d->fail_msg);
+    goto fail;
+  }
+  *out = d;
+  return QV_OK;
+fail:
+  gpt_dev_free(d);
+  return st;
+}
+
+static qv_status dev_failure(gpt_dev *d, qv_error *err, const char *what) {
+  return qv_fail(err, d->fail_st ? d->fail_st : QV_EDEVICE, "%s: %s", what, d->fail_msg);
+}
+
+qv_status gpt_dev_forward(gpt_dev *d, const int32_t *inputs, const int32_t *targets, int B, int T, float *loss,
+                          qv_error *err) {
+  const gpt_config *c = &d->cfg;
+  const qv_gpt_ops *o = d->o;
+  void *x = d->ctx;
+  if (d->failed) return dev_failure(d, err, "the device failed earlier");
+  if (B <= 0 || T <= 0 || (size_t)B * T > (size_t)d->B * d->T || T > d->T)
+    return qv_fail(err, QV_EINVAL, "batch %d x %d is larger than the %d x %d the state was made for", B, T, d->B,
+                   d->T);
+  size_t BT = (size_t)B * T;
+  int C = c->n_embd, V = c->vocab_size, H = c->n_head, L = c->n_layer;
+  for (size_t i = 0; i < BT; i++) {
+    if (inputs[i] < 0 || inputs[i] >= V) return qv_fail(err, QV_EINVAL, "token id %d is out of range", inputs[i]);
+    if (targets && targets[i] >= V) return qv_fail(err, QV_EINVAL, "target id %d is out of range", targets[i]);
+  }
+  dev_acts *a = &d->a;
+  size_t cBT = (size_t)d->B * d->T; /* per-layer stride (the created size) */
+  size_t sC = cBT * C, s3C = 3 * sC, s4C = 4 * sC, sN = cBT, sTT = (size_t)d->B * H * d->T * d->T;
+  o->copy_in(x, d->inputs, inputs, BT * sizeof(int32_t));
+  if (targets) o->copy_in(x, d->targets, targets, BT * sizeof(int32_t));
+  o->encoder_fwd(x, a->encoded, d->inputs, d->w.wte, d->w.wpe, B, T, C);
+  const float *residual = a->encoded;
+  for (int l = 0; l < L; l++) {
+    const gpt_layer_w *w = &d->w.layers[l];
+    float *ln1 = a->ln1 + l * sC, *qkv = a->qkv + l * s3C, *atty = a->atty + l * sC, *res2 = a->res2 + l * sC;
+    float *ln2 = a->ln2 + l * sC, *fch = a->fch + l * s4C, *fchg = a->fchg + l * s4C, *res3 = a->res3 + l * sC;
+    o->layernorm_fwd(x, ln1, a->ln1_mean + l * sN, a->ln1_rstd + l * sN, residual, w->ln1w, w->ln1b, (int)BT, C,
+                     c->ln_eps);
+    o->matmul_fwd(x, qkv, ln1, w->qkvw, w->qkvb, (int)BT, C, 3 * C);
+    o->attention_fwd(x, atty, a->att + l * sTT, qkv, B, T, C, H);
+    o->matmul_fwd(x, res2, atty, w->attprojw, w->attprojb, (int)BT, C, C);
+    o->add(x, res2, res2, residual, BT * C);
+    o->layernorm_fwd(x, ln2, a->ln2_mean + l * sN, a->ln2_rstd + l * sN, res2, w->ln2w, w->ln2b, (int)BT, C,
+                     c->ln_eps);
+    o->matmul_fwd(x, fch, ln2, w->fcw, w->fcb, (int)BT, C, 4 * C);
+    o->gelu_fwd(x, fchg, fch, BT * 4 * C);
+    o->matmul_fwd(x, res3, fchg, w->fcprojw, w->fcprojb, (int)BT, 4 * C, C);
+    o->add(x, res3, res3, res2, BT * C);
+    residual = res3;
+  }
+  o->layernorm_fwd(x, a->lnf, a->lnf_mean, a->lnf_rstd, residual, d->w.lnfw, d->w.lnfb, (int)BT, C, c->ln_eps);
+  o->head_fwd(x, a->logits, a->lnf, d->w.wte, (int)BT, V, C);
+  d->has_targets = targets != NULL;
+  d->nvalid = 0;
+  d->lastB = B;
+  d->lastT = T;
+  *loss = -1.0f;
+  if (targets) {
+    o->crossentropy_fwd(x, a->logits, a->losses, a->logits, d->targets, (int)BT, V);
+    o->copy_out(x, d->losses_host, a->losses, BT * sizeof(float));
+  }
+  if (dev_failed(d)) return dev_failure(d, err, "forward pass");
+  if (targets) {
+    /* gpt_forward's sum: double, row order, valid targets only */
+    double sum = 0;
+    for (size_t i = 0; i < BT; i++)
+      if (targets[i] >= 0) sum += d->losses_host[i], d->nvalid++;
+    *loss = d->nvalid ? (float)(sum / (double)d->nvalid) : 0.0f;
+  }
+  return QV_OK;
+}
+
+qv_status gpt_dev_logits(gpt_dev *d, float *host, qv_error *err) {
+  if (d->failed) return dev_failure(d, err, "the device failed earlier");
+  size_t n = (size_t)d->lastB * d->lastT * d->cfg.vocab_size;
+  d->o->copy_out(d->ctx, host, d->a.logits, n * sizeof(float));
+  return dev_failed(d) ? dev_failure(d, err, "reading the logits") : QV_OK;
+}
+
+void gpt_dev_zero_grad(gpt_dev *d) {
+  if (!d->failed) d->o->zero(d->ctx, d->grads, d->nparams * sizeof(float));
+}
+
+void gpt_dev_backward(gpt_dev *d, float loss_scale) {
+  if (d->failed || !d->has_targets || !d->nvalid) return;
+  const gpt_config *c = &d->cfg;
+  const qv_gpt_ops *o = d->o;
+  void *x = d->ctx;
+  dev_acts *a = &d->a;
+  int B = d->lastB, T = d->lastT, C = c->n_embd, V = c->vocab_size, H = c->n_head, L = c->n_layer;
+  size_t BT = (size_t)B * T, cBT = (size_t)d->B * d->T;
+  size_t sC = cBT * C, s3C = 3 * sC, s4C = 4 * sC, sN = cBT, sTT = (size_t)d->B * H * d->T * d->T;
+  size_t fC = BT * C * sizeof(float);
+  o->zero(x, a->dres, fC);
+  o->zero(x, a->dlnf, fC);
+  o->zero(x, a->dlogits, BT * V * sizeof(float));
+  o->crossentropy_bwd(x, a->dlogits, a->logits, d->targets, (int)BT, V, loss_scale / (float)d->nvalid);
+  o->head_bwd(x, a->dlnf, d->g.wte, a->dlogits, a->lnf, d->w.wte, (int)BT, V, C);
+  const float *last = L ? a->res3 + (size_t)(L - 1) * sC : a->encoded;
+  /* the residual stream's gradient is updated in place from the top, as in gpt_backward */
+  o->layernorm_bwd(x, a->dres, d->g.lnfw, d->g.lnfb, a->dlnf, last, d->w.lnfw, a->lnf_mean, a->lnf_rstd, (int)BT,
+                   C);
+  for (int l = L - 1; l >= 0; l--) {
+    const gpt_layer_w *w = &d->w.layers[l];
+    const gpt_layer_w *g = &d->g.layers[l];
+    const float *residual = l ? a->res3 + (size_t)(l - 1) * sC : a->encoded;
+    const float *ln1 = a->ln1 + l * sC, *qkv = a->qkv + l * s3C, *atty = a->atty + l * sC, *res2 = a->res2 + l * sC;
+    const float *ln2 = a->ln2 + l * sC, *fch = a->fch + l * s4C, *fchg = a->fchg + l * s4C;
+    o->zero(x, a->dfchg, 4 * fC);
+    o->matmul_bwd(x, a->dfchg, g->fcprojw, g->fcprojb, a->dres, fchg, w->fcprojw, (int)BT, 4 * C, C);
+    o->zero(x, a->dfch, 4 * fC);
+    o->gelu_bwd(x, a->dfch, fch, a->dfchg, BT * 4 * C);
+    o->zero(x, a->dln, fC);
+    o->matmul_bwd(x, a->dln, g->fcw, g->fcb, a->dfch, ln2, w->fcw, (int)BT, C, 4 * C);
+    o->layernorm_bwd(x, a->dres, g->ln2w, g->ln2b, a->dln, res2, w->ln2w, a->ln2_mean + l * sN,
+                     a->ln2_rstd + l * sN, (int)BT, C);
+    o->zero(x, a->datty, fC);
+    o->matmul_bwd(x, a->datty, g->attprojw, g->attprojb, a->dres, atty, w->attprojw, (int)BT, C, C);
+    o->zero(x, a->dqkv, 3 * fC);
+    o->attention_bwd(x, a->dqkv, a->dscratch, a->datty, qkv, a->att + l * sTT, B, T, C, H);
+    o->zero(x, a->dln, fC);
+    o->matmul_bwd(x, a->dln, g->qkvw, g->qkvb, a->dqkv, ln1, w->qkvw, (int)BT, C, 3 * C);
+    o->layernorm_bwd(x, a->dres, g->ln1w, g->ln1b, a->dln, residual, w->ln1w, a->ln1_mean + l * sN,
+                     a->ln1_rstd + l * sN, (int)BT, C);
+  }
+  o->encoder_bwd(x, d->g.wte, d->g.wpe, a->dres, d->inputs, B, T, C);
+  dev_failed(d);
+}
+
+double gpt_dev_clip_grad(gpt_dev *d, float clip) {
+  if (d->failed) return NAN;
+  double norm = sqrt(d->o->sumsq(d->ctx, d->grads, d->nparams));
+  if (clip > 0 && norm > clip) d->o->scale(d->ctx, d->grads, d->nparams, (float)(clip / norm));
+  return dev_failed(d) ? NAN : norm;
+}
+
+void gpt_dev_adamw_step(gpt_dev *d, const gpt_adamw *o, long t) {
+  if (d->failed || t < 1) return;
+  float c1 = (float)(1.0 - pow(o->beta1, (double)t)), c2 = (float)(1.0 - pow(o->beta2, (double)t));
+  size_t nt = gpt_tensor_count(&d->cfg);
+  for (size_t i = 0; i < nt; i++) {
+    gpt_tensor_info ti;
+    gpt_tensor_at(&d->cfg, i, &ti);
+    d->o->adamw(d->ctx, d->params + ti.offset, d->grads + ti.offset, d->m + ti.offset, d->v + ti.offset, ti.numel,
+                o->lr, o->beta1, o->beta2, o->eps, ti.decay ? o->weight_decay : 0.0f, c1, c2);
+  }
+  dev_failed(d);
+}
+
+qv_status gpt_dev_download(gpt_dev *d, gpt_model *m, qv_error *err) {
+  if (d->failed) return dev_failure(d, err, "the device failed earlier");
+  /* all or nothing: m is the state to fall back to (invariant 1), so a copy that fails
+   * half-way must not reach it */
+  size_t n = d->nparams, bytes = n * sizeof(float);
+  int moments = m->m && m->v;
+  d->o->copy_out(d->ctx, d->stage, d->params, bytes);
+  if (moments) {
+    d->o->copy_out(d->ctx, d->stage + n, d->m, bytes);
+    d->o->copy_out(d->ctx, d->stage + 2 * n, d->v, bytes);
+  }
+  if (dev_failed(d)) return dev_failure(d, err, "copying the model back");
+  memcpy(m->params, d->stage, bytes);
+  if (moments) {
+    memcpy(m->m, d->stage + n, bytes);
+    memcpy(m->v, d->stage + 2 * n, bytes);
+  }
+  return QV_OK;
+}
+
+qv_status gpt_dev_grads(gpt_dev *d, float *host, qv_error *err) {
+  if (d->failed) return dev_failure(d, err, "the device failed earlier");
+  d->o->copy_out(d->ctx, host, d->grads, d->nparams * sizeof(float));
+  return dev_failed(d) ? dev_failure(d, err, "reading the gradients") : QV_OK;
+}
+
+qv_status gpt_dev_status(gpt_dev *d, qv_error *err) {
+  return dev_failed(d) ? qv_fail(err, d->fail_st ? d->fail_st : QV_EDEVICE, "%s", d->fail_msg) : QV_OK;
+}

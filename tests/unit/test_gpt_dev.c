@@ -1,0 +1,311 @@
+/* The device training driver (gpt/gpt_dev.h) on the ops' CPU twin against the CPU path
+ * (gpt_forward / gpt_backward / gpt_clip_grad / gpt_adamw_step): the same losses,
+ * gradients and parameters over several steps; input checks; and what a device failure
+ * does (latched, reported, the host copy left as it was). */
+#define _GNU_SOURCE /* mkdtemp */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "base/mem.h"
+#include "gpt/gpt.h"
+#include "gpt/ckpt.h"
+#include "gpt/gpt_dev.h"
+#include "gpt/train.h"
+#include "gpt/kernels.h"
+#include "test.h"
+
+static const gpt_config tiny = {.n_layer = 2, .n_head = 2, .n_embd = 32, .n_ctx = 16, .vocab_size = 67,
+                                .ln_eps = 1e-5f};
+enum { TB = 3, TT = 16 };
+
+static void batch(gpt_rng *r, int32_t *inp, int32_t *tgt, int V) {
+  for (int i = 0; i < TB * TT; i++) {
+    inp[i] = (int32_t)(gpt_rng_u64(r) % (uint64_t)V);
+    tgt[i] = i % 11 == 5 ? -1 : (int32_t)(gpt_rng_u64(r) % (uint64_t)V); /* some ignored */
+  }
+}
+
+/* max |a - b| / max(1e-3, max |b|). */
+static double rel_diff(const float *a, const float *b, size_t n) {
+  double worst = 0, scale = 1e-3;
+  for (size_t i = 0; i < n; i++) {
+    double d = fabs((double)a[i] - b[i]);
+    if (!(d <= worst)) worst = d;
+    if (fabs((double)b[i]) > scale) scale = fabs((double)b[i]);
+  }
+  return worst / scale;
+}
+
+static gpt_model *model(uint64_t seed) {
+  gpt_model *m = NULL;
+  qv_error err = {0};
+  if (gpt_create(&m, &tiny, &err) || gpt_train_alloc(m, TB, TT, &err)) return NULL;
+  gpt_init(m, seed);
+  return m;
+}
+
+TEST(driver_on_cpu_twin_matches_cpu_training) {
+  gpt_model *cpu = model(7), *host = model(7);
+  ASSERT(cpu && host);
+  gpt_dev *d = NULL;
+  qv_error err = {0};
+  ASSERT_OK(gpt_dev_create(&d, gpt_ops_cpu(), NULL, host, TB, TT, &err));
+  float *g = qv_aligned_alloc(cpu->nparams * sizeof(float));
+  float *logits = malloc((size_t)TB * TT * tiny.vocab_size * sizeof(float));
+  ASSERT(g && logits);
+  gpt_rng r;
+  gpt_rng_seed(&r, 3);
+  int32_t inp[TB * TT], tgt[TB * TT];
+  gpt_adamw o = {3e-3f, 0.9f, 0.95f, 1e-8f, 0.1f};
+  float dl = 0;
+  /* Where the AVX2 GEMM runs, the fused CPU path and the twin's separate ops compute each
+   * element in the same order (kernels.c invariant 1), so the bits agree; elsewhere
+   * OpenBLAS's per-call blocking may differ. */
+  double tol = gptk_gemm_available() ? 0 : 1e-4;
+  for (int step = 1; step <= 4; step++) {
+    batch(&r, inp, tgt, tiny.vocab_size);
+    gpt_zero_grad(cpu);
+    gpt_dev_zero_grad(d);
+    double lsum = 0;
+    for (int a = 0; a < 2; a++) { /* gradient accumulation over two forwards */
+      ASSERT_OK(gpt_forward(cpu, inp, tgt, TB, TT));
+      ASSERT_OK(gpt_dev_forward(d, inp, tgt, TB, TT, &dl, &err));
+      ASSERT(fabs(dl - cpu->loss) <= tol * fabs(cpu->loss));
+      if (a == 0 && step == 1) {
+        ASSERT_OK(gpt_dev_logits(d, logits, &err)); /* probabilities after a forward with targets */
+        ASSERT(rel_diff(logits, gpt_logits(cpu), (size_t)TB * TT * tiny.vocab_size) <= tol);
+      }
+      lsum += dl;
+      gpt_backward(cpu, 0.5f);
+      gpt_dev_backward(d, 0.5f);
+    }
+    ASSERT_OK(gpt_dev_grads(d, g, &err));
+    double gd = rel_diff(g, cpu->grads, cpu->nparams);
+    if (gd > tol) TEST_FAIL_("step %d: gradients differ by %g (relative to the largest)", step, gd);
+    double n1 = gpt_clip_grad(cpu, 0.05f), n2 = gpt_dev_clip_grad(d, 0.05f);
+    ASSERT(n1 > 0.05); /* the clip is exercised */
+    ASSERT(fabs(n1 - n2) <= tol * n1);
+    gpt_adamw_step(cpu, &o, step);
+    gpt_dev_adamw_step(d, &o, step);
+    ASSERT(lsum > 0);
+  }
+  ASSERT_OK(gpt_dev_download(d, host, &err));
+  double pd = rel_diff(host->params, cpu->params, cpu->nparams);
+  if (pd > tol) TEST_FAIL_("parameters after 4 steps differ by %g", pd);
+  ASSERT(rel_diff(host->m, cpu->m, cpu->nparams) <= tol);
+  ASSERT(rel_diff(host->v, cpu->v, cpu->nparams) <= tol);
+  /* the parameters moved: the comparison is not between two untouched copies */
+  gpt_model *fresh = model(7);
+  ASSERT(fresh);
+  ASSERT(rel_diff(host->params, fresh->params, fresh->nparams) > 1e-3);
+  /* logits without targets, on a shorter batch */
+  ASSERT_OK(gpt_forward(cpu, inp, NULL, 2, 9));
+  ASSERT_OK(gpt_dev_forward(d, inp, NULL, 2, 9, &dl, &err));
+  ASSERT(dl == -1.0f);
+  ASSERT_OK(gpt_dev_logits(d, logits, &err));
+  ASSERT(rel_diff(logits, gpt_logits(cpu), (size_t)2 * 9 * tiny.vocab_size) <= tol);
+  gpt_dev_free(d);
+  gpt_free(cpu);
+  gpt_free(host);
+  gpt_free(fresh);
+  qv_aligned_free(g);
+  free(logits);
+}
+
+TEST(driver_rejects_bad_input) {
+  gpt_model *m = model(1);
+  ASSERT(m);
+  gpt_dev *d = NULL;
+  qv_error err = {0};
+  ASSERT_STATUS(gpt_dev_create(&d, gpt_ops_cpu(), NULL, m, TB, tiny.n_ctx + 1, &err), QV_EINVAL);
+  ASSERT(d == NULL);
+  ASSERT_OK(gpt_dev_create(&d, gpt_ops_cpu(), NULL, m, TB, TT, &err));
+  int32_t inp[TB * TT] = {0}, tgt[TB * TT] = {0};
+  float loss;
+  inp[5] = tiny.vocab_size;
+  ASSERT_STATUS(gpt_dev_forward(d, inp, tgt, TB, TT, &loss, &err), QV_EINVAL);
+  ASSERT(strstr(err.msg, "out of range"));
+  inp[5] = 0;
+  tgt[7] = tiny.vocab_size;
+  ASSERT_STATUS(gpt_dev_forward(d, inp, tgt, TB, TT, &loss, &err), QV_EINVAL);
+  ASSERT_STATUS(gpt_dev_forward(d, inp, tgt, TB + 1, TT, &loss, &err), QV_EINVAL);
+  ASSERT_STATUS(gpt_dev_forward(d, inp, tgt, 1, TT + 1, &loss, &err), QV_EINVAL);
+  tgt[7] = -1;
+  ASSERT_OK(gpt_dev_forward(d, inp, tgt, TB, TT, &loss, &err)); /* the state is usable after refusals */
+  ASSERT(loss > 0);
+  gpt_dev_free(d);
+  gpt_free(m);
+}
+
+/* A device whose ops start failing after `after` status checks. */
+static qv_gpt_ops failing;
+static int checks_left;
+static int adamw_calls, fail_at_adamw; /* fail once adamw ran this often (0: never) */
+static qv_status failing_status(void *ctx, char *msg, size_t len) {
+  (void)ctx;
+  if (checks_left-- > 0 && !(fail_at_adamw && adamw_calls >= fail_at_adamw)) return QV_OK;
+  snprintf(msg, len, "injected failure");
+  return QV_EDEVICE;
+}
+
+static void counting_adamw(void *ctx, float *p, const float *g, float *m, float *v, size_t n, float lr, float b1,
+                           float b2, float eps, float decay, float c1, float c2) {
+  adamw_calls++;
+  gpt_ops_cpu()->adamw(ctx, p, g, m, v, n, lr, b1, b2, eps, decay, c1, c2);
+}
+
+TEST(device_failure_is_latched_and_leaves_the_host_copy) {
+  gpt_model *m = model(2);
+  ASSERT(m);
+  failing = *gpt_ops_cpu();
+  failing.status = failing_status;
+  checks_left = 1000;
+  gpt_dev *d = NULL;
+  qv_error err = {0};
+  ASSERT_OK(gpt_dev_create(&d, &failing, NULL, m, TB, TT, &err));
+  gpt_rng r;
+  gpt_rng_seed(&r, 5);
+  int32_t inp[TB * TT], tgt[TB * TT];
+  batch(&r, inp, tgt, tiny.vocab_size);
+  float loss;
+  gpt_adamw o = {1e-2f, 0.9f, 0.95f, 1e-8f, 0.0f};
+  ASSERT_OK(gpt_dev_forward(d, inp, tgt, TB, TT, &loss, &err));
+  gpt_dev_backward(d, 1.0f);
+  gpt_dev_adamw_step(d, &o, 1);
+  ASSERT_OK(gpt_dev_download(d, m, &err)); /* the host copy is now step 1's state */
+  float *keep = malloc(m->nparams * sizeof(float));
+  ASSERT(keep);
+  memcpy(keep, m->params, m->nparams * sizeof(float));
+  checks_left = 0; /* the next check fails */
+  gpt_dev_backward(d, 1.0f);
+  gpt_dev_adamw_step(d, &o, 2); /* would change the device's parameters; returns at once */
+  ASSERT_STATUS(gpt_dev_status(d, &err), QV_EDEVICE);
+  ASSERT(strstr(err.msg, "injected failure"));
+  checks_left = 1000; /* the device "recovers": the failure stays latched (invariant 1) */
+  ASSERT_STATUS(gpt_dev_forward(d, inp, tgt, TB, TT, &loss, &err), QV_EDEVICE);
+  ASSERT(isnan(gpt_dev_clip_grad(d, 1.0f)));
+  ASSERT_STATUS(gpt_dev_download(d, m, &err), QV_EDEVICE);
+  ASSERT(memcmp(keep, m->params, m->nparams * sizeof(float)) == 0);
+  gpt_dev_free(d);
+  /* a failure during the download itself leaves the host copy too */
+  checks_left = 1000;
+  ASSERT_OK(gpt_dev_create(&d, &failing, NULL, m, TB, TT, &err));
+  ASSERT_OK(gpt_dev_forward(d, inp, tgt, TB, TT, &loss, &err));
+  gpt_dev_backward(d, 1.0f);
+  gpt_dev_adamw_step(d, &o, 2);
+  checks_left = 0;
+  ASSERT_STATUS(gpt_dev_download(d, m, &err), QV_EDEVICE);
+  ASSERT(memcmp(keep, m->params, m->nparams * sizeof(float)) == 0);
+  gpt_dev_free(d);
+  free(keep);
+  gpt_free(m);
+}
+
+/* ---- gpt_train_run on a device ---- */
+
+enum { RUN_STEPS = 12 };
+typedef struct run_log {
+  float loss[RUN_STEPS + 1];
+  const char *device[RUN_STEPS + 1];
+  int calls;
+} run_log;
+static int log_step(void *c, const gpt_train_stats *s) {
+  run_log *l = c;
+  l->loss[s->step] = s->loss; /* a recomputed step overwrites its first value */
+  l->device[s->step] = s->device;
+  l->calls++;
+  return 0;
+}
+
+static qv_status train(const char *data, const char *out, const qv_gpt_ops *ops, run_log *l, qv_error *err) {
+  gpt_train_opts o;
+  gpt_train_defaults(&o);
+  const char *paths[] = {data};
+  o.data = paths;
+  o.ndata = 1;
+  o.out = out;
+  o.vocab_size = 300;
+  o.model = (gpt_config){.n_layer = 2, .n_head = 2, .n_embd = 16, .n_ctx = 16, .ln_eps = 1e-5f};
+  o.batch = 3;
+  o.accum = 2;
+  o.steps = RUN_STEPS;
+  o.warmup = 2;
+  o.lr = 1e-2f;
+  o.eval_every = 4;
+  o.eval_batches = 2;
+  o.val_fraction = 0.2;
+  o.ops = ops;
+  o.ops_name = "twin";
+  o.on_step = log_step;
+  o.ctx = l;
+  memset(l, 0, sizeof *l);
+  return gpt_train_run(&o, err);
+}
+
+static gpt_model *final_model(const char *out) {
+  char dir[512];
+  snprintf(dir, sizeof dir, "%s/step-%06d", out, RUN_STEPS);
+  gpt_model *m = NULL;
+  qv_error err = {0};
+  gpt_ckpt_meta meta = {0};
+  if (gpt_load(&m, dir, &meta, &err)) return NULL;
+  gpt_ckpt_meta_free(&meta);
+  return m;
+}
+
+TEST(training_on_a_device_and_falling_back_to_the_cpu) {
+  char root[] = "/tmp/qv_gptdev_XXXXXX";
+  ASSERT(mkdtemp(root));
+  char data[600], out_cpu[600], out_dev[600], out_fail[600];
+  snprintf(data, sizeof data, "%s/corpus.txt", root);
+  FILE *f = fopen(data, "w");
+  ASSERT(f);
+  for (int i = 0; i < 60; i++)
+    fprintf(f, "Paragraph %d. The quiver holds arrows of %s wood; archers count them twice.\n\n", i,
+            i % 3 ? "ash" : "yew");
+  fclose(f);
+  snprintf(out_cpu, sizeof out_cpu, "%s/cpu", root);
+  snprintf(out_dev, sizeof out_dev, "%s/dev", root);
+  snprintf(out_fail, sizeof out_fail, "%s/fail", root);
+  qv_error err = {0};
+  static run_log cpu, dev, fail;
+  ASSERT_OK(train(data, out_cpu, NULL, &cpu, &err));
+  ASSERT_EQ(cpu.calls, RUN_STEPS);
+  ASSERT(!strcmp(cpu.device[1], "cpu")); /* no GPU in this process */
+  ASSERT_OK(train(data, out_dev, gpt_ops_cpu(), &dev, &err));
+  ASSERT(!strcmp(dev.device[1], "twin") && !strcmp(dev.device[RUN_STEPS], "twin"));
+  /* a device that fails during step 7: the run goes back to step 4's state (the last
+   * evaluation) and recomputes steps 5-12 on the CPU */
+  failing = *gpt_ops_cpu();
+  failing.status = failing_status;
+  failing.adamw = counting_adamw;
+  checks_left = 1 << 30;
+  adamw_calls = 0;
+  fail_at_adamw = 6 * (int)gpt_tensor_count(&(gpt_config){.n_layer = 2}) + 1; /* step 7's first update */
+  ASSERT_OK(train(data, out_fail, &failing, &fail, &err));
+  ASSERT_EQ(fail.calls, RUN_STEPS + 2); /* steps 5 and 6 reported twice; the failed step 7 not */
+  ASSERT(!strcmp(fail.device[4], "twin") && !strcmp(fail.device[5], "cpu") && !strcmp(fail.device[RUN_STEPS], "cpu"));
+  double tol = gptk_gemm_available() ? 0 : 1e-4;
+  for (int s = 1; s <= RUN_STEPS; s++) {
+    if (fabs(dev.loss[s] - cpu.loss[s]) > tol * cpu.loss[s])
+      TEST_FAIL_("step %d: loss %.9g on the device, %.9g on the CPU", s, dev.loss[s], cpu.loss[s]);
+    if (fabs(fail.loss[s] - cpu.loss[s]) > tol * cpu.loss[s])
+      TEST_FAIL_("step %d: loss %.9g after the fallback, %.9g on the CPU", s, fail.loss[s], cpu.loss[s]);
+  }
+  ASSERT(cpu.loss[RUN_STEPS] < cpu.loss[1]); /* it trained */
+  gpt_model *a = final_model(out_cpu), *b = final_model(out_dev), *c = final_model(out_fail);
+  ASSERT(a && b && c);
+  ASSERT(rel_diff(b->params, a->params, a->nparams) <= tol);
+  ASSERT(rel_diff(c->params, a->params, a->nparams) <= tol);
+  gpt_free(a);
+  gpt_free(b);
+  gpt_free(c);
+  char cmd[700];
+  snprintf(cmd, sizeof cmd, "rm -rf '%s'", root);
+  ASSERT_EQ(system(cmd), 0);
+}
+
+TEST_MAIN(T(driver_on_cpu_twin_matches_cpu_training), T(driver_rejects_bad_input),
+          T(device_failure_is_latched_and_leaves_the_host_copy), T(training_on_a_device_and_falling_back_to_the_cpu))
