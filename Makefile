@@ -110,13 +110,14 @@ clean:
 # GPU checks (issue 6), run where a GPU is lent; they build what they need and fetch
 # nothing (the model must already be in the cache: `make models`). gpu-test compares
 # every CUDA op, the encoder and exact search with the CPU backend within stated
-# tolerances; gpu-bench prints JSON lines: encoder sentences/s and exact-search q/s for
+# tolerances, then the GPT training ops and steps with their CPU twin; gpu-bench prints JSON lines: encoder sentences/s and exact-search q/s for
 # Quiver and, when torch is importable, for plain PyTorch.
 GPU_BUILD ?= $(BUILD)
 gpu-test:
 	cmake -S . -B $(GPU_BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo -DQUIVER_CUDA=ON >/dev/null
-	cmake --build $(GPU_BUILD) -j $(JOBS) --target quiver_cuda qv_gpu_test
+	cmake --build $(GPU_BUILD) -j $(JOBS) --target quiver_cuda qv_gpu_test qv_gpu_gpt_test
 	QUIVER_CUDA_PLUGIN=$(abspath $(GPU_BUILD))/libquiver-cuda.so $(GPU_BUILD)/qv_gpu_test
+	QUIVER_CUDA_PLUGIN=$(abspath $(GPU_BUILD))/libquiver-cuda.so $(GPU_BUILD)/qv_gpu_gpt_test
 
 gpu-bench:
 	cmake -S . -B $(GPU_BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo -DQUIVER_CUDA=ON >/dev/null

@@ -31,40 +31,7 @@
 #include "compute/device.h"
 #include "index/flat.h"
 
-static int failures, checks;
-
-static unsigned long long rng = 88172645463325252ull;
-static float frand(void) {
-  rng ^= rng << 13, rng ^= rng >> 7, rng ^= rng << 17;
-  return (float)((rng >> 11) * (1.0 / 9007199254740992.0)) * 2.0f - 1.0f;
-}
-static float *rand_vec(size_t n, float scale) {
-  float *v = qv_aligned_alloc((n ? n : 1) * sizeof *v);
-  if (!v) {
-    fprintf(stderr, "out of memory\n");
-    exit(2);
-  }
-  for (size_t i = 0; i < n; i++) v[i] = frand() * scale;
-  return v;
-}
-
-static void compare(const char *what, const float *gpu, const float *cpu, size_t n, double rel) {
-  double worst = 0;
-  size_t at = 0;
-  for (size_t i = 0; i < n; i++) {
-    double d = fabs((double)gpu[i] - cpu[i]) / (1 + fabs((double)cpu[i]));
-    if (!(d <= worst)) {
-      worst = d;
-      at = i;
-    }
-  }
-  checks++;
-  int ok = worst <= rel;
-  if (!ok) failures++;
-  printf("%-4s %-44s max rel err %.3g (tolerance %.3g)%s\n", ok ? "ok" : "FAIL", what, worst, rel,
-         ok ? "" : " <-");
-  if (!ok) printf("     at %zu: gpu %g cpu %g\n", at, gpu[at], cpu[at]);
-}
+#include "harness.h"
 
 static void test_linear(const qv_backend *g, const qv_backend *c, int map, double tol) {
   static const int shapes[][3] = {{1, 384, 384}, {7, 1152, 384}, {128, 1536, 384}, {128, 384, 1536}, {33, 5, 17}};
