@@ -620,6 +620,16 @@ done:
 
 /* ---- elementwise ---------------------------------------------------------------------- */
 
+/* The body of an elementwise op: kernel over n elements with the arguments given. */
+#define GPT_ELEMENTWISE(what, kernel, n, ...)                                   \
+  GPT_LOCK(c);                                                                  \
+  if (n) {                                                                      \
+    kernel<<<grid_for(n, GPT_THREADS), GPT_THREADS, 0, c->stream>>>(__VA_ARGS__); \
+    cu_check(c, cudaGetLastError(), what);                                      \
+  }                                                                             \
+done:                                                                           \
+  GPT_UNLOCK(c)
+
 #define GPT_GELU_SCALE 0.7978845608028654f /* sqrt(2 / pi) */
 
 __global__ void gelu_fwd_kernel(float *out, const float *inp, size_t n) {
@@ -659,50 +669,24 @@ __global__ void adamw_kernel(float *p, const float *g, float *m, float *v, size_
 }
 
 static void gpt_gelu_fwd(void *ctx, float *out, const float *inp, size_t n) {
-  GPT_LOCK(c);
-  if (!n) goto done;
-  gelu_fwd_kernel<<<grid_for(n, GPT_THREADS), GPT_THREADS, 0, c->stream>>>(out, inp, n);
-  cu_check(c, cudaGetLastError(), "gpt gelu_fwd");
-done:
-  GPT_UNLOCK(c);
+  GPT_ELEMENTWISE("gpt gelu_fwd", gelu_fwd_kernel, n, out, inp, n);
 }
 
 static void gpt_gelu_bwd(void *ctx, float *dinp, const float *inp, const float *dout, size_t n) {
-  GPT_LOCK(c);
-  if (!n) goto done;
-  gelu_bwd_kernel<<<grid_for(n, GPT_THREADS), GPT_THREADS, 0, c->stream>>>(dinp, inp, dout, n);
-  cu_check(c, cudaGetLastError(), "gpt gelu_bwd");
-done:
-  GPT_UNLOCK(c);
+  GPT_ELEMENTWISE("gpt gelu_bwd", gelu_bwd_kernel, n, dinp, inp, dout, n);
 }
 
 static void gpt_add(void *ctx, float *out, const float *a, const float *b, size_t n) {
-  GPT_LOCK(c);
-  if (!n) goto done;
-  add_kernel<<<grid_for(n, GPT_THREADS), GPT_THREADS, 0, c->stream>>>(out, a, b, n);
-  cu_check(c, cudaGetLastError(), "gpt add");
-done:
-  GPT_UNLOCK(c);
+  GPT_ELEMENTWISE("gpt add", add_kernel, n, out, a, b, n);
 }
 
 static void gpt_scale(void *ctx, float *x, size_t n, float s) {
-  GPT_LOCK(c);
-  if (!n) goto done;
-  scale_kernel<<<grid_for(n, GPT_THREADS), GPT_THREADS, 0, c->stream>>>(x, s, n);
-  cu_check(c, cudaGetLastError(), "gpt scale");
-done:
-  GPT_UNLOCK(c);
+  GPT_ELEMENTWISE("gpt scale", scale_kernel, n, x, s, n);
 }
 
 static void gpt_adamw(void *ctx, float *p, const float *g, float *m, float *v, size_t n, float lr, float b1,
                       float b2, float eps, float decay, float c1, float c2) {
-  GPT_LOCK(c);
-  if (!n) goto done;
-  adamw_kernel<<<grid_for(n, GPT_THREADS), GPT_THREADS, 0, c->stream>>>(p, g, m, v, n, lr, b1, b2, eps, decay, c1,
-                                                                        c2);
-  cu_check(c, cudaGetLastError(), "gpt adamw");
-done:
-  GPT_UNLOCK(c);
+  GPT_ELEMENTWISE("gpt adamw", adamw_kernel, n, p, g, m, v, n, lr, b1, b2, eps, decay, c1, c2);
 }
 
 /* ---- cross-entropy -------------------------------------------------------------------- */
