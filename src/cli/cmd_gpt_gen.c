@@ -16,7 +16,7 @@
 /* ---- shared setup ---------------------------------------------------------------------- */
 
 typedef struct gen_cli {
-  const char *model, *max_tokens, *temperature, *top_k, *top_p, *rep, *seed;
+  const char *model, *max_tokens, *temperature, *top_k, *top_p, *rep, *seed, *gpu, *gpu_dev;
   int no_cache;
   char **stops; /* unescaped --stop values */
   size_t n_stops;
@@ -65,7 +65,7 @@ static int take_stops(int argc, char **argv, gen_cli *c) {
 #define SAMPLING_OPTS(c)                                                                           \
   {"max-tokens", &(c).max_tokens, NULL}, {"temperature", &(c).temperature, NULL},                  \
       {"top-k", &(c).top_k, NULL}, {"top-p", &(c).top_p, NULL}, {"repetition-penalty", &(c).rep, NULL}, \
-      {"seed", &(c).seed, NULL}
+      {"seed", &(c).seed, NULL}, {"gpu", &(c).gpu, NULL}, {"gpu-device", &(c).gpu_dev, NULL}
 
 static void free_stops(gen_cli *c) {
   for (size_t i = 0; i < c->n_stops; i++) free(c->stops[i]);
@@ -108,6 +108,7 @@ typedef struct gen_setup {
 static void setup(gen_setup *st, const gen_cli *c, const char *who) {
   gpt_sample_params sp = sample_params(c);
   qv_error err = {0};
+  cli_check(cli_gpu_setup(c->gpu, c->gpu_dev, &err), &err, who);
   cli_check(gpt_infer_load(&st->m, c->model, &err), &err, "model");
   st->bpe = load_tokenizer(c->model);
   st->V = (size_t)gpt_infer_config_of(st->m)->vocab_size;
@@ -199,6 +200,10 @@ static const char *GEN_USAGE =
     "  --repetition-penalty R    divide the logits of tokens already seen by R (default 1: off)\n"
     "  --seed S                  the sampler's seed (default 0); the same seed gives the same text\n"
     "  --stop S                  stop when S appears (not printed); may repeat; \\n and \\t escapes\n"
+    "  --gpu auto|on|off         run on the GPU when one works (auto, the default), require one\n"
+    "                            (on), or stay on the CPU (off); a GPU that fails mid-way hands\n"
+    "                            the sequence to the CPU\n"
+    "  --gpu-device N            which GPU (default 0)\n"
     "  --no-cache                recompute the whole sequence at each step (checks the KV cache)\n"
     "  --trace PREFIX            write PREFIX.json (prompt and generated ids, stop reason) and\n"
     "                            PREFIX.npy (float32 logits at every position fed, prompt first)\n"
@@ -267,9 +272,9 @@ int cmd_gpt_generate(int argc, char **argv) {
   if (stats)
     fprintf(stderr,
             "{\"prompt_tokens\": %zu, \"prefill_s\": %.6f, \"generated\": %zu, \"decode_s\": %.6f, "
-            "\"decode_tokens_per_s\": %.3f, \"threads\": %d, \"stop\": \"%s\"}\n",
+            "\"decode_tokens_per_s\": %.3f, \"threads\": %d, \"stop\": \"%s\", \"device\": \"%s\"}\n",
             n, prefill, res.n_tokens, decode, rate, pool_default() ? pool_size(pool_default()) : 1,
-            gpt_stop_name(res.reason));
+            gpt_stop_name(res.reason), gpt_infer_device(su.m));
   else if (isatty(STDERR_FILENO))
     fprintf(stderr, "[%zu prompt tokens, %zu generated in %.2fs (%.1f tokens/s), stopped: %s]\n", n,
             res.n_tokens, dt, dt > 0 ? (double)res.n_tokens / dt : 0.0, gpt_stop_name(res.reason));

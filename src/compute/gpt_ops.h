@@ -82,6 +82,12 @@ typedef struct qv_gpt_ops {
   /* The first failure since the last call (QV_EDEVICE with the reason in msg), cleared by
    * the call; QV_OK when none. msg may be NULL. */
   qv_status (*status)(void *ctx, char *msg, size_t msg_len);
+  /* (optional: NULL where a backend only trains) Inference over a KV cache, one sequence:
+   * the n rows of qkv (n, 3C) are the tokens at positions pos .. pos+n-1. Their keys and
+   * values are written to those rows of kcache and vcache (n_ctx, C), then out (n, C)
+   * gets each row's causal attention over cache rows [0, pos + r]. */
+  void (*attention_cached)(void *ctx, float *out, float *kcache, float *vcache, const float *qkv, int pos, int n,
+                           int C, int H);
 } qv_gpt_ops;
 
 #endif

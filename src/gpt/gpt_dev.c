@@ -73,6 +73,41 @@ static void cpu_attention_bwd(void *ctx, float *dqkv, float *scratch, const floa
                               const float *att, int B, int T, int C, int H) {
   gpt_attention_backward(cpu_pool(ctx), dqkv, scratch, dout, qkv, att, B, T, C, H);
 }
+static void cpu_attention_cached(void *ctx, float *out, float *kcache, float *vcache, const float *qkv, int pos,
+                                 int n, int C, int H) {
+  (void)ctx;
+  int hs = C / H;
+  float scale = 1.0f / sqrtf((float)hs);
+  for (int r = 0; r < n; r++) {
+    const float *row = qkv + (size_t)r * 3 * C;
+    memcpy(kcache + (size_t)(pos + r) * C, row + C, (size_t)C * sizeof(float));
+    memcpy(vcache + (size_t)(pos + r) * C, row + 2 * C, (size_t)C * sizeof(float));
+  }
+  for (int r = 0; r < n; r++)
+    for (int h = 0; h < H; h++) {
+      /* online softmax: one pass over the keys, no scratch (ops never allocate) */
+      const float *q = qkv + (size_t)r * 3 * C + (size_t)h * hs;
+      float *o = out + (size_t)r * C + (size_t)h * hs;
+      float mx = -INFINITY, sum = 0;
+      memset(o, 0, (size_t)hs * sizeof(float));
+      for (int t = 0; t <= pos + r; t++) {
+        const float *k = kcache + (size_t)t * C + (size_t)h * hs, *v = vcache + (size_t)t * C + (size_t)h * hs;
+        float d = 0;
+        for (int i = 0; i < hs; i++) d += q[i] * k[i];
+        d *= scale;
+        if (d > mx) { /* rescale what was summed under the old maximum */
+          float f = expf(mx - d);
+          sum *= f;
+          for (int i = 0; i < hs; i++) o[i] *= f;
+          mx = d;
+        }
+        float p = expf(d - mx);
+        sum += p;
+        for (int i = 0; i < hs; i++) o[i] += p * v[i];
+      }
+      for (int i = 0; i < hs; i++) o[i] /= sum;
+    }
+}
 static void cpu_gelu_fwd(void *ctx, float *out, const float *inp, size_t n) {
   gpt_gelu_forward(cpu_pool(ctx), out, inp, n);
 }
@@ -127,6 +162,7 @@ static const qv_gpt_ops cpu_ops = {
     .head_bwd = cpu_head_bwd,
     .attention_fwd = cpu_attention_fwd,
     .attention_bwd = cpu_attention_bwd,
+    .attention_cached = cpu_attention_cached,
     .gelu_fwd = cpu_gelu_fwd,
     .gelu_bwd = cpu_gelu_bwd,
     .add = cpu_add,
@@ -491,4 +527,121 @@ qv_status gpt_dev_grads(gpt_dev *d, float *host, qv_error *err) {
 
 qv_status gpt_dev_status(gpt_dev *d, qv_error *err) {
   return dev_failed(d) ? qv_fail(err, d->fail_st ? d->fail_st : QV_EDEVICE, "%s", d->fail_msg) : QV_OK;
+}
+
+/* ---- Inference with a KV cache on the device (gpt_infer's device path) ---------------- */
+
+struct gpt_dev_infer {
+  const qv_gpt_ops *o;
+  void *ctx;
+  gpt_config cfg;
+  float *params;
+  gpt_weights w;
+  float *block; /* kcache, vcache (L, T, C) each; x, h, att, tmp (B, C); qkv (B, 3C); fc (B, 4C);
+                 * mean, rstd (B); logits (B, V) */
+  float *kcache, *vcache, *x, *h, *att, *tmp, *qkv, *fc, *mean, *rstd, *logits;
+  int32_t *ids;
+  int failed;
+  qv_status fail_st;
+  char fail_msg[256];
+};
+
+void gpt_dev_infer_free(gpt_dev_infer *d) {
+  if (!d) return;
+  if (d->params) d->o->release(d->ctx, d->params);
+  if (d->block) d->o->release(d->ctx, d->block);
+  if (d->ids) d->o->release(d->ctx, d->ids);
+  free(d->w.layers);
+  free(d);
+}
+
+static int infer_failed(gpt_dev_infer *d) {
+  if (d->failed) return 1;
+  char msg[sizeof d->fail_msg];
+  qv_status st = d->o->status(d->ctx, msg, sizeof msg);
+  if (st == QV_OK) return 0;
+  d->failed = 1;
+  d->fail_st = st;
+  snprintf(d->fail_msg, sizeof d->fail_msg, "%s", msg[0] ? msg : qv_strerror(st));
+  return 1;
+}
+
+qv_status gpt_dev_infer_create(gpt_dev_infer **out, const qv_gpt_ops *ops, void *ctx, const gpt_model *m,
+                               int block, qv_error *err) {
+  *out = NULL;
+  if (!ops->attention_cached) return qv_fail(err, QV_EUNSUPPORTED, "the backend has no KV-cache attention");
+  gpt_dev_infer *d = calloc(1, sizeof *d);
+  if (!d) return qv_fail(err, QV_ENOMEM, "out of memory");
+  d->o = ops;
+  d->ctx = ctx;
+  d->cfg = m->cfg;
+  const gpt_config *c = &m->cfg;
+  size_t L = (size_t)c->n_layer, T = (size_t)c->n_ctx, C = (size_t)c->n_embd, V = (size_t)c->vocab_size;
+  size_t B = (size_t)block;
+  size_t sizes[11] = {L * T * C, L * T * C, B * C, B * C, B * C, B * C, B * 3 * C, B * 4 * C, B, B, B * V};
+  float **dst[11] = {&d->kcache, &d->vcache, &d->x, &d->h, &d->att, &d->tmp, &d->qkv, &d->fc, &d->mean, &d->rstd,
+                     &d->logits};
+  size_t total = 0;
+  for (int i = 0; i < 11; i++) total += (sizes[i] + 15) & ~(size_t)15;
+  d->w.layers = calloc(L, sizeof(gpt_layer_w));
+  d->params = ops->alloc(ctx, m->nparams * sizeof(float));
+  d->block = ops->alloc(ctx, total * sizeof(float));
+  d->ids = ops->alloc(ctx, B * sizeof(int32_t));
+  if (!d->w.layers || !d->params || !d->block || !d->ids) {
+    gpt_dev_infer_free(d);
+    return qv_fail(err, QV_ENOMEM, "the device cannot hold the model and its KV cache (%.1f MiB)",
+                   (double)(m->nparams + total) * 4 / 1048576.0);
+  }
+  float *at = d->block;
+  for (int i = 0; i < 11; i++) {
+    *dst[i] = at;
+    at += (sizes[i] + 15) & ~(size_t)15;
+  }
+  dev_point_weights(c, d->params, &d->w, d->w.layers);
+  ops->copy_in(ctx, d->params, m->params, m->nparams * sizeof(float));
+  if (infer_failed(d)) {
+    qv_status st = qv_fail(err, d->fail_st, "copying the model to the device: %s", d->fail_msg);
+    gpt_dev_infer_free(d);
+    return st;
+  }
+  *out = d;
+  return QV_OK;
+}
+
+qv_status gpt_dev_infer_feed(gpt_dev_infer *d, const int32_t *ids, int n, size_t pos, float *last,
+                             float *all_logits, qv_error *err) {
+  const gpt_config *c = &d->cfg;
+  const qv_gpt_ops *o = d->o;
+  void *x = d->ctx;
+  const int C = c->n_embd, V = c->vocab_size, H = c->n_head;
+  const size_t T = (size_t)c->n_ctx;
+  if (d->failed) return qv_fail(err, d->fail_st, "the device failed earlier: %s", d->fail_msg);
+  o->copy_in(x, d->ids, ids, (size_t)n * sizeof(int32_t));
+  o->encoder_fwd(x, d->x, d->ids, d->w.wte, d->w.wpe + pos * C, 1, n, C);
+  for (int l = 0; l < c->n_layer; l++) {
+    const gpt_layer_w *L = &d->w.layers[l];
+    float *kc = d->kcache + (size_t)l * T * C, *vc = d->vcache + (size_t)l * T * C;
+    o->layernorm_fwd(x, d->h, d->mean, d->rstd, d->x, L->ln1w, L->ln1b, n, C, c->ln_eps);
+    o->matmul_fwd(x, d->qkv, d->h, L->qkvw, L->qkvb, n, C, 3 * C);
+    o->attention_cached(x, d->att, kc, vc, d->qkv, (int)pos, n, C, H);
+    o->matmul_fwd(x, d->tmp, d->att, L->attprojw, L->attprojb, n, C, C);
+    o->add(x, d->x, d->x, d->tmp, (size_t)n * C);
+    o->layernorm_fwd(x, d->h, d->mean, d->rstd, d->x, L->ln2w, L->ln2b, n, C, c->ln_eps);
+    o->matmul_fwd(x, d->fc, d->h, L->fcw, L->fcb, n, C, 4 * C);
+    o->gelu_fwd(x, d->fc, d->fc, (size_t)n * 4 * C);
+    o->matmul_fwd(x, d->tmp, d->fc, L->fcprojw, L->fcprojb, n, 4 * C, C);
+    o->add(x, d->x, d->x, d->tmp, (size_t)n * C);
+  }
+  if (all_logits) {
+    o->layernorm_fwd(x, d->h, d->mean, d->rstd, d->x, d->w.lnfw, d->w.lnfb, n, C, c->ln_eps);
+    o->head_fwd(x, d->logits, d->h, d->w.wte, n, V, C);
+    o->copy_out(x, all_logits, d->logits, (size_t)n * V * sizeof(float));
+  } else {
+    o->layernorm_fwd(x, d->h, d->mean, d->rstd, d->x + (size_t)(n - 1) * C, d->w.lnfw, d->w.lnfb, 1, C, c->ln_eps);
+    o->head_fwd(x, d->logits, d->h, d->w.wte, 1, V, C);
+    o->copy_out(x, last, d->logits, (size_t)V * sizeof(float));
+  }
+  if (infer_failed(d)) return qv_fail(err, d->fail_st, "%s", d->fail_msg);
+  if (all_logits) memcpy(last, all_logits + (size_t)(n - 1) * V, (size_t)V * sizeof(float));
+  return QV_OK;
 }

@@ -60,4 +60,18 @@ qv_status gpt_dev_grads(gpt_dev *d, float *host, qv_error *err);
 /* QV_OK, or the first failure since the last call (invariant 1) with its reason. */
 qv_status gpt_dev_status(gpt_dev *d, qv_error *err);
 
+/* Inference with a KV cache on a backend: gpt_infer's device path (infer.h), which checks
+ * ids and lengths and falls back to the CPU. Needs the ops' attention_cached
+ * (QV_EUNSUPPORTED without it). The weights are copied once; block is the most rows one
+ * feed may take. */
+typedef struct gpt_dev_infer gpt_dev_infer;
+qv_status gpt_dev_infer_create(gpt_dev_infer **out, const qv_gpt_ops *ops, void *ctx, const gpt_model *m,
+                               int block, qv_error *err);
+void gpt_dev_infer_free(gpt_dev_infer *d);
+/* Runs ids (n <= block) at positions pos .. pos+n-1, writing their keys and values into
+ * the cache; last (V) gets the last row's logits, all_logits (n, V) every row's when not
+ * NULL. QV_EDEVICE (latched: every later call fails too) when the device failed. */
+qv_status gpt_dev_infer_feed(gpt_dev_infer *d, const int32_t *ids, int n, size_t pos, float *last,
+                             float *all_logits, qv_error *err);
+
 #endif

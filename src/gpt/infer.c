@@ -7,7 +7,10 @@
  *   2. All buffers come from one block allocated in gpt_infer_load; nothing is allocated
  *      while feeding.
  *   3. The weights are the gpt_model's (gpt_load's copy, or the caller's) and are never
- *      written here. */
+ *      written here.
+ *   4. On a device (dev set), history[0, pos) holds every id fed since the last reset, so a
+ *      device that fails is replaced by the CPU path replaying them into the CPU cache
+ *      before the feed that failed runs again there. */
 #include "gpt/infer.h"
 
 #include <cblas.h>
@@ -18,8 +21,13 @@
 #include "base/error.h"
 #include "base/mem.h"
 #include "base/pool.h"
+#include "base/log.h"
 #include "compute/backend.h"
+#include "compute/device.h"
 #include "gpt/ckpt.h"
+#include "gpt/gpt_dev.h"
+
+static qv_status cpu_create(gpt_infer **out, const gpt_model *model, qv_error *err);
 
 struct gpt_infer {
   const gpt_model *model;       /* the weights: model->w, never written (invariant 3) */
@@ -37,9 +45,49 @@ struct gpt_infer {
   size_t pos;
   qv_pool *pool;
   int workers;
+  gpt_dev_infer *dev;           /* the device path, or NULL (invariant 4) */
+  const char *dev_name;
+  int32_t *history;             /* (T) with dev */
 };
 
+/* The GPU's GPT ops when the device layer has a GPU whose backend can run inference. */
+static const qv_gpt_ops *gpu_ops(void **ctx, const char **name) {
+  const qv_backend *gpu = device_dispatch()->gpu;
+  if (!gpu || !gpu->gpt || !gpu->gpt->attention_cached) return NULL;
+  *ctx = gpu->ctx;
+  *name = gpu->name;
+  return gpu->gpt;
+}
+
 qv_status gpt_infer_create(gpt_infer **out, const gpt_model *model, qv_error *err) {
+  void *ctx = NULL;
+  const char *name = NULL;
+  const qv_gpt_ops *ops = gpu_ops(&ctx, &name);
+  return gpt_infer_create_on(out, model, ops, ctx, name, err);
+}
+
+qv_status gpt_infer_create_on(gpt_infer **out, const gpt_model *model, const qv_gpt_ops *ops, void *ctx,
+                              const char *name, qv_error *err) {
+  qv_status st = cpu_create(out, model, err);
+  if (st || !ops) return st;
+  gpt_infer *m = *out;
+  qv_error derr = {0};
+  m->history = malloc((size_t)m->cfg.n_ctx * sizeof(int32_t));
+  if (!m->history || gpt_dev_infer_create(&m->dev, ops, ctx, model, GPT_INFER_BLOCK, &derr)) {
+    /* the CPU path is whole already: the device is an accelerator, not a requirement */
+    LOG_WARN("gpt: cannot run on the %s device (%s); generating on the CPU", name ? name : "device",
+             m->history ? derr.msg : "out of memory");
+    free(m->history);
+    m->history = NULL;
+    return QV_OK;
+  }
+  m->dev_name = name ? name : "device";
+  return QV_OK;
+}
+
+const char *gpt_infer_device(const gpt_infer *m) { return m->dev ? m->dev_name : "cpu"; }
+
+static qv_status cpu_create(gpt_infer **out, const gpt_model *model, qv_error *err) {
   *out = NULL;
   gpt_infer *m = calloc(1, sizeof *m);
   if (!m) return qv_fail(err, QV_ENOMEM, "out of memory");
@@ -87,6 +135,8 @@ qv_status gpt_infer_load(gpt_infer **out, const char *dir, qv_error *err) {
 
 void gpt_infer_free(gpt_infer *m) {
   if (!m) return;
+  gpt_dev_infer_free(m->dev);
+  free(m->history);
   qv_aligned_free(m->block);
   gpt_free(m->owned);
   free(m);
@@ -228,6 +278,42 @@ static void forward_block(gpt_infer *m, const int32_t *ids, int n, float *all_lo
   }
 }
 
+/* Feeds ids on the CPU path in blocks (the caller checked them). */
+static void cpu_feed(gpt_infer *m, const int32_t *ids, size_t n, float *all_logits, int want_last) {
+  const gpt_config *c = &m->cfg;
+  for (size_t done = 0; done < n;) {
+    int b = n - done < GPT_INFER_BLOCK ? (int)(n - done) : GPT_INFER_BLOCK;
+    forward_block(m, ids + done, b, all_logits ? all_logits + done * (size_t)c->vocab_size : NULL,
+                  want_last && done + (size_t)b == n);
+    m->pos += (size_t)b;
+    done += (size_t)b;
+  }
+}
+
+/* The device path; on a failure the CPU takes over (invariant 4). */
+static void dev_feed(gpt_infer *m, const int32_t *ids, size_t n, float *all_logits) {
+  const gpt_config *c = &m->cfg;
+  size_t pos0 = m->pos;
+  qv_error derr = {0};
+  for (size_t done = 0; done < n;) {
+    int b = n - done < GPT_INFER_BLOCK ? (int)(n - done) : GPT_INFER_BLOCK;
+    if (gpt_dev_infer_feed(m->dev, ids + done, b, m->pos, m->logits,
+                           all_logits ? all_logits + done * (size_t)c->vocab_size : NULL, &derr)) {
+      LOG_WARN("gpt: the %s device failed (%s); continuing on the CPU", m->dev_name, derr.msg);
+      gpt_dev_infer_free(m->dev);
+      m->dev = NULL;
+      /* rebuild the CPU cache from the history, then run this feed there */
+      m->pos = 0;
+      if (pos0) cpu_feed(m, m->history, pos0, NULL, 0);
+      cpu_feed(m, ids, n, all_logits, 1);
+      return;
+    }
+    memcpy(m->history + m->pos, ids + done, (size_t)b * sizeof(int32_t));
+    m->pos += (size_t)b;
+    done += (size_t)b;
+  }
+}
+
 qv_status gpt_infer_feed(gpt_infer *m, const int32_t *ids, size_t n, float *all_logits, qv_error *err) {
   const gpt_config *c = &m->cfg;
   if (n == 0) return qv_fail(err, QV_EINVAL, "no tokens to feed");
@@ -238,12 +324,7 @@ qv_status gpt_infer_feed(gpt_infer *m, const int32_t *ids, size_t n, float *all_
     if (ids[i] < 0 || ids[i] >= c->vocab_size)
       return qv_fail(err, QV_ERANGE, "token id %d is outside the vocabulary (%d)", (int)ids[i],
                      c->vocab_size);
-  for (size_t done = 0; done < n;) {
-    int b = n - done < GPT_INFER_BLOCK ? (int)(n - done) : GPT_INFER_BLOCK;
-    forward_block(m, ids + done, b, all_logits ? all_logits + done * (size_t)c->vocab_size : NULL,
-                  done + (size_t)b == n);
-    m->pos += (size_t)b;
-    done += (size_t)b;
-  }
+  if (m->dev) dev_feed(m, ids, n, all_logits);
+  else cpu_feed(m, ids, n, all_logits, 1);
   return QV_OK;
 }

@@ -16,6 +16,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "compute/gpt_ops.h"
 #include "gpt/gpt.h"
 #include "quiver.h"
 
@@ -30,8 +31,17 @@ typedef struct gpt_infer gpt_infer;
  * activation) and owns the model. */
 qv_status gpt_infer_load(gpt_infer **out, const char *dir, qv_error *err);
 /* Runs on a model the caller keeps (it must outlive the handle and not change while
- * feeding). */
+ * feeding). Where the device layer has a GPU whose backend has the GPT ops with KV-cache
+ * attention (compute/gpt_ops.h), feeding runs there (the weights copied once); a device
+ * that cannot take the model, or fails later, hands the work to the CPU, which replays
+ * the ids fed so far into its own cache, so callers see the same results either way. */
 qv_status gpt_infer_create(gpt_infer **out, const gpt_model *model, qv_error *err);
+/* gpt_infer_create on the given ops (NULL: the CPU only); name is the device's, for the
+ * logs and gpt_infer_device. For tests and benchmarks. */
+qv_status gpt_infer_create_on(gpt_infer **out, const gpt_model *model, const qv_gpt_ops *ops, void *ctx,
+                              const char *name, qv_error *err);
+/* Where feeding runs now: "cpu" or the device's name. */
+const char *gpt_infer_device(const gpt_infer *m);
 void gpt_infer_free(gpt_infer *m);
 
 const gpt_config *gpt_infer_config_of(const gpt_infer *m);

@@ -9,7 +9,9 @@
  *   sumsq (double):                          1e-9 relative
  * then whole training steps of a small GPT-2 (gpt_dev.h) on both: losses and parameters
  * after 3 steps within 1e-3 relative; and two runs on the device give the same bits
- * (the device's reductions have a fixed order). With --self the "device" is the twin
+ * (the device's reductions have a fixed order). Then generation: KV-cache attention op by
+ * op (the caches exact), and gpt_infer on the device against the CPU path (prompt and
+ * decode logits within 1e-4). With --self the "device" is the twin
  * itself (ctest runs that): the harness's own logic checked on machines without a GPU.
  * Exit status 0 when every comparison holds, 2 when no GPU with the ops is there. */
 #include <math.h>
@@ -22,6 +24,7 @@
 #include "compute/device.h"
 #include "gpt/gpt.h"
 #include "gpt/gpt_dev.h"
+#include "gpt/infer.h"
 #include "harness.h"
 
 typedef struct side {
@@ -207,6 +210,81 @@ static void test_attention(void) {
   }
 }
 
+/* KV-cache attention: a 70-row prefill, then single rows, the caches compared too. */
+static void test_attention_cached(void) {
+  if (!dev.o->attention_cached) {
+    checks++, failures++;
+    printf("FAIL the device has no attention_cached (generation would stay on the CPU)\n");
+    return;
+  }
+  int T = 96, C = 64, H = 4;
+  float *kd, *kt, *vd, *vt, *qd, *qt, *od, *ot;
+  both(&kd, &kt, (size_t)T * C, 0);
+  both(&vd, &vt, (size_t)T * C, 0);
+  both(&qd, &qt, (size_t)70 * 3 * C, 1);
+  both(&od, &ot, (size_t)70 * C, 0);
+  int steps[][2] = {{0, 70}, {70, 1}, {71, 1}, {72, 24}}; /* pos, n */
+  for (size_t i = 0; i < sizeof steps / sizeof *steps; i++) {
+    int pos = steps[i][0], n = steps[i][1];
+    float *h = rand_vec((size_t)n * 3 * C, 1);
+    dev.o->copy_in(dev.x, qd, h, (size_t)n * 3 * C * sizeof(float));
+    twin.o->copy_in(twin.x, qt, h, (size_t)n * 3 * C * sizeof(float));
+    qv_aligned_free(h);
+    dev.o->attention_cached(dev.x, od, kd, vd, qd, pos, n, C, H);
+    twin.o->attention_cached(twin.x, ot, kt, vt, qt, pos, n, C, H);
+    char what[96];
+    snprintf(what, sizeof what, "attention over the KV cache pos=%d n=%d", pos, n);
+    check(what, od, ot, (size_t)n * C, 1e-4);
+  }
+  check("KV cache keys", kd, kt, (size_t)T * C, 0);
+  check("KV cache values", vd, vt, (size_t)T * C, 0);
+  freeboth(kd, kt), freeboth(vd, vt), freeboth(qd, qt), freeboth(od, ot);
+}
+
+/* gpt_infer on the device against the CPU path: a 100-token prompt (two blocks), every
+ * row's logits, then 20 tokens one at a time. */
+static void test_generation(void) {
+  gpt_config c = {.n_layer = 2, .n_head = 4, .n_embd = 64, .n_ctx = 128, .vocab_size = 300, .ln_eps = 1e-5f};
+  gpt_model *m = NULL;
+  qv_error err = {0};
+  if (gpt_create(&m, &c, &err)) exit(2);
+  gpt_init(m, 8);
+  gpt_infer *gd = NULL, *gc = NULL;
+  if (gpt_infer_create_on(&gd, m, dev.o, dev.x, "device", &err) || gpt_infer_create_on(&gc, m, NULL, NULL, NULL, &err))
+    exit(2);
+  checks++;
+  if (strcmp(gpt_infer_device(gd), "device")) {
+    failures++;
+    printf("FAIL generation did not take the device: %s\n", gpt_infer_device(gd));
+  }
+  int32_t ids[100];
+  for (int i = 0; i < 100; i++) ids[i] = (i * 31 + 7) % 300;
+  float *ld = rand_vec(100 * 300, 0), *lc = rand_vec(100 * 300, 0);
+  if (gpt_infer_feed(gd, ids, 100, ld, &err) || gpt_infer_feed(gc, ids, 100, lc, &err)) exit(1);
+  compare("generation: prompt logits (100 rows)", ld, lc, 100 * 300, 1e-4);
+  float worst[20], zero[20] = {0};
+  for (int i = 0; i < 20; i++) {
+    int32_t id = (i * 17 + 3) % 300;
+    if (gpt_infer_feed(gd, &id, 1, NULL, &err) || gpt_infer_feed(gc, &id, 1, NULL, &err)) exit(1);
+    const float *a = gpt_infer_logits(gd), *b = gpt_infer_logits(gc);
+    worst[i] = 0;
+    for (int v = 0; v < 300; v++) {
+      float d = fabsf(a[v] - b[v]) / (1 + fabsf(b[v]));
+      if (d > worst[i]) worst[i] = d;
+    }
+  }
+  compare("generation: 20 decode steps' worst logit error", worst, zero, 20, 1e-4);
+  checks++;
+  if (strcmp(gpt_infer_device(gd), "device")) {
+    failures++;
+    printf("FAIL generation fell back to the CPU\n");
+  }
+  qv_aligned_free(ld), qv_aligned_free(lc);
+  gpt_infer_free(gd);
+  gpt_infer_free(gc);
+  gpt_free(m);
+}
+
 static void test_pointwise(void) {
   size_t n = 100003;
   float *x_d, *x_t, *y_d, *y_t, *d_d, *d_t, *g_d, *g_t;
@@ -358,6 +436,8 @@ int main(int argc, char **argv) {
   test_pointwise();
   test_crossentropy();
   test_training_steps();
+  test_attention_cached();
+  test_generation();
   char msg[256];
   qv_status st = dev.o->status(dev.x, msg, sizeof msg);
   checks++;

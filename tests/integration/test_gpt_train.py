@@ -220,6 +220,16 @@ def test_gpu_setting_decides_where_training_runs(corpus, tmp_path):
         assert "gpt train" in err and "GPU" in err, err
         assert not (tmp_path / "on").exists()
     assert "auto, on or off" in fail(*args, "--out", tmp_path / "x", "--gpu", "maybe")
+    # generation follows the same setting
+    gen = ["gpt", "generate", "--model", tmp_path / "off" / "step-000002", "--prompt", "The path",
+           "--max-tokens", "4", "--temperature", "0", "--stats"]
+    cpu = run(*gen, "--gpu", "off")
+    assert json.loads(cpu.stderr.strip().splitlines()[-1])["device"] == "cpu"
+    if info["backend"] == "cuda":
+        on = run(*gen, "--gpu", "on")
+        assert json.loads(on.stderr.strip().splitlines()[-1])["device"] == "cuda"
+    else:
+        assert "GPU" in fail(*gen, "--gpu", "on")
 
 
 def test_generate_loads_a_trained_checkpoint(base_run):

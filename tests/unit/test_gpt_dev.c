@@ -12,6 +12,7 @@
 #include "gpt/gpt.h"
 #include "gpt/ckpt.h"
 #include "gpt/gpt_dev.h"
+#include "gpt/infer.h"
 #include "gpt/train.h"
 #include "gpt/kernels.h"
 #include "test.h"
@@ -307,5 +308,74 @@ TEST(training_on_a_device_and_falling_back_to_the_cpu) {
   ASSERT_EQ(system(cmd), 0);
 }
 
+/* ---- gpt_infer on a device ---- */
+
+/* Feeds a 70-token prompt (two blocks) with every row's logits, then 12 tokens one by one,
+ * into a and b, comparing logits after each feed; the device of b fails at the status
+ * check numbered fail_at (0: never). */
+static void feed_both(gpt_infer *a, gpt_infer *b, double tol) {
+  const gpt_config *c = gpt_infer_config_of(a);
+  size_t V = (size_t)c->vocab_size;
+  int32_t prompt[70];
+  for (int i = 0; i < 70; i++) prompt[i] = (int32_t)((i * 37 + 11) % c->vocab_size);
+  float *la = malloc(70 * V * sizeof(float)), *lb = malloc(70 * V * sizeof(float));
+  ASSERT(la && lb);
+  qv_error err = {0};
+  ASSERT_OK(gpt_infer_feed(a, prompt, 70, la, &err));
+  ASSERT_OK(gpt_infer_feed(b, prompt, 70, lb, &err));
+  if (rel_diff(lb, la, 70 * V) > tol) TEST_FAIL_("prompt logits differ by %g", rel_diff(lb, la, 70 * V));
+  ASSERT(rel_diff(gpt_infer_logits(b), gpt_infer_logits(a), V) <= tol);
+  for (int i = 0; i < 12; i++) {
+    int32_t id = (int32_t)((i * 101 + 5) % c->vocab_size);
+    ASSERT_OK(gpt_infer_feed(a, &id, 1, NULL, &err));
+    ASSERT_OK(gpt_infer_feed(b, &id, 1, NULL, &err));
+    double d = rel_diff(gpt_infer_logits(b), gpt_infer_logits(a), V);
+    if (d > tol) TEST_FAIL_("token %d: logits differ by %g", i, d);
+  }
+  ASSERT_EQ(gpt_infer_pos(a), gpt_infer_pos(b));
+  free(la);
+  free(lb);
+}
+
+TEST(inference_on_a_device_matches_the_cpu_and_falls_back) {
+  gpt_config c = {.n_layer = 2, .n_head = 4, .n_embd = 32, .n_ctx = 96, .vocab_size = 83, .ln_eps = 1e-5f};
+  gpt_model *m = NULL;
+  qv_error err = {0};
+  ASSERT_OK(gpt_create(&m, &c, &err));
+  gpt_init(m, 9);
+  gpt_infer *cpu = NULL, *dev = NULL;
+  ASSERT_OK(gpt_infer_create_on(&cpu, m, NULL, NULL, NULL, &err));
+  ASSERT_OK(gpt_infer_create_on(&dev, m, gpt_ops_cpu(), NULL, "twin", &err));
+  ASSERT(!strcmp(gpt_infer_device(cpu), "cpu") && !strcmp(gpt_infer_device(dev), "twin"));
+  /* the twin's GEMMs are not the CPU path's OpenBLAS calls: rounding differs */
+  feed_both(cpu, dev, 1e-4);
+  ASSERT(!strcmp(gpt_infer_device(dev), "twin"));
+  gpt_infer_reset(cpu);
+  gpt_infer_reset(dev);
+  feed_both(cpu, dev, 1e-4); /* after a reset the cache fills from position 0 again */
+  gpt_infer_free(dev);
+  /* a device that fails in the middle of the single-token feeds: the CPU replays the
+   * history and the logits go on matching */
+  failing = *gpt_ops_cpu();
+  failing.status = failing_status;
+  failing.adamw = counting_adamw;
+  fail_at_adamw = 0;
+  checks_left = 2 + 5; /* the copy at creation, the prompt's two blocks, then 4 tokens */
+  gpt_infer_reset(cpu);
+  ASSERT_OK(gpt_infer_create_on(&dev, m, &failing, NULL, "failing", &err));
+  feed_both(cpu, dev, 1e-4);
+  ASSERT(!strcmp(gpt_infer_device(dev), "cpu"));
+  gpt_infer_free(dev);
+  /* a backend without KV-cache attention: generation stays on the CPU */
+  failing = *gpt_ops_cpu();
+  failing.attention_cached = NULL;
+  ASSERT_OK(gpt_infer_create_on(&dev, m, &failing, NULL, "trainonly", &err));
+  ASSERT(!strcmp(gpt_infer_device(dev), "cpu"));
+  gpt_infer_free(dev);
+  gpt_infer_free(cpu);
+  gpt_free(m);
+}
+
 TEST_MAIN(T(driver_on_cpu_twin_matches_cpu_training), T(driver_rejects_bad_input),
-          T(device_failure_is_latched_and_leaves_the_host_copy), T(training_on_a_device_and_falling_back_to_the_cpu))
+          T(device_failure_is_latched_and_leaves_the_host_copy), T(training_on_a_device_and_falling_back_to_the_cpu),
+          T(inference_on_a_device_matches_the_cpu_and_falls_back))
