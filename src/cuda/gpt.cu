@@ -28,6 +28,9 @@
  *   crossentropy_fwd: one block per row; every thread reads the target's logit before the
  *     first barrier, and the row is written only after it (probs may alias logits).
  *   sumsq: a fixed grid of partial sums in double, then one block adds them in order.
+ *   attention_cached (inference): one kernel stores the rows' keys and values in the caches,
+ *     then one block per (row, head) takes its scores over cache rows [0, pos + r] in shared
+ *     memory, their softmax, and the weighted sum of values.
  *   status: reports and clears c->err and c->err_msg (as cu_status does).
  *
  * Invariants:
@@ -619,6 +622,71 @@ done:
   GPT_UNLOCK(c);
 }
 
+/* ---- attention over a KV cache (inference) ---------------------------------------------- */
+
+/* Rows pos .. pos+n-1 of kcache and vcache (n_ctx, C) = the k and v parts of qkv (n, 3C). */
+__global__ void kv_store_kernel(float *kcache, float *vcache, const float *qkv, int pos, int C, size_t n /* n C */) {
+  FOR_EACH(i, n) {
+    size_t r = i / (size_t)C, c = i % (size_t)C, dst = ((size_t)pos + r) * C + c;
+    kcache[dst] = qkv[r * 3 * C + C + c];
+    vcache[dst] = qkv[r * 3 * C + 2 * (size_t)C + c];
+  }
+}
+
+/* One block per (row r, head h): out[r, h] = softmax(q k^T * scale) v over cache rows
+ * [0, pos + r]. Shared: L = pos + r + 1 scores, then hs of q. */
+__global__ void kv_attention_kernel(float *out /* (n, C) */, const float *kcache, const float *vcache,
+                                    const float *qkv /* (n, 3C) */, int pos, int C, int H) {
+  extern __shared__ float kv_sh[];
+  __shared__ float red[32];
+  int r = blockIdx.x, h = blockIdx.y, hs = C / H, L = pos + r + 1;
+  float *sc = kv_sh, *q = kv_sh + L;
+  for (int d = threadIdx.x; d < hs; d += blockDim.x) q[d] = qkv[(size_t)r * 3 * C + (size_t)h * hs + d];
+  __syncthreads();
+  float scale = 1.0f / sqrtf((float)hs), mx = -INFINITY;
+  for (int t = threadIdx.x; t < L; t += blockDim.x) {
+    const float *k = kcache + (size_t)t * C + (size_t)h * hs;
+    float a = 0;
+    for (int d = 0; d < hs; d++) a += q[d] * k[d];
+    sc[t] = a * scale;
+    mx = fmaxf(mx, sc[t]);
+  }
+  mx = gpt_block_max(mx, red);
+  float s = 0;
+  for (int t = threadIdx.x; t < L; t += blockDim.x) {
+    float e = expf(sc[t] - mx);
+    sc[t] = e;
+    s += e;
+  }
+  float sum = gpt_block_sum(s, red); /* its barriers also publish sc to every thread */
+  float *o = out + (size_t)r * C + (size_t)h * hs;
+  for (int d = threadIdx.x; d < hs; d += blockDim.x) {
+    float a = 0;
+    for (int t = 0; t < L; t++) a += sc[t] * vcache[(size_t)t * C + (size_t)h * hs + d];
+    o[d] = a / sum;
+  }
+}
+
+static void gpt_attention_cached(void *ctx, float *out, float *kcache, float *vcache, const float *qkv, int pos,
+                                 int n, int C, int H) {
+  GPT_LOCK(c);
+  {
+    if (n <= 0 || pos < 0 || C <= 0 || H <= 0 || C % H || H > 65535) goto done;
+    size_t nc = (size_t)n * C;
+    kv_store_kernel<<<grid_for(nc, GPT_THREADS), GPT_THREADS, 0, c->stream>>>(kcache, vcache, qkv, pos, C, nc);
+    if (cu_check(c, cudaGetLastError(), "gpt attention_cached store")) goto done;
+    size_t shm = ((size_t)pos + n + (size_t)(C / H)) * sizeof(float);
+    if (shm > 48 * 1024 &&
+        cu_check(c, cudaFuncSetAttribute(kv_attention_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)shm),
+                 "gpt attention_cached smem"))
+      goto done;
+    kv_attention_kernel<<<dim3((unsigned)n, (unsigned)H), 128, shm, c->stream>>>(out, kcache, vcache, qkv, pos, C, H);
+    cu_check(c, cudaGetLastError(), "gpt attention_cached");
+  }
+done:
+  GPT_UNLOCK(c);
+}
+
 /* ---- elementwise ---------------------------------------------------------------------- */
 
 /* The body of an elementwise op: kernel over n elements with the arguments given. */
@@ -843,5 +911,5 @@ const qv_gpt_ops cu_gpt_ops = {
     gpt_encoder_fwd, gpt_encoder_bwd,      gpt_layernorm_fwd, gpt_layernorm_bwd, gpt_matmul_fwd,
     gpt_matmul_bwd,  gpt_head_fwd,         gpt_head_bwd,      gpt_attention_fwd, gpt_attention_bwd,
     gpt_gelu_fwd,    gpt_gelu_bwd,         gpt_add,           gpt_crossentropy_fwd, gpt_crossentropy_bwd,
-    gpt_sumsq,       gpt_scale,            gpt_adamw,         gpt_status,
+    gpt_sumsq,       gpt_scale,            gpt_adamw,         gpt_status,        gpt_attention_cached,
 };
