@@ -1,9 +1,12 @@
 /* The GPT training ops (compute/gpt_ops.h) on the device: the CUDA twin of gpt_ops_cpu()
  * (src/gpt/gpt_dev.c over the kernels of src/gpt/gpt.c), which defines their semantics.
  *
- * COMPILE-TESTED ONLY: no GPU was lent while this file was written, so nothing here has run.
- * Whoever first has a GPU runs `make gpu-test` (tests/gpu/test_gpu_gpt.c compares every op
- * and whole steps against the CPU) before trusting a device training run.
+ * NEVER RUN ON A GPU: none was lent while this file was written. It compiles (nvcc, sm_80 and
+ * sm_90); its kernels were run only on a throwaway CPU emulation (one host thread per CUDA
+ * thread, barriers for __syncthreads and the shuffles) against src/gpt's kernels, and its
+ * cuBLAS argument lists against a column-major GEMM emulation. Whoever first has a GPU runs
+ * `make gpu-test` (tests/gpu/test_gpu_gpt.c compares every op, whole training steps and
+ * generation against the CPU) before trusting a device run.
  *
  * What each op does on the device (all on c->stream, under c->mu):
  *   alloc / release / zero / copy_in / copy_out: cudaMalloc + memset, cudaFree after a stream
@@ -183,7 +186,7 @@ __global__ void enc_fwd_kernel(float *out /* (B, T, C) */, const int32_t *inp /*
 
 /* For each row n of inp (N): next[n] = the next row with the same token (-1: none), and
  * head[n] = 1 when no earlier row has it. Ids are compared a tile at a time from shared
- * memory: O(N^2) compares, a few million for a batch of 8192 rows. */
+ * memory: O(N^2) compares, 67 million for a batch of 8192 rows, spread over N threads. */
 __global__ void enc_links_kernel(int32_t *next /* (N) */, int32_t *head /* (N) */, const int32_t *inp, int N) {
   __shared__ int32_t tile[GPT_THREADS];
   int n = blockIdx.x * blockDim.x + threadIdx.x;
