@@ -59,7 +59,7 @@ if(NOT QUIVER_CUDA STREQUAL "OFF")
       add_custom_command(OUTPUT ${obj}
         COMMAND ${CMAKE_COMMAND} -E make_directory ${CMAKE_BINARY_DIR}/cuda
         COMMAND ${QUIVER_NVCC} ${QUIVER_CUDA_FLAGS} -c ${cu} -o ${obj}
-        DEPENDS ${cu} ${QUIVER_CUDA_HEADERS} src/compute/backend.h src/compute/plugin.h include/quiver.h
+        DEPENDS ${cu} ${QUIVER_CUDA_HEADERS} src/compute/backend.h src/compute/gpt_ops.h src/compute/plugin.h include/quiver.h
         COMMENT "nvcc ${stem}.cu" VERBATIM)
       list(APPEND QUIVER_CUDA_OBJECTS ${obj})
     endforeach()

@@ -12,7 +12,9 @@
  * Invariants:
  *   1. After any op failed, every later call returns at once and gpt_dev_status reports the
  *      failure: the host copy (the last gpt_dev_download) is the state to fall back to.
- *   2. Nothing allocates after gpt_dev_create. */
+ *   2. Nothing allocates host memory after gpt_dev_create. A device backend may grow its
+ *      own scratch on an op's first use (the CUDA plugin's attention takes 7 B T C floats);
+ *      a failed allocation there is a device failure like any other (invariant 1). */
 #ifndef QV_GPT_GPT_DEV_H
 #define QV_GPT_GPT_DEV_H
 
