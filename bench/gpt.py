@@ -12,8 +12,14 @@ of steps on both sides (Quiver runs one more, untimed: its last step also valida
 checkpoint). Speed does not depend on the seed. The two sides alternate over --rounds rounds; the
 ratio reported is the median of the rounds' ratios, and every round is printed.
 
+With --gpu both sides train on the GPU (quiver --gpu on, PyTorch on cuda in FP32 with TF32
+off, as quiver's cuBLAS GEMMs), and MFU is against the FP32 matmul peak PyTorch measures on
+that GPU; without it quiver runs with --gpu off, so a CPU figure stays a CPU figure on a
+machine that has a GPU.
+
   bench/gpt.sh                                            # 4 layers x 4 heads x 128 wide, ctx 128
   bench/gpt.sh --layers 2 --heads 2 --width 64 --ctx 64 --vocab 512 --steps 6   # smoke
+  bench/gpt.sh --gpu --layers 12 --heads 12 --width 768 --ctx 1024 --vocab 50257 --batch 8   # GPT-2 124M on a GPU
 """
 import argparse
 import glob
@@ -47,7 +53,7 @@ def corpus(d, limit=600_000):
 
 
 def model_args(a):
-    return ["--layers", a.layers, "--heads", a.heads, "--width", a.width, "--context", a.ctx,
+    return ["--gpu", "on" if a.gpu else "off", "--layers", a.layers, "--heads", a.heads, "--width", a.width, "--context", a.ctx,
             "--batch", a.batch, "--lr", "6e-4", "--warmup", "2", "--weight-decay", "0.1", "--clip", "1.0",
             "--eval-every", "0", "--seed", a.seed]
 
@@ -83,6 +89,10 @@ def run_torch(a, vocab, threads):
     import torch.nn.functional as F
 
     torch.set_num_threads(threads)
+    dev = torch.device("cuda" if a.gpu else "cpu")
+    if a.gpu:
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
     torch.manual_seed(a.seed)
     C, H, T, L = a.width, a.heads, a.ctx, a.layers
 
@@ -113,13 +123,13 @@ def run_torch(a, vocab, threads):
             self.ln_f = nn.LayerNorm(C, eps=1e-5)
 
         def forward(self, idx, targets):
-            x = self.wte(idx) + self.wpe(torch.arange(idx.shape[1]))
+            x = self.wte(idx) + self.wpe(torch.arange(idx.shape[1], device=idx.device))
             for b in self.h:
                 x = b(x)
             logits = self.ln_f(x) @ self.wte.weight.T  # tied LM head
             return F.cross_entropy(logits.view(-1, vocab), targets.view(-1))
 
-    m = GPT()
+    m = GPT().to(dev)
     for mod in m.modules():  # GPT-2's initialisation, as quiver's gpt_init
         if isinstance(mod, (nn.Linear, nn.Embedding)):
             nn.init.normal_(mod.weight, 0.0, 0.02)
@@ -130,10 +140,10 @@ def run_torch(a, vocab, threads):
     other = [p for p in m.parameters() if p.dim() < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": other, "weight_decay": 0.0}],
                             lr=6e-4, betas=(0.9, 0.95), eps=1e-8, foreach=True)
-    data = torch.randint(0, vocab, (200_000,))
+    data = torch.randint(0, vocab, (200_000,), device=dev)
 
     def step():
-        ix = torch.randint(0, len(data) - T - 1, (a.batch,))
+        ix = torch.randint(0, len(data) - T - 1, (a.batch,)).tolist()
         x = torch.stack([data[i:i + T] for i in ix])
         y = torch.stack([data[i + 1:i + 1 + T] for i in ix])
         loss = m(x, y)
@@ -145,14 +155,34 @@ def run_torch(a, vocab, threads):
 
     for _ in range(a.warmup_steps):
         step()
+    if a.gpu:
+        torch.cuda.synchronize()
     t0 = time.perf_counter()
     for _ in range(a.steps):
-        loss = step()
+        loss = step()  # .item() waits for the step on a GPU
     dt = time.perf_counter() - t0
     return a.steps * a.batch * T / dt, loss, nparams, torch.__version__
 
 
+def gpu_fp32_peak():
+    """FP32 (no TF32) matmul FLOP/s PyTorch reaches on this GPU: the best of 5 8192^3 products."""
+    import torch
+    torch.backends.cuda.matmul.allow_tf32 = False
+    x = torch.randn(8192, 8192, device="cuda")
+    y = torch.randn(8192, 8192, device="cuda")
+    best = 0.0
+    for _ in range(5):
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        x @ y
+        torch.cuda.synchronize()
+        best = max(best, 2 * 8192 ** 3 / (time.perf_counter() - t0))
+    return best
+
+
 def sgemm_peak(a, threads):
+    if a.gpu:
+        return gpu_fp32_peak()
     p = subprocess.run([a.quiver, "bench", "sgemm", "--threads", str(threads)], capture_output=True, text=True)
     if p.returncode != 0:
         return None
@@ -176,6 +206,7 @@ def main():
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--rounds", type=int, default=3, help="alternating quiver / PyTorch rounds")
+    ap.add_argument("--gpu", action="store_true", help="both sides on the GPU (quiver --gpu on, torch cuda)")
     a = ap.parse_args()
     env = dict(os.environ, QUIVER_THREADS=str(a.threads), OPENBLAS_NUM_THREADS="1")
     # Rounds alternate the two sides, and the ratio is the median of the rounds' ratios: this VM's
@@ -199,7 +230,8 @@ def main():
     out = {
         "bench": "gpt_train",
         "config": {"layers": a.layers, "heads": a.heads, "width": a.width, "ctx": a.ctx, "vocab": vocab,
-                   "batch": a.batch, "params": nparams, "steps_timed": a.steps, "threads": a.threads},
+                   "batch": a.batch, "params": nparams, "steps_timed": a.steps, "threads": a.threads,
+                   "device": "gpu" if a.gpu else "cpu"},
         "torch": tv,
         "quiver_tokens_per_s": round(q_tps, 1),
         "torch_tokens_per_s": round(t_tps, 1),
@@ -208,7 +240,7 @@ def main():
                    for q, t in zip(q_runs, t_runs)],
         "quiver_last_loss": q_loss,
         "torch_last_loss": t_loss,
-        "sgemm_peak_gflops": round(peak / 1e9, 1) if peak else None,
+        ("gpu_fp32_peak_gflops" if a.gpu else "sgemm_peak_gflops"): round(peak / 1e9, 1) if peak else None,
         "quiver_mfu": round(flops * q_tps / peak, 4) if peak else None,
         "torch_mfu": round(flops * t_tps / peak, 4) if peak else None,
     }

@@ -9,7 +9,11 @@ The model is a random GPT-2 of the requested shape (GPT-2 124M by default: 12 la
 arithmetic as trained ones. The prompt is Node.js documentation text (Debian's nodejs-doc),
 tokenized by a byte-level BPE trained on it with Hugging Face `tokenizers`.
 
+With --gpu both sides run on the GPU (quiver --gpu on; PyTorch on cuda, FP32 without TF32);
+without it quiver runs with --gpu off.
+
   bench/gpt_gen.sh                              # GPT-2 124M shape, all cores
+  bench/gpt_gen.sh --gpu                        # the same on a GPU
   bench/gpt_gen.sh --layers 2 --heads 2 --width 64 --ctx 128 --vocab 512 --new-tokens 32  # smoke
 """
 import argparse
@@ -77,7 +81,7 @@ def write_model(d, a):
 def run_quiver(a, d, prompt, trace=None):
     env = dict(os.environ, QUIVER_THREADS=str(a.threads))
     cmd = [a.quiver, "gpt", "generate", "--model", d, "--prompt", prompt, "--max-tokens", str(a.new_tokens),
-           "--temperature", "0", "--stats"]
+           "--temperature", "0", "--stats", "--gpu", "on" if a.gpu else "off"]
     if trace:
         cmd += ["--trace", trace]
     p = subprocess.run(cmd, capture_output=True, env=env, timeout=3600)
@@ -91,19 +95,26 @@ def run_torch(a, d, ids):
     from transformers import GPT2LMHeadModel
 
     torch.set_num_threads(a.threads)
-    model = GPT2LMHeadModel.from_pretrained(d, torch_dtype=torch.float32).eval()
-    x = torch.tensor([ids])
+    dev = torch.device("cuda" if a.gpu else "cpu")
+    if a.gpu:
+        torch.backends.cuda.matmul.allow_tf32 = False
+    model = GPT2LMHeadModel.from_pretrained(d, torch_dtype=torch.float32).eval().to(dev)
+    x = torch.tensor([ids], device=dev)
+    sync = torch.cuda.synchronize if a.gpu else (lambda: None)
     with torch.inference_mode():
+        sync()
         t0 = time.perf_counter()
         out = model(x, use_cache=True)
+        sync()
         t1 = time.perf_counter()
-        logits = out.logits[0].numpy().copy()
+        logits = out.logits[0].cpu().numpy().copy()
         past = out.past_key_values
         nxt = out.logits[0, -1].argmax().view(1, 1)
         for _ in range(a.new_tokens - 1):
             out = model(nxt, past_key_values=past, use_cache=True)
             past = out.past_key_values
             nxt = out.logits[0, -1].argmax().view(1, 1)
+        sync()
         t2 = time.perf_counter()
     return {"prefill_s": t1 - t0, "decode_s": t2 - t1,
             "decode_tokens_per_s": (a.new_tokens - 1) / (t2 - t1), "logits": logits}
@@ -129,6 +140,7 @@ def main():
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--repeat", type=int, default=3, help="runs per side; the median is reported")
     ap.add_argument("--json", help="also write the results here")
+    ap.add_argument("--gpu", action="store_true", help="both sides on the GPU (quiver --gpu on, torch cuda, FP32)")
     a = ap.parse_args()
     assert a.prompt_tokens + a.new_tokens <= a.ctx, "prompt + new tokens must fit the context"
 
@@ -149,7 +161,8 @@ def main():
     flops = sum(decode_flops(a, n + i) for i in range(1, a.new_tokens)) / (a.new_tokens - 1)
     res = {
         "config": {"layers": a.layers, "heads": a.heads, "width": a.width, "ctx": a.ctx, "vocab": a.vocab,
-                   "prompt_tokens": n, "new_tokens": a.new_tokens, "threads": a.threads},
+                   "prompt_tokens": n, "new_tokens": a.new_tokens, "threads": a.threads,
+                   "device": "gpu" if a.gpu else "cpu"},
         "quiver": {"prefill_tokens_per_s": n / med(qs, "prefill_s"), "decode_tokens_per_s": q_dec,
                    "decode_gflops": q_dec * flops / 1e9},
         "pytorch": {"prefill_tokens_per_s": n / med(ts, "prefill_s"), "decode_tokens_per_s": t_dec,
