@@ -283,6 +283,21 @@ static float *take(float **cur, size_t n) {
   return p;
 }
 
+qv_status gpt_moments_alloc(gpt_model *m, qv_error *err) {
+  if (m->m && m->v) return QV_OK;
+  float *mm = qv_aligned_alloc(m->nparams * sizeof(float)), *vv = qv_aligned_alloc(m->nparams * sizeof(float));
+  if (!mm || !vv) {
+    qv_aligned_free(mm);
+    qv_aligned_free(vv);
+    return qv_fail(err, QV_ENOMEM, "out of memory for the optimizer state (%zu floats)", 2 * m->nparams);
+  }
+  memset(mm, 0, m->nparams * sizeof(float));
+  memset(vv, 0, m->nparams * sizeof(float));
+  m->m = mm;
+  m->v = vv;
+  return QV_OK;
+}
+
 qv_status gpt_train_alloc(gpt_model *m, int B, int T, qv_error *err) {
   const gpt_config *c = &m->cfg;
   if (B <= 0 || T <= 0 || T > c->n_ctx)
@@ -310,15 +325,11 @@ qv_status gpt_train_alloc(gpt_model *m, int B, int T, qv_error *err) {
   a->inputs = malloc(BT * sizeof(int32_t));
   a->targets = malloc(BT * sizeof(int32_t));
   m->grads = qv_aligned_alloc(m->nparams * sizeof(float));
-  m->m = qv_aligned_alloc(m->nparams * sizeof(float));
-  m->v = qv_aligned_alloc(m->nparams * sizeof(float));
   m->acts = a;
-  if (!a->block || !a->gblock || !a->inputs || !a->targets || !m->grads || !m->m || !m->v) {
+  if (!a->block || !a->gblock || !a->inputs || !a->targets || !m->grads || gpt_moments_alloc(m, NULL)) {
     size_t total = asize + gsize + 3 * m->nparams;
     qv_aligned_free(m->grads);
-    qv_aligned_free(m->m);
-    qv_aligned_free(m->v);
-    m->grads = m->m = m->v = NULL;
+    m->grads = NULL;
     qv_aligned_free(a->block);
     qv_aligned_free(a->gblock);
     free(a->inputs);
@@ -329,8 +340,6 @@ qv_status gpt_train_alloc(gpt_model *m, int B, int T, qv_error *err) {
   }
   memset(a->block, 0, asize * sizeof(float));
   memset(m->grads, 0, m->nparams * sizeof(float));
-  memset(m->m, 0, m->nparams * sizeof(float));
-  memset(m->v, 0, m->nparams * sizeof(float));
   point_weights(c, m->grads, &m->g);
   float *p = a->block;
   a->encoded = take(&p, BT * C);

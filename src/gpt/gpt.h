@@ -107,7 +107,11 @@ void gpt_free(gpt_model *m);
  * projections (attn.c_proj, mlp.c_proj) N(0, 0.02/sqrt(2L)), zero biases, LayerNorm 1/0. */
 void gpt_init(gpt_model *m, uint64_t seed);
 
-/* Allocates gradients, moments (zeroed) and activations for batches of (B, T), T <= n_ctx. */
+/* Allocates the AdamW moments (zeroed), unless m has them: all a device run keeps on the
+ * host (gpt_dev.h), and what checkpoints read and write. */
+qv_status gpt_moments_alloc(gpt_model *m, qv_error *err);
+/* Allocates gradients, moments (zeroed; kept when m has them) and activations for batches
+ * of (B, T), T <= n_ctx. */
 qv_status gpt_train_alloc(gpt_model *m, int B, int T, qv_error *err);
 
 /* Forward over inputs (B, T) token ids in [0, V). With targets (B, T) it also computes the

@@ -319,41 +319,50 @@ static int fallback_allowed(const gpt_train_opts *o) {
   return cfg.fallback_to_cpu;
 }
 
-/* Where the steps run: o->ops (tests), else the GPU backend's GPT ops when the device layer
- * has a GPU (gpu.enabled auto or on), else the CPU (*dev NULL). */
-static qv_status open_device(const gpt_train_opts *o, gpt_model *m, int B, int T, gpt_dev **dev,
+/* Where the steps should run: o->ops (tests), else the GPU backend's GPT ops when the
+ * device layer has a GPU (gpu.enabled auto or on), else NULL (the CPU). QV_EDEVICE when
+ * gpu is on and no GPU with the ops is there. */
+typedef struct dev_choice {
+  const qv_gpt_ops *ops;
+  void *ctx;
+  const char *name;
+} dev_choice;
+
+static qv_status choose_device(const gpt_train_opts *o, dev_choice *d, qv_error *err) {
+  *d = (dev_choice){o->ops, o->ops_ctx, o->ops_name ? o->ops_name : "test"};
+  if (o->ops) return QV_OK;
+  const qv_backend *gpu = device_dispatch()->gpu;
+  qv_gpu_config cfg;
+  device_config(&cfg);
+  if (!gpu) {
+    if (cfg.enabled == QV_GPU_ON) return qv_fail(err, QV_EDEVICE, "gpu is on but no GPU is in use (quiver info says why)");
+    return QV_OK;
+  }
+  if (!gpu->gpt) {
+    if (cfg.enabled == QV_GPU_ON)
+      return qv_fail(err, QV_EDEVICE, "the %s backend has no GPT training ops (rebuild the plugin)", gpu->name);
+    LOG_WARN("gpt train: the %s backend has no GPT training ops; training on the CPU", gpu->name);
+    return QV_OK;
+  }
+  *d = (dev_choice){gpu->gpt, gpu->ctx, gpu->name};
+  return QV_OK;
+}
+
+/* The training state on the chosen device; *dev stays NULL (the CPU) when the device cannot
+ * take it and fallback is allowed. */
+static qv_status open_device(const gpt_train_opts *o, const dev_choice *c, gpt_model *m, int B, int T, gpt_dev **dev,
                              const char **where, qv_error *err) {
   *dev = NULL;
   *where = "cpu";
-  const qv_gpt_ops *ops = o->ops;
-  void *ctx = o->ops_ctx;
-  const char *name = o->ops_name ? o->ops_name : "test";
-  if (!ops) {
-    const qv_backend *gpu = device_dispatch()->gpu;
-    qv_gpu_config cfg;
-    device_config(&cfg);
-    if (!gpu) {
-      if (cfg.enabled == QV_GPU_ON) return qv_fail(err, QV_EDEVICE, "gpu is on but no GPU is in use (quiver info says why)");
-      return QV_OK;
-    }
-    if (!gpu->gpt) {
-      if (cfg.enabled == QV_GPU_ON)
-        return qv_fail(err, QV_EDEVICE, "the %s backend has no GPT training ops (rebuild the plugin)", gpu->name);
-      LOG_WARN("gpt train: the %s backend has no GPT training ops; training on the CPU", gpu->name);
-      return QV_OK;
-    }
-    ops = gpu->gpt;
-    ctx = gpu->ctx;
-    name = gpu->name;
-  }
+  if (!c->ops) return QV_OK;
   qv_error derr = {0};
-  qv_status st = gpt_dev_create(dev, ops, ctx, m, B, T, &derr);
+  qv_status st = gpt_dev_create(dev, c->ops, c->ctx, m, B, T, &derr);
   if (st) {
     if (!fallback_allowed(o)) return qv_fail(err, st, "%s", derr.msg);
-    LOG_WARN("gpt train: cannot train on the %s device (%s); training on the CPU", name, derr.msg);
+    LOG_WARN("gpt train: cannot train on the %s device (%s); training on the CPU", c->name, derr.msg);
     return QV_OK;
   }
-  *where = name;
+  *where = c->name;
   return QV_OK;
 }
 
@@ -477,7 +486,11 @@ qv_status gpt_train_run(const gpt_train_opts *opts, qv_error *err) {
                  T + 1);
     goto done;
   }
-  if ((st = gpt_train_alloc(m, B, T, err))) goto done;
+  /* a device run keeps only the moments on the host: the CPU's activations and gradients
+   * are allocated if the run ever comes back to the CPU */
+  dev_choice dc;
+  if ((st = choose_device(&o, &dc, err))) goto done;
+  if ((st = dc.ops ? gpt_moments_alloc(m, err) : gpt_train_alloc(m, B, T, err))) goto done;
   if (o.resume && (st = gpt_load_optimizer(m, o.resume, NULL, NULL, NULL, err))) goto done;
   inp = malloc((size_t)B * T * sizeof *inp);
   tgt = malloc((size_t)B * T * sizeof *tgt);
@@ -495,7 +508,8 @@ qv_status gpt_train_run(const gpt_train_opts *opts, qv_error *err) {
   size_t span = c.train.n - (size_t)T; /* window starts in [0, span) */
   tr.m = m;
   const char *where = "cpu";
-  if ((st = open_device(&o, m, B, T, &tr.dev, &where, err))) goto done;
+  if ((st = open_device(&o, &dc, m, B, T, &tr.dev, &where, err))) goto done;
+  if (!tr.dev && !m->acts && (st = gpt_train_alloc(m, B, T, err))) goto done;
   double last_val = NAN;
   /* invariant 4: the state the host model holds */
   struct {
@@ -569,6 +583,7 @@ qv_status gpt_train_run(const gpt_train_opts *opts, qv_error *err) {
       gpt_dev_free(tr.dev);
       tr.dev = NULL;
       where = "cpu";
+      if (!m->acts && (st = gpt_train_alloc(m, B, T, err))) goto done;
       step = synced.step - 1; /* the loop's step++ makes it synced.step */
       sampler = synced.sampler;
       tokens_seen = synced.tokens_seen;
