@@ -71,9 +71,12 @@ def run_quiver(a, d, env, tok, r):
     # one step past the timed window: the last step of a run also validates and writes the final
     # checkpoint (train.c), work the PyTorch side does not do, so the window ends before it
     steps = a.warmup_steps + a.steps + 1
-    subprocess.run([a.quiver, "gpt", "train", "--data", os.path.join(d, "data"), "--out", out, "--tokenizer", tok,
-                    *map(str, model_args(a)), "--steps", str(steps), "--log", log], check=True, env=env,
-                   stdout=subprocess.DEVNULL)
+    p = subprocess.run([a.quiver, "gpt", "train", "--data", os.path.join(d, "data"), "--out", out, "--tokenizer",
+                        tok, *map(str, model_args(a)), "--steps", str(steps), "--log", log], check=True, env=env,
+                       capture_output=True, text=True)
+    want = "training on cuda" if a.gpu else "training on cpu"
+    if want not in p.stdout or "continuing on the CPU" in p.stderr:
+        raise SystemExit(f"quiver did not train where asked ({want}): {p.stdout[-300:]} {p.stderr[-300:]}")
     with open(log) as f:
         rows = [json.loads(l) for l in f if l.strip()]
     t0 = rows[a.warmup_steps - 1]["elapsed_s"]

@@ -87,7 +87,10 @@ def run_quiver(a, d, prompt, trace=None):
     p = subprocess.run(cmd, capture_output=True, env=env, timeout=3600)
     if p.returncode:
         raise SystemExit(p.stderr.decode(errors="replace"))
-    return json.loads(p.stderr.decode().strip().splitlines()[-1])
+    stats = json.loads(p.stderr.decode().strip().splitlines()[-1])
+    if stats["device"] != ("cuda" if a.gpu else "cpu"):
+        raise SystemExit(f"quiver generated on {stats['device']}: {p.stderr.decode(errors='replace')[-300:]}")
+    return stats
 
 
 def run_torch(a, d, ids):

@@ -163,7 +163,7 @@ size_t gpt_param_count(const gpt_config *c) {
   return n;
 }
 
-static void point_weights(const gpt_config *c, float *base, gpt_weights *w) {
+void gpt_point_weights(const gpt_config *c, float *base, gpt_weights *w) {
   size_t nt = gpt_tensor_count(c), off = 0;
   gpt_tensor_info t;
   float **slots[12];
@@ -234,7 +234,7 @@ qv_status gpt_create(gpt_model **out, const gpt_config *c, qv_error *err) {
     return qv_fail(err, QV_ENOMEM, "out of memory for %zu parameters", gpt_param_count(c));
   }
   memset(m->params, 0, m->nparams * sizeof(float));
-  point_weights(c, m->params, &m->w);
+  gpt_point_weights(c, m->params, &m->w);
   *out = m;
   return QV_OK;
 }
@@ -340,7 +340,7 @@ qv_status gpt_train_alloc(gpt_model *m, int B, int T, qv_error *err) {
   }
   memset(a->block, 0, asize * sizeof(float));
   memset(m->grads, 0, m->nparams * sizeof(float));
-  point_weights(c, m->grads, &m->g);
+  gpt_point_weights(c, m->grads, &m->g);
   float *p = a->block;
   a->encoded = take(&p, BT * C);
   a->ln1 = take(&p, L * BT * C);

@@ -79,6 +79,9 @@ typedef struct gpt_tensor_info {
 } gpt_tensor_info;
 
 size_t gpt_tensor_count(const gpt_config *c); /* 2 + 12 L + 2 */
+/* Points w's fields (and w->layers[0, L), which the caller allocates) at the tensors of a
+ * buffer laid out as above: params, grads, or a device copy of them. */
+void gpt_point_weights(const gpt_config *c, float *base, gpt_weights *w);
 void gpt_tensor_at(const gpt_config *c, size_t i, gpt_tensor_info *out);
 size_t gpt_param_count(const gpt_config *c);
 

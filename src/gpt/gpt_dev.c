@@ -178,6 +178,13 @@ const qv_gpt_ops *gpt_ops_cpu(void) { return &cpu_ops; }
 
 /* ---- The driver ---------------------------------------------------------------------- */
 
+/* A device's first failure, kept (invariant 1). */
+typedef struct dev_latch {
+  int failed;
+  qv_status st;
+  char msg[256];
+} dev_latch;
+
 /* Activations (device), laid out as gpt.c's gpt_acts; per-layer arrays strided by the
  * created B*T (a smaller batch uses the front of each layer's slice). */
 typedef struct dev_acts {
@@ -205,9 +212,7 @@ struct gpt_dev {
   float *stage;        /* (3 nparams) host: gpt_dev_download's all-or-nothing copy */
   int lastB, lastT, has_targets;
   size_t nvalid;
-  int failed;          /* invariant 1 */
-  qv_status fail_st;
-  char fail_msg[256];
+  dev_latch fail;      /* invariant 1 */
 };
 
 static float *take(float **cur, size_t n) {
@@ -217,37 +222,19 @@ static float *take(float **cur, size_t n) {
 }
 
 /* Asks the backend after a unit of work; latches the first failure (invariant 1). */
-static int dev_failed(gpt_dev *d) {
-  if (d->failed) return 1;
-  char msg[sizeof d->fail_msg];
-  qv_status st = d->o->status(d->ctx, msg, sizeof msg);
+static int latch_check(dev_latch *l, const qv_gpt_ops *o, void *ctx) {
+  if (l->failed) return 1;
+  char msg[sizeof l->msg];
+  msg[0] = 0;
+  qv_status st = o->status(ctx, msg, sizeof msg);
   if (st == QV_OK) return 0;
-  d->failed = 1;
-  d->fail_st = st;
-  snprintf(d->fail_msg, sizeof d->fail_msg, "%s", msg[0] ? msg : qv_strerror(st));
+  l->failed = 1;
+  l->st = st;
+  snprintf(l->msg, sizeof l->msg, "%s", msg[0] ? msg : qv_strerror(st));
   return 1;
 }
 
-static void dev_point_weights(const gpt_config *c, float *base, gpt_weights *w, gpt_layer_w *layers) {
-  size_t nt = gpt_tensor_count(c);
-  w->layers = layers;
-  for (size_t i = 0; i < nt; i++) {
-    gpt_tensor_info t;
-    gpt_tensor_at(c, i, &t);
-    float *p = base + t.offset;
-    if (i == 0) w->wte = p;
-    else if (i == 1) w->wpe = p;
-    else if (i == nt - 2) w->lnfw = p;
-    else if (i == nt - 1) w->lnfb = p;
-    else {
-      size_t l = (i - 2) / 12, k = (i - 2) % 12;
-      float **slot[12] = {&layers[l].ln1w,     &layers[l].ln1b,     &layers[l].qkvw, &layers[l].qkvb,
-                          &layers[l].attprojw, &layers[l].attprojb, &layers[l].ln2w, &layers[l].ln2b,
-                          &layers[l].fcw,      &layers[l].fcb,      &layers[l].fcprojw, &layers[l].fcprojb};
-      *slot[k] = p;
-    }
-  }
-}
+static int dev_failed(gpt_dev *d) { return latch_check(&d->fail, d->o, d->ctx); }
 
 void gpt_dev_free(gpt_dev *d) {
   if (!d) return;
@@ -307,8 +294,8 @@ qv_status gpt_dev_create(gpt_dev **out, const qv_gpt_ops *ops, void *ctx, const 
                  (double)total / 1048576.0);
     goto fail;
   }
-  dev_point_weights(c, d->params, &d->w, d->w.layers);
-  dev_point_weights(c, d->grads, &d->g, d->g.layers);
+  gpt_point_weights(c, d->params, &d->w);
+  gpt_point_weights(c, d->grads, &d->g);
   float *p = d->block;
   dev_acts *a = &d->a;
   a->encoded = take(&p, BT * C);
@@ -346,7 +333,7 @@ qv_status gpt_dev_create(gpt_dev **out, const qv_gpt_ops *ops, void *ctx, const 
     ops->copy_in(ctx, d->v, m->v, pbytes);
   }
   if (dev_failed(d)) {
-    st = qv_fail(err, d->fail_st, "copying the model to the device: %s", d->fail_msg);
+    st = qv_fail(err, d->fail.st, "copying the model to the device: %s", d->fail.msg);
     goto fail;
   }
   *out = d;
@@ -357,7 +344,7 @@ fail:
 }
 
 static qv_status dev_failure(gpt_dev *d, qv_error *err, const char *what) {
-  return qv_fail(err, d->fail_st ? d->fail_st : QV_EDEVICE, "%s: %s", what, d->fail_msg);
+  return qv_fail(err, d->fail.st ? d->fail.st : QV_EDEVICE, "%s: %s", what, d->fail.msg);
 }
 
 qv_status gpt_dev_forward(gpt_dev *d, const int32_t *inputs, const int32_t *targets, int B, int T, float *loss,
@@ -365,7 +352,7 @@ qv_status gpt_dev_forward(gpt_dev *d, const int32_t *inputs, const int32_t *targ
   const gpt_config *c = &d->cfg;
   const qv_gpt_ops *o = d->o;
   void *x = d->ctx;
-  if (d->failed) return dev_failure(d, err, "the device failed earlier");
+  if (d->fail.failed) return dev_failure(d, err, "the device failed earlier");
   if (B <= 0 || T <= 0 || (size_t)B * T > (size_t)d->B * d->T || T > d->T)
     return qv_fail(err, QV_EINVAL, "batch %d x %d is larger than the %d x %d the state was made for", B, T, d->B,
                    d->T);
@@ -423,18 +410,18 @@ qv_status gpt_dev_forward(gpt_dev *d, const int32_t *inputs, const int32_t *targ
 }
 
 qv_status gpt_dev_logits(gpt_dev *d, float *host, qv_error *err) {
-  if (d->failed) return dev_failure(d, err, "the device failed earlier");
+  if (d->fail.failed) return dev_failure(d, err, "the device failed earlier");
   size_t n = (size_t)d->lastB * d->lastT * d->cfg.vocab_size;
   d->o->copy_out(d->ctx, host, d->a.logits, n * sizeof(float));
   return dev_failed(d) ? dev_failure(d, err, "reading the logits") : QV_OK;
 }
 
 void gpt_dev_zero_grad(gpt_dev *d) {
-  if (!d->failed) d->o->zero(d->ctx, d->grads, d->nparams * sizeof(float));
+  if (!d->fail.failed) d->o->zero(d->ctx, d->grads, d->nparams * sizeof(float));
 }
 
 void gpt_dev_backward(gpt_dev *d, float loss_scale) {
-  if (d->failed || !d->has_targets || !d->nvalid) return;
+  if (d->fail.failed || !d->has_targets || !d->nvalid) return;
   const gpt_config *c = &d->cfg;
   const qv_gpt_ops *o = d->o;
   void *x = d->ctx;
@@ -480,14 +467,14 @@ void gpt_dev_backward(gpt_dev *d, float loss_scale) {
 }
 
 double gpt_dev_clip_grad(gpt_dev *d, float clip) {
-  if (d->failed) return NAN;
+  if (d->fail.failed) return NAN;
   double norm = sqrt(d->o->sumsq(d->ctx, d->grads, d->nparams));
   if (clip > 0 && norm > clip) d->o->scale(d->ctx, d->grads, d->nparams, (float)(clip / norm));
   return dev_failed(d) ? NAN : norm;
 }
 
 void gpt_dev_adamw_step(gpt_dev *d, const gpt_adamw *o, long t) {
-  if (d->failed || t < 1) return;
+  if (d->fail.failed || t < 1) return;
   float c1 = (float)(1.0 - pow(o->beta1, (double)t)), c2 = (float)(1.0 - pow(o->beta2, (double)t));
   size_t nt = gpt_tensor_count(&d->cfg);
   for (size_t i = 0; i < nt; i++) {
@@ -500,7 +487,7 @@ void gpt_dev_adamw_step(gpt_dev *d, const gpt_adamw *o, long t) {
 }
 
 qv_status gpt_dev_download(gpt_dev *d, gpt_model *m, qv_error *err) {
-  if (d->failed) return dev_failure(d, err, "the device failed earlier");
+  if (d->fail.failed) return dev_failure(d, err, "the device failed earlier");
   /* all or nothing: m is the state to fall back to (invariant 1), so a copy that fails
    * half-way must not reach it */
   size_t n = d->nparams, bytes = n * sizeof(float);
@@ -520,13 +507,13 @@ qv_status gpt_dev_download(gpt_dev *d, gpt_model *m, qv_error *err) {
 }
 
 qv_status gpt_dev_grads(gpt_dev *d, float *host, qv_error *err) {
-  if (d->failed) return dev_failure(d, err, "the device failed earlier");
+  if (d->fail.failed) return dev_failure(d, err, "the device failed earlier");
   d->o->copy_out(d->ctx, host, d->grads, d->nparams * sizeof(float));
   return dev_failed(d) ? dev_failure(d, err, "reading the gradients") : QV_OK;
 }
 
 qv_status gpt_dev_status(gpt_dev *d, qv_error *err) {
-  return dev_failed(d) ? qv_fail(err, d->fail_st ? d->fail_st : QV_EDEVICE, "%s", d->fail_msg) : QV_OK;
+  return dev_failed(d) ? qv_fail(err, d->fail.st ? d->fail.st : QV_EDEVICE, "%s", d->fail.msg) : QV_OK;
 }
 
 /* ---- Inference with a KV cache on the device (gpt_infer's device path) ---------------- */
@@ -541,9 +528,7 @@ struct gpt_dev_infer {
                  * mean, rstd (B); logits (B, V) */
   float *kcache, *vcache, *x, *h, *att, *tmp, *qkv, *fc, *mean, *rstd, *logits;
   int32_t *ids;
-  int failed;
-  qv_status fail_st;
-  char fail_msg[256];
+  dev_latch fail;
 };
 
 void gpt_dev_infer_free(gpt_dev_infer *d) {
@@ -555,16 +540,7 @@ void gpt_dev_infer_free(gpt_dev_infer *d) {
   free(d);
 }
 
-static int infer_failed(gpt_dev_infer *d) {
-  if (d->failed) return 1;
-  char msg[sizeof d->fail_msg];
-  qv_status st = d->o->status(d->ctx, msg, sizeof msg);
-  if (st == QV_OK) return 0;
-  d->failed = 1;
-  d->fail_st = st;
-  snprintf(d->fail_msg, sizeof d->fail_msg, "%s", msg[0] ? msg : qv_strerror(st));
-  return 1;
-}
+static int infer_failed(gpt_dev_infer *d) { return latch_check(&d->fail, d->o, d->ctx); }
 
 qv_status gpt_dev_infer_create(gpt_dev_infer **out, const qv_gpt_ops *ops, void *ctx, const gpt_model *m,
                                int block, qv_error *err) {
@@ -597,10 +573,10 @@ qv_status gpt_dev_infer_create(gpt_dev_infer **out, const qv_gpt_ops *ops, void 
     *dst[i] = at;
     at += (sizes[i] + 15) & ~(size_t)15;
   }
-  dev_point_weights(c, d->params, &d->w, d->w.layers);
+  gpt_point_weights(c, d->params, &d->w);
   ops->copy_in(ctx, d->params, m->params, m->nparams * sizeof(float));
   if (infer_failed(d)) {
-    qv_status st = qv_fail(err, d->fail_st, "copying the model to the device: %s", d->fail_msg);
+    qv_status st = qv_fail(err, d->fail.st, "copying the model to the device: %s", d->fail.msg);
     gpt_dev_infer_free(d);
     return st;
   }
@@ -615,7 +591,7 @@ qv_status gpt_dev_infer_feed(gpt_dev_infer *d, const int32_t *ids, int n, size_t
   void *x = d->ctx;
   const int C = c->n_embd, V = c->vocab_size, H = c->n_head;
   const size_t T = (size_t)c->n_ctx;
-  if (d->failed) return qv_fail(err, d->fail_st, "the device failed earlier: %s", d->fail_msg);
+  if (d->fail.failed) return qv_fail(err, d->fail.st, "the device failed earlier: %s", d->fail.msg);
   o->copy_in(x, d->ids, ids, (size_t)n * sizeof(int32_t));
   o->encoder_fwd(x, d->x, d->ids, d->w.wte, d->w.wpe + pos * C, 1, n, C);
   for (int l = 0; l < c->n_layer; l++) {
@@ -641,7 +617,106 @@ qv_status gpt_dev_infer_feed(gpt_dev_infer *d, const int32_t *ids, int n, size_t
     o->head_fwd(x, d->logits, d->h, d->w.wte, 1, V, C);
     o->copy_out(x, last, d->logits, (size_t)V * sizeof(float));
   }
-  if (infer_failed(d)) return qv_fail(err, d->fail_st, "%s", d->fail_msg);
+  if (infer_failed(d)) return qv_fail(err, d->fail.st, "%s", d->fail.msg);
   if (all_logits) memcpy(last, all_logits + (size_t)(n - 1) * V, (size_t)V * sizeof(float));
   return QV_OK;
+}
+
+/* ---- Self-check: a device's ops against the CPU twin on a tiny model ------------------ */
+
+/* max |a - b| / max(1e-3, max |b|) */
+static double max_rel(const float *a, const float *b, size_t n) {
+  double worst = 0, scale = 1e-3;
+  for (size_t i = 0; i < n; i++) {
+    double d = fabs((double)a[i] - b[i]);
+    if (!(d <= worst)) worst = d; /* NaN counts as the worst */
+    if (fabs((double)b[i]) > scale) scale = fabs((double)b[i]);
+  }
+  return worst / scale;
+}
+
+enum { SC_B = 2, SC_T = 24 };
+
+/* Two training steps on (ops, ctx): the losses of both forwards and the parameters after. */
+static qv_status sc_train(const qv_gpt_ops *ops, void *ctx, gpt_model *m, float loss[2], qv_error *err) {
+  gpt_dev *d = NULL;
+  qv_status st = gpt_dev_create(&d, ops, ctx, m, SC_B, SC_T, err);
+  if (st) return st;
+  int32_t inp[SC_B * SC_T], tgt[SC_B * SC_T];
+  for (int i = 0; i < SC_B * SC_T; i++) {
+    inp[i] = (int32_t)((i * 37 + 5) % m->cfg.vocab_size);
+    tgt[i] = i % 7 == 3 ? -1 : (int32_t)((i * 11 + 2) % m->cfg.vocab_size);
+  }
+  gpt_adamw o = {1e-2f, 0.9f, 0.95f, 1e-8f, 0.1f};
+  for (int s = 0; s < 2 && !st; s++) {
+    gpt_dev_zero_grad(d);
+    if ((st = gpt_dev_forward(d, inp, tgt, SC_B, SC_T, &loss[s], err))) break;
+    gpt_dev_backward(d, 1.0f);
+    gpt_dev_clip_grad(d, 0.5f);
+    gpt_dev_adamw_step(d, &o, s + 1);
+  }
+  if (!st) st = gpt_dev_download(d, m, err);
+  gpt_dev_free(d);
+  return st;
+}
+
+/* A 20-token prefill and 4 single tokens on (ops, ctx): every logit, (24, V). */
+static qv_status sc_infer(const qv_gpt_ops *ops, void *ctx, const gpt_model *m, float *logits, qv_error *err) {
+  gpt_dev_infer *d = NULL;
+  qv_status st = gpt_dev_infer_create(&d, ops, ctx, m, 20, err);
+  if (st) return st;
+  int V = m->cfg.vocab_size;
+  int32_t ids[24];
+  for (int i = 0; i < 24; i++) ids[i] = (int32_t)((i * 13 + 1) % V);
+  float *last = malloc((size_t)V * sizeof(float));
+  if (!last) st = qv_fail(err, QV_ENOMEM, "out of memory");
+  if (!st) st = gpt_dev_infer_feed(d, ids, 20, 0, last, logits, err);
+  for (int i = 20; i < 24 && !st; i++) {
+    st = gpt_dev_infer_feed(d, ids + i, 1, (size_t)i, last, NULL, err);
+    if (!st) memcpy(logits + (size_t)i * V, last, (size_t)V * sizeof(float));
+  }
+  free(last);
+  gpt_dev_infer_free(d);
+  return st;
+}
+
+qv_status gpt_dev_selfcheck(const qv_gpt_ops *ops, void *ctx, int inference, qv_error *err) {
+  static const gpt_config c = {.n_layer = 2, .n_head = 2, .n_embd = 32, .n_ctx = 32, .vocab_size = 67,
+                               .ln_eps = 1e-5f};
+  gpt_model *dm = NULL, *tm = NULL;
+  float *dl = NULL, *tl = NULL;
+  float dloss[2], tloss[2];
+  qv_status st;
+  if ((st = gpt_create(&dm, &c, err)) || (st = gpt_create(&tm, &c, err)) || (st = gpt_moments_alloc(dm, err)) ||
+      (st = gpt_moments_alloc(tm, err)))
+    goto done;
+  gpt_init(dm, 3);
+  gpt_init(tm, 3);
+  size_t nl = (size_t)24 * c.vocab_size;
+  dl = malloc(nl * sizeof(float));
+  tl = malloc(nl * sizeof(float));
+  if (!dl || !tl) {
+    st = qv_fail(err, QV_ENOMEM, "out of memory");
+    goto done;
+  }
+  if (inference) {
+    /* before training changes the weights: both sides start from gpt_init(3) */
+    if ((st = sc_infer(ops, ctx, dm, dl, err)) || (st = sc_infer(gpt_ops_cpu(), NULL, tm, tl, err))) goto done;
+    double e = max_rel(dl, tl, nl);
+    if (!(e <= 1e-3)) {
+      st = qv_fail(err, QV_EDEVICE, "generation's logits differ from the CPU's by %.3g (relative)", e);
+      goto done;
+    }
+  }
+  if ((st = sc_train(ops, ctx, dm, dloss, err)) || (st = sc_train(gpt_ops_cpu(), NULL, tm, tloss, err))) goto done;
+  double el = max_rel(dloss, tloss, 2), ep = max_rel(dm->params, tm->params, dm->nparams);
+  if (!(el <= 1e-3) || !(ep <= 1e-3))
+    st = qv_fail(err, QV_EDEVICE, "two training steps differ from the CPU's: losses by %.3g, weights by %.3g",
+                 el, ep);
+done:
+  free(dl);
+  free(tl);
+  gpt_free(dm);
+  gpt_free(tm);
+  return st;
 }

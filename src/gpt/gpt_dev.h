@@ -62,6 +62,12 @@ qv_status gpt_dev_grads(gpt_dev *d, float *host, qv_error *err);
 /* QV_OK, or the first failure since the last call (invariant 1) with its reason. */
 qv_status gpt_dev_status(gpt_dev *d, qv_error *err);
 
+/* Runs two training steps of a tiny GPT-2 (and, with inference, a short generation) on
+ * (ops, ctx) and on the CPU twin, and compares them within 1e-3 relative: a device whose
+ * ops compute wrong results, not only ones that report failures, is not used. QV_EDEVICE
+ * saying what differed, or the failure an op reported. */
+qv_status gpt_dev_selfcheck(const qv_gpt_ops *ops, void *ctx, int inference, qv_error *err);
+
 /* Inference with a KV cache on a backend: gpt_infer's device path (infer.h), which checks
  * ids and lengths and falls back to the CPU. Needs the ops' attention_cached
  * (QV_EUNSUPPORTED without it). The weights are copied once; block is the most rows one

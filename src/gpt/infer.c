@@ -47,42 +47,64 @@ struct gpt_infer {
   int workers;
   gpt_dev_infer *dev;           /* the device path, or NULL (invariant 4) */
   const char *dev_name;
+  int fallback;                 /* a device failure continues on the CPU (else it is returned) */
   int32_t *history;             /* (T) with dev */
 };
 
-/* The GPU's GPT ops when the device layer has a GPU whose backend can run inference. */
-static const qv_gpt_ops *gpu_ops(void **ctx, const char **name) {
-  const qv_backend *gpu = device_dispatch()->gpu;
-  if (!gpu || !gpu->gpt || !gpu->gpt->attention_cached) return NULL;
-  *ctx = gpu->ctx;
-  *name = gpu->name;
-  return gpu->gpt;
+/* Puts m on the device (ops, ctx); required: a device that cannot take the model is an
+ * error rather than a warning. */
+static qv_status attach_device(gpt_infer *m, const gpt_model *model, const qv_gpt_ops *ops, void *ctx,
+                               const char *name, int required, qv_error *err) {
+  qv_error derr = {0};
+  name = name ? name : "device";
+  m->history = malloc((size_t)m->cfg.n_ctx * sizeof(int32_t));
+  if (!m->history) qv_fail(&derr, QV_ENOMEM, "out of memory");
+  else if (!gpt_dev_infer_create(&m->dev, ops, ctx, model, GPT_INFER_BLOCK, &derr)) {
+    m->dev_name = name;
+    return QV_OK;
+  }
+  free(m->history);
+  m->history = NULL;
+  if (required) return qv_fail(err, derr.status ? derr.status : QV_EDEVICE, "the %s device: %s", name, derr.msg);
+  /* the CPU path is whole already: the device is an accelerator */
+  LOG_WARN("gpt: cannot run on the %s device (%s); generating on the CPU", name, derr.msg);
+  return QV_OK;
 }
 
 qv_status gpt_infer_create(gpt_infer **out, const gpt_model *model, qv_error *err) {
-  void *ctx = NULL;
-  const char *name = NULL;
-  const qv_gpt_ops *ops = gpu_ops(&ctx, &name);
-  return gpt_infer_create_on(out, model, ops, ctx, name, err);
+  qv_gpu_config cfg;
+  device_config(&cfg);
+  const qv_backend *gpu = device_dispatch()->gpu;
+  const qv_gpt_ops *ops = gpu && gpu->gpt && gpu->gpt->attention_cached ? gpu->gpt : NULL;
+  int required = cfg.enabled == QV_GPU_ON;
+  *out = NULL;
+  if (required && !ops)
+    return qv_fail(err, QV_EDEVICE, "gpu is on but %s", gpu ? "its backend has no GPT generation ops (rebuild the plugin)"
+                                                            : "no GPU is in use (quiver info says why)");
+  qv_error cerr = {0};
+  /* code that reports no error can still compute wrong results: a tiny model's logits
+   * must agree with the CPU's before generation goes there */
+  if (ops && gpt_dev_selfcheck(ops, gpu->ctx, 1, &cerr)) {
+    if (required) return qv_fail(err, QV_EDEVICE, "the %s backend failed its GPT self-check: %s", gpu->name, cerr.msg);
+    LOG_WARN("gpt: the %s backend failed its GPT self-check (%s); generating on the CPU", gpu->name, cerr.msg);
+    ops = NULL;
+  }
+  qv_status st = cpu_create(out, model, err);
+  if (st || !ops) return st;
+  (*out)->fallback = cfg.fallback_to_cpu;
+  if ((st = attach_device(*out, model, ops, gpu->ctx, gpu->name, required, err))) {
+    gpt_infer_free(*out);
+    *out = NULL;
+  }
+  return st;
 }
 
 qv_status gpt_infer_create_on(gpt_infer **out, const gpt_model *model, const qv_gpt_ops *ops, void *ctx,
-                              const char *name, qv_error *err) {
+                              const char *name, int fallback, qv_error *err) {
   qv_status st = cpu_create(out, model, err);
   if (st || !ops) return st;
-  gpt_infer *m = *out;
-  qv_error derr = {0};
-  m->history = malloc((size_t)m->cfg.n_ctx * sizeof(int32_t));
-  if (!m->history || gpt_dev_infer_create(&m->dev, ops, ctx, model, GPT_INFER_BLOCK, &derr)) {
-    /* the CPU path is whole already: the device is an accelerator, not a requirement */
-    LOG_WARN("gpt: cannot run on the %s device (%s); generating on the CPU", name ? name : "device",
-             m->history ? derr.msg : "out of memory");
-    free(m->history);
-    m->history = NULL;
-    return QV_OK;
-  }
-  m->dev_name = name ? name : "device";
-  return QV_OK;
+  (*out)->fallback = fallback;
+  return attach_device(*out, model, ops, ctx, name, 0, err);
 }
 
 const char *gpt_infer_device(const gpt_infer *m) { return m->dev ? m->dev_name : "cpu"; }
@@ -290,8 +312,9 @@ static void cpu_feed(gpt_infer *m, const int32_t *ids, size_t n, float *all_logi
   }
 }
 
-/* The device path; on a failure the CPU takes over (invariant 4). */
-static void dev_feed(gpt_infer *m, const int32_t *ids, size_t n, float *all_logits) {
+/* The device path; on a failure the CPU takes over (invariant 4), or, without fallback,
+ * the failure is returned (and every later feed fails too: the device's latch). */
+static qv_status dev_feed(gpt_infer *m, const int32_t *ids, size_t n, float *all_logits, qv_error *err) {
   const gpt_config *c = &m->cfg;
   size_t pos0 = m->pos;
   qv_error derr = {0};
@@ -299,6 +322,10 @@ static void dev_feed(gpt_infer *m, const int32_t *ids, size_t n, float *all_logi
     int b = n - done < GPT_INFER_BLOCK ? (int)(n - done) : GPT_INFER_BLOCK;
     if (gpt_dev_infer_feed(m->dev, ids + done, b, m->pos, m->logits,
                            all_logits ? all_logits + done * (size_t)c->vocab_size : NULL, &derr)) {
+      if (!m->fallback) {
+        m->pos = pos0; /* nothing of this feed counts */
+        return qv_fail(err, derr.status ? derr.status : QV_EDEVICE, "the %s device failed: %s", m->dev_name, derr.msg);
+      }
       LOG_WARN("gpt: the %s device failed (%s); continuing on the CPU", m->dev_name, derr.msg);
       gpt_dev_infer_free(m->dev);
       m->dev = NULL;
@@ -306,12 +333,13 @@ static void dev_feed(gpt_infer *m, const int32_t *ids, size_t n, float *all_logi
       m->pos = 0;
       if (pos0) cpu_feed(m, m->history, pos0, NULL, 0);
       cpu_feed(m, ids, n, all_logits, 1);
-      return;
+      return QV_OK;
     }
     memcpy(m->history + m->pos, ids + done, (size_t)b * sizeof(int32_t));
     m->pos += (size_t)b;
     done += (size_t)b;
   }
+  return QV_OK;
 }
 
 qv_status gpt_infer_feed(gpt_infer *m, const int32_t *ids, size_t n, float *all_logits, qv_error *err) {
@@ -324,7 +352,7 @@ qv_status gpt_infer_feed(gpt_infer *m, const int32_t *ids, size_t n, float *all_
     if (ids[i] < 0 || ids[i] >= c->vocab_size)
       return qv_fail(err, QV_ERANGE, "token id %d is outside the vocabulary (%d)", (int)ids[i],
                      c->vocab_size);
-  if (m->dev) dev_feed(m, ids, n, all_logits);
-  else cpu_feed(m, ids, n, all_logits, 1);
+  if (m->dev) return dev_feed(m, ids, n, all_logits, err);
+  cpu_feed(m, ids, n, all_logits, 1);
   return QV_OK;
 }

@@ -32,14 +32,17 @@ typedef struct gpt_infer gpt_infer;
 qv_status gpt_infer_load(gpt_infer **out, const char *dir, qv_error *err);
 /* Runs on a model the caller keeps (it must outlive the handle and not change while
  * feeding). Where the device layer has a GPU whose backend has the GPT ops with KV-cache
- * attention (compute/gpt_ops.h), feeding runs there (the weights copied once); a device
- * that cannot take the model, or fails later, hands the work to the CPU, which replays
- * the ids fed so far into its own cache, so callers see the same results either way. */
+ * attention (compute/gpt_ops.h) and they pass gpt_dev_selfcheck, feeding runs there (the
+ * weights copied once). A device that cannot take the model leaves the work on the CPU
+ * (QV_EDEVICE instead with gpu.enabled on); one that fails later hands it to the CPU,
+ * which replays the ids fed so far into its own cache, so callers see the same results
+ * either way (with gpu.fallback_to_cpu false, the failing feed returns QV_EDEVICE). */
 qv_status gpt_infer_create(gpt_infer **out, const gpt_model *model, qv_error *err);
-/* gpt_infer_create on the given ops (NULL: the CPU only); name is the device's, for the
- * logs and gpt_infer_device. For tests and benchmarks. */
+/* gpt_infer_create on the given ops (NULL: the CPU only), without the self-check; name is
+ * the device's, for the logs and gpt_infer_device; fallback as gpu.fallback_to_cpu. For
+ * tests and benchmarks. */
 qv_status gpt_infer_create_on(gpt_infer **out, const gpt_model *model, const qv_gpt_ops *ops, void *ctx,
-                              const char *name, qv_error *err);
+                              const char *name, int fallback, qv_error *err);
 /* Where feeding runs now: "cpu" or the device's name. */
 const char *gpt_infer_device(const gpt_infer *m);
 void gpt_infer_free(gpt_infer *m);

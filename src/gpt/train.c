@@ -5,7 +5,9 @@
  *      weights and `sampler` (seeded from seed) for batch offsets. A checkpoint stores the
  *      sampler's state with the optimizer, so --resume draws the same batches.
  *   2. Validation never touches a generator: it reads fixed windows of the held-out stream.
- *   3. The step loop allocates nothing: buffers are sized before the first step.
+ *   3. The step loop allocates nothing: buffers are sized before the first step, except
+ *      when a device fails and the CPU takes over (invariant 4), which then allocates the
+ *      CPU's activations; if it cannot, the host's state is saved before the run stops.
  *   4. On a device (gpt_dev.h) the host model is the state last copied back (at start, and
  *      at every evaluation and checkpoint) with the step, sampler state and token count it
  *      belongs to (`synced`). When the device fails and fallback is on, the run goes back
@@ -310,10 +312,8 @@ static double validate(trainer *t, const ids *val, int B, int T, int nbatches) {
   return sum / (double)ntok;
 }
 
-/* Whether a device failure may continue on the CPU: gpu.fallback_to_cpu (always, with
- * ops given by a test). */
-static int fallback_allowed(const gpt_train_opts *o) {
-  if (o->ops) return 1;
+/* Whether a device failure may continue on the CPU: gpu.fallback_to_cpu. */
+static int fallback_allowed(void) {
   qv_gpu_config cfg;
   device_config(&cfg);
   return cfg.fallback_to_cpu;
@@ -344,6 +344,15 @@ static qv_status choose_device(const gpt_train_opts *o, dev_choice *d, qv_error 
     LOG_WARN("gpt train: the %s backend has no GPT training ops; training on the CPU", gpu->name);
     return QV_OK;
   }
+  /* code that reports no error can still compute wrong results: a tiny model's steps
+   * must agree with the CPU's before the run goes there */
+  qv_error cerr = {0};
+  if (gpt_dev_selfcheck(gpu->gpt, gpu->ctx, 0, &cerr)) {
+    if (cfg.enabled == QV_GPU_ON)
+      return qv_fail(err, QV_EDEVICE, "the %s backend failed its GPT self-check: %s", gpu->name, cerr.msg);
+    LOG_WARN("gpt train: the %s backend failed its GPT self-check (%s); training on the CPU", gpu->name, cerr.msg);
+    return QV_OK;
+  }
   *d = (dev_choice){gpu->gpt, gpu->ctx, gpu->name};
   return QV_OK;
 }
@@ -358,7 +367,7 @@ static qv_status open_device(const gpt_train_opts *o, const dev_choice *c, gpt_m
   qv_error derr = {0};
   qv_status st = gpt_dev_create(dev, c->ops, c->ctx, m, B, T, &derr);
   if (st) {
-    if (!fallback_allowed(o)) return qv_fail(err, st, "%s", derr.msg);
+    if (!fallback_allowed()) return qv_fail(err, st, "%s", derr.msg);
     LOG_WARN("gpt train: cannot train on the %s device (%s); training on the CPU", c->name, derr.msg);
     return QV_OK;
   }
@@ -389,6 +398,21 @@ static qv_status save_checkpoint(gpt_model *m, const char *dir, long step, float
   return QV_OK;
 }
 
+/* Saves the host's model as out/step-<step> (the state synced from a device that then
+ * failed); the failure to report is the caller's, so this one is logged. */
+static qv_status save_synced(gpt_model *m, const gpt_train_opts *o, long step, float loss, double val_loss,
+                             const gpt_rng *sampler, uint64_t tokens_seen, char *chunk_json, const char *args_json,
+                             const char *tok_json) {
+  char dir[4096];
+  qv_error e = {0};
+  snprintf(dir, sizeof dir, "%s/step-%06ld", o->out, step);
+  qv_status st = save_checkpoint(m, dir, step, loss, val_loss, sampler, tokens_seen, o, chunk_json, args_json,
+                                 tok_json, &e);
+  if (st) LOG_WARN("gpt train: cannot save %s: %s", dir, e.msg);
+  else LOG_WARN("gpt train: saved %s (continue with --resume)", dir);
+  return st;
+}
+
 qv_status gpt_train_run(const gpt_train_opts *opts, qv_error *err) {
   gpt_train_opts o = *opts;
   qv_status st = QV_OK;
@@ -415,7 +439,7 @@ qv_status gpt_train_run(const gpt_train_opts *opts, qv_error *err) {
     {
       gpt_model *probe = NULL;
       if ((st = gpt_create(&probe, &m->cfg, err))) goto done;
-      if ((st = gpt_train_alloc(probe, 1, 1, err)) ||
+      if ((st = gpt_moments_alloc(probe, err)) ||
           (st = gpt_load_optimizer(probe, o.resume, &start, &sampler.s, &rargs, err))) {
         gpt_free(probe);
         goto done;
@@ -517,7 +541,8 @@ qv_status gpt_train_run(const gpt_train_opts *opts, qv_error *err) {
     gpt_rng sampler;
     uint64_t tokens_seen;
     double last_val;
-  } synced = {start, sampler, tokens_seen, NAN};
+    float loss; /* that step's training loss, for a checkpoint of it */
+  } synced = {start, sampler, tokens_seen, NAN, NAN};
   long first = start; /* this run's (or this device's) first step, for tokens/s */
   double t0 = qv_monotonic_s();
   for (long step = start; step < o.steps; step++) {
@@ -573,7 +598,7 @@ qv_status gpt_train_run(const gpt_train_opts *opts, qv_error *err) {
     qv_error derr = {0};
     if (tr.dev && (dev_down || gpt_dev_status(tr.dev, &derr) || (eval && gpt_dev_download(tr.dev, m, &derr)))) {
       if (!derr.msg[0]) gpt_dev_status(tr.dev, &derr);
-      if (!fallback_allowed(&o)) {
+      if (!fallback_allowed()) {
         st = qv_fail(err, QV_EDEVICE, "the %s device failed at step %ld: %s", where, done_steps, derr.msg);
         goto done;
       }
@@ -583,7 +608,13 @@ qv_status gpt_train_run(const gpt_train_opts *opts, qv_error *err) {
       gpt_dev_free(tr.dev);
       tr.dev = NULL;
       where = "cpu";
-      if (!m->acts && (st = gpt_train_alloc(m, B, T, err))) goto done;
+      if (!m->acts && (st = gpt_train_alloc(m, B, T, err))) {
+        /* keep what the device finished: the host holds the synced state */
+        if (synced.step > start)
+          save_synced(m, &o, synced.step, synced.loss, synced.last_val, &synced.sampler, synced.tokens_seen,
+                      chunk_json, args_json, tok_json);
+        goto done;
+      }
       step = synced.step - 1; /* the loop's step++ makes it synced.step */
       sampler = synced.sampler;
       tokens_seen = synced.tokens_seen;
@@ -598,6 +629,7 @@ qv_status gpt_train_run(const gpt_train_opts *opts, qv_error *err) {
       synced.sampler = sampler;
       synced.tokens_seen = tokens_seen;
       synced.last_val = last_val;
+      synced.loss = (float)loss;
     }
     char dir[4096];
     const char *saved = NULL;
@@ -619,8 +651,18 @@ qv_status gpt_train_run(const gpt_train_opts *opts, qv_error *err) {
                          .first = step == start, .device = where};
     if (o.on_step && o.on_step(o.ctx, &s) && !last) {
       if (!save) {
-        /* the host needs the device's state for this checkpoint */
-        if (tr.dev && (st = gpt_dev_download(tr.dev, m, err))) goto done;
+        /* the host needs the device's state for this checkpoint; a device that cannot give
+         * it leaves the last synced state to save (invariant 4) */
+        qv_error derr2 = {0};
+        if (tr.dev && gpt_dev_download(tr.dev, m, &derr2)) {
+          LOG_WARN("gpt train: the %s device failed at step %ld (%s); saving step %ld, the last state copied back",
+                   where, done_steps, derr2.msg, synced.step);
+          if (synced.step > start &&
+              (st = save_synced(m, &o, synced.step, synced.loss, synced.last_val, &synced.sampler,
+                                synced.tokens_seen, chunk_json, args_json, tok_json)))
+            qv_fail(err, st, "saving step %ld failed", synced.step);
+          break;
+        }
         snprintf(dir, sizeof dir, "%s/step-%06ld", o.out, done_steps);
         if ((st = save_checkpoint(m, dir, done_steps, (float)loss, last_val, &sampler, tokens_seen, &o,
                                   chunk_json, args_json, tok_json, err)))

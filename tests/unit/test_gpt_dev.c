@@ -6,9 +6,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "base/mem.h"
+#include "compute/device.h"
 #include "gpt/gpt.h"
 #include "gpt/ckpt.h"
 #include "gpt/gpt_dev.h"
@@ -206,15 +208,53 @@ TEST(device_failure_is_latched_and_leaves_the_host_copy) {
 
 /* ---- gpt_train_run on a device ---- */
 
+/* A failing device's triggers: after this many forwards (encoder_fwd calls) or AdamW
+ * updates (0: never). */
+static int fwd_calls, fail_at_fwd;
+static void counting_encoder_fwd(void *ctx, float *out, const int32_t *inp, const float *wte, const float *wpe,
+                                 int B, int T, int C) {
+  fwd_calls++;
+  gpt_ops_cpu()->encoder_fwd(ctx, out, inp, wte, wpe, B, T, C);
+}
+static qv_status trigger_status(void *ctx, char *msg, size_t len) {
+  (void)ctx;
+  if (!(fail_at_adamw && adamw_calls >= fail_at_adamw) && !(fail_at_fwd && fwd_calls >= fail_at_fwd)) return QV_OK;
+  snprintf(msg, len, "injected failure");
+  return QV_EDEVICE;
+}
+static const qv_gpt_ops *trigger_ops(int at_adamw, int at_fwd) {
+  failing = *gpt_ops_cpu();
+  failing.status = trigger_status;
+  failing.adamw = counting_adamw;
+  failing.encoder_fwd = counting_encoder_fwd;
+  adamw_calls = fwd_calls = 0;
+  fail_at_adamw = at_adamw;
+  fail_at_fwd = at_fwd;
+  return &failing;
+}
+
+/* The process's GPU settings: gpu off (no plugin is looked for: the CPU runs are CPU runs
+ * wherever the tests run) and the given fallback policy. */
+static void gpu_settings(int fallback) {
+  qv_gpu_config cfg;
+  qv_error err = {0};
+  qv_gpu_config_default(&cfg);
+  cfg.enabled = QV_GPU_OFF;
+  cfg.fallback_to_cpu = fallback;
+  if (qv_gpu_config_apply(&cfg, &err)) TEST_FAIL_("gpu settings: %s", err.msg);
+}
+
 enum { RUN_STEPS = 12 };
 typedef struct run_log {
   float loss[RUN_STEPS + 1];
+  double val[RUN_STEPS + 1];
   const char *device[RUN_STEPS + 1];
   int calls;
 } run_log;
 static int log_step(void *c, const gpt_train_stats *s) {
   run_log *l = c;
   l->loss[s->step] = s->loss; /* a recomputed step overwrites its first value */
+  l->val[s->step] = s->val_loss;
   l->device[s->step] = s->device;
   l->calls++;
   return 0;
@@ -236,7 +276,7 @@ static qv_status train(const char *data, const char *out, const qv_gpt_ops *ops,
   o.lr = 1e-2f;
   o.eval_every = 4;
   o.eval_batches = 2;
-  o.val_fraction = 0.2;
+  o.val_fraction = 0.3;
   o.ops = ops;
   o.ops_name = "twin";
   o.on_step = log_step;
@@ -245,74 +285,122 @@ static qv_status train(const char *data, const char *out, const qv_gpt_ops *ops,
   return gpt_train_run(&o, err);
 }
 
-static gpt_model *final_model(const char *out) {
+static gpt_model *final_model(const char *out, gpt_ckpt_meta *meta) {
   char dir[512];
   snprintf(dir, sizeof dir, "%s/step-%06d", out, RUN_STEPS);
   gpt_model *m = NULL;
   qv_error err = {0};
-  gpt_ckpt_meta meta = {0};
-  if (gpt_load(&m, dir, &meta, &err)) return NULL;
-  gpt_ckpt_meta_free(&meta);
+  if (gpt_load(&m, dir, meta, &err) || gpt_moments_alloc(m, &err) ||
+      gpt_load_optimizer(m, dir, NULL, NULL, NULL, &err))
+    return NULL;
   return m;
+}
+
+/* b's losses, validation losses, final weights, moments and token count equal a's (within
+ * tol, relative). */
+static void same_run(const char *what, const run_log *a, const char *out_a, const run_log *b, const char *out_b,
+                     double tol) {
+  for (int s = 1; s <= RUN_STEPS; s++) {
+    if (fabs(b->loss[s] - a->loss[s]) > tol * a->loss[s])
+      TEST_FAIL_("%s: step %d: loss %.9g, %.9g on the CPU", what, s, b->loss[s], a->loss[s]);
+    if (isnan(a->val[s]) != isnan(b->val[s]) || (!isnan(a->val[s]) && fabs(b->val[s] - a->val[s]) > tol * a->val[s]))
+      TEST_FAIL_("%s: step %d: validation loss %.9g, %.9g on the CPU", what, s, b->val[s], a->val[s]);
+  }
+  gpt_ckpt_meta ma = {0}, mb = {0};
+  gpt_model *x = final_model(out_a, &ma), *y = final_model(out_b, &mb);
+  ASSERT(x && y);
+  ASSERT(rel_diff(y->params, x->params, x->nparams) <= tol);
+  ASSERT(rel_diff(y->m, x->m, x->nparams) <= tol);
+  ASSERT(rel_diff(y->v, x->v, x->nparams) <= tol);
+  ASSERT_EQ(mb.tokens_seen, ma.tokens_seen);
+  ASSERT(fabs(mb.val_loss - ma.val_loss) <= tol * ma.val_loss);
+  gpt_ckpt_meta_free(&ma);
+  gpt_ckpt_meta_free(&mb);
+  gpt_free(x);
+  gpt_free(y);
 }
 
 TEST(training_on_a_device_and_falling_back_to_the_cpu) {
   char root[] = "/tmp/qv_gptdev_XXXXXX";
   ASSERT(mkdtemp(root));
-  char data[600], out_cpu[600], out_dev[600], out_fail[600];
-  snprintf(data, sizeof data, "%s/corpus.txt", root);
-  FILE *f = fopen(data, "w");
-  ASSERT(f);
-  for (int i = 0; i < 60; i++)
-    fprintf(f, "Paragraph %d. The quiver holds arrows of %s wood; archers count them twice.\n\n", i,
-            i % 3 ? "ash" : "yew");
-  fclose(f);
-  snprintf(out_cpu, sizeof out_cpu, "%s/cpu", root);
-  snprintf(out_dev, sizeof out_dev, "%s/dev", root);
-  snprintf(out_fail, sizeof out_fail, "%s/fail", root);
+  char data[600], out[4][600];
+  snprintf(data, sizeof data, "%s/corpus", root);
+  ASSERT_EQ(mkdir(data, 0755), 0);
+  for (int d = 0; d < 12; d++) { /* chunks per file: some are held out for validation */
+    char path[700];
+    snprintf(path, sizeof path, "%s/doc%02d.txt", data, d);
+    FILE *f = fopen(path, "w");
+    ASSERT(f);
+    for (int i = 0; i < 8; i++)
+      fprintf(f, "Paragraph %d of %d. The quiver holds arrows of %s wood; archers count them %s.\n\n", i, d,
+              (i + d) % 3 ? "ash" : "yew", d % 2 ? "twice" : "once");
+    fclose(f);
+  }
+  const char *names[4] = {"cpu", "dev", "fail-adamw", "fail-forward"};
+  for (int i = 0; i < 4; i++) snprintf(out[i], sizeof out[i], "%s/%s", root, names[i]);
   qv_error err = {0};
   static run_log cpu, dev, fail;
-  ASSERT_OK(train(data, out_cpu, NULL, &cpu, &err));
+  gpu_settings(1);
+  ASSERT_OK(train(data, out[0], NULL, &cpu, &err));
   ASSERT_EQ(cpu.calls, RUN_STEPS);
-  ASSERT(!strcmp(cpu.device[1], "cpu")); /* no GPU in this process */
-  ASSERT_OK(train(data, out_dev, gpt_ops_cpu(), &dev, &err));
-  ASSERT(!strcmp(dev.device[1], "twin") && !strcmp(dev.device[RUN_STEPS], "twin"));
-  /* a device that fails during step 7: the run goes back to step 4's state (the last
-   * evaluation) and recomputes steps 5-12 on the CPU */
-  failing = *gpt_ops_cpu();
-  failing.status = failing_status;
-  failing.adamw = counting_adamw;
-  checks_left = 1 << 30;
-  adamw_calls = 0;
-  fail_at_adamw = 6 * (int)gpt_tensor_count(&(gpt_config){.n_layer = 2}) + 1; /* step 7's first update */
-  ASSERT_OK(train(data, out_fail, &failing, &fail, &err));
-  ASSERT_EQ(fail.calls, RUN_STEPS + 2); /* steps 5 and 6 reported twice; the failed step 7 not */
-  ASSERT(!strcmp(fail.device[4], "twin") && !strcmp(fail.device[5], "cpu") && !strcmp(fail.device[RUN_STEPS], "cpu"));
+  ASSERT(!strcmp(cpu.device[1], "cpu"));
+  ASSERT(cpu.loss[RUN_STEPS] < cpu.loss[1]);                  /* it trained */
+  ASSERT(!isnan(cpu.val[4]) && !isnan(cpu.val[RUN_STEPS])); /* and validated */
+  /* Where the AVX2 GEMM runs, the twin's ops give the CPU path's bits (see the first test) */
   double tol = gptk_gemm_available() ? 0 : 1e-4;
-  for (int s = 1; s <= RUN_STEPS; s++) {
-    if (fabs(dev.loss[s] - cpu.loss[s]) > tol * cpu.loss[s])
-      TEST_FAIL_("step %d: loss %.9g on the device, %.9g on the CPU", s, dev.loss[s], cpu.loss[s]);
-    if (fabs(fail.loss[s] - cpu.loss[s]) > tol * cpu.loss[s])
-      TEST_FAIL_("step %d: loss %.9g after the fallback, %.9g on the CPU", s, fail.loss[s], cpu.loss[s]);
-  }
-  ASSERT(cpu.loss[RUN_STEPS] < cpu.loss[1]); /* it trained */
-  gpt_model *a = final_model(out_cpu), *b = final_model(out_dev), *c = final_model(out_fail);
-  ASSERT(a && b && c);
-  ASSERT(rel_diff(b->params, a->params, a->nparams) <= tol);
-  ASSERT(rel_diff(c->params, a->params, a->nparams) <= tol);
-  gpt_free(a);
-  gpt_free(b);
-  gpt_free(c);
+  ASSERT_OK(train(data, out[1], gpt_ops_cpu(), &dev, &err));
+  ASSERT(!strcmp(dev.device[1], "twin") && !strcmp(dev.device[RUN_STEPS], "twin"));
+  same_run("on the twin", &cpu, out[0], &dev, out[1], tol);
+  /* a device that fails in step 7's AdamW: the run goes back to step 4's state (the last
+   * evaluation) and recomputes steps 5-12 on the CPU */
+  int nt = (int)gpt_tensor_count(&(gpt_config){.n_layer = 2});
+  ASSERT_OK(train(data, out[2], trigger_ops(6 * nt + 1, 0), &fail, &err));
+  ASSERT_EQ(fail.calls, RUN_STEPS + 2); /* steps 5 and 6 reported twice; the failed step 7 not */
+  ASSERT(!strcmp(fail.device[4], "twin") && !strcmp(fail.device[5], "cpu"));
+  same_run("after a failure in AdamW", &cpu, out[0], &fail, out[2], tol);
+  /* ... and one that fails in step 10's second forward (two per step, plus the validation
+   * forwards at step 4 and 8): back to step 8 */
+  ASSERT_OK(train(data, out[3], trigger_ops(0, 2 * 9 + 2 * 2 + 2), &fail, &err));
+  ASSERT_EQ(fail.calls, RUN_STEPS + 1); /* step 9 twice */
+  ASSERT(!strcmp(fail.device[8], "twin") && !strcmp(fail.device[9], "cpu"));
+  same_run("after a failure in a forward", &cpu, out[0], &fail, out[3], tol);
+  /* without fallback, the failure ends the run, naming the step */
+  gpu_settings(0);
+  char nofb[700];
+  snprintf(nofb, sizeof nofb, "%s/nofallback", root);
+  ASSERT_STATUS(train(data, nofb, trigger_ops(6 * nt + 1, 0), &fail, &err), QV_EDEVICE);
+  ASSERT(strstr(err.msg, "step 7") && strstr(err.msg, "injected failure"));
+  gpu_settings(1);
   char cmd[700];
   snprintf(cmd, sizeof cmd, "rm -rf '%s'", root);
   ASSERT_EQ(system(cmd), 0);
 }
 
+/* A device whose ops compute wrong results (GELU as the identity) without reporting it. */
+static void identity_gelu(void *ctx, float *out, const float *inp, size_t n) {
+  (void)ctx;
+  memmove(out, inp, n * sizeof(float));
+}
+
+TEST(self_check_passes_the_twin_and_catches_wrong_math) {
+  qv_error err = {0};
+  ASSERT_OK(gpt_dev_selfcheck(gpt_ops_cpu(), NULL, 1, &err));
+  failing = *gpt_ops_cpu();
+  failing.gelu_fwd = identity_gelu;
+  ASSERT_STATUS(gpt_dev_selfcheck(&failing, NULL, 0, &err), QV_EDEVICE);
+  ASSERT(strstr(err.msg, "training steps differ"));
+  ASSERT_STATUS(gpt_dev_selfcheck(&failing, NULL, 1, &err), QV_EDEVICE);
+  ASSERT(strstr(err.msg, "generation"));
+  /* a device that reports a failure fails the check with its reason */
+  trigger_ops(0, 1);
+  ASSERT_STATUS(gpt_dev_selfcheck(&failing, NULL, 0, &err), QV_EDEVICE);
+  ASSERT(strstr(err.msg, "injected failure"));
+}
+
 /* ---- gpt_infer on a device ---- */
 
-/* Feeds a 70-token prompt (two blocks) with every row's logits, then 12 tokens one by one,
- * into a and b, comparing logits after each feed; the device of b fails at the status
- * check numbered fail_at (0: never). */
+/* Feeds a and b alike, comparing logits after each feed: a 70-token prompt (two blocks)
+ * with every row's logits, 12 tokens one by one, then 70 more (two blocks again). */
 static void feed_both(gpt_infer *a, gpt_infer *b, double tol) {
   const gpt_config *c = gpt_infer_config_of(a);
   size_t V = (size_t)c->vocab_size;
@@ -321,16 +409,19 @@ static void feed_both(gpt_infer *a, gpt_infer *b, double tol) {
   float *la = malloc(70 * V * sizeof(float)), *lb = malloc(70 * V * sizeof(float));
   ASSERT(la && lb);
   qv_error err = {0};
-  ASSERT_OK(gpt_infer_feed(a, prompt, 70, la, &err));
-  ASSERT_OK(gpt_infer_feed(b, prompt, 70, lb, &err));
-  if (rel_diff(lb, la, 70 * V) > tol) TEST_FAIL_("prompt logits differ by %g", rel_diff(lb, la, 70 * V));
-  ASSERT(rel_diff(gpt_infer_logits(b), gpt_infer_logits(a), V) <= tol);
-  for (int i = 0; i < 12; i++) {
-    int32_t id = (int32_t)((i * 101 + 5) % c->vocab_size);
-    ASSERT_OK(gpt_infer_feed(a, &id, 1, NULL, &err));
-    ASSERT_OK(gpt_infer_feed(b, &id, 1, NULL, &err));
-    double d = rel_diff(gpt_infer_logits(b), gpt_infer_logits(a), V);
-    if (d > tol) TEST_FAIL_("token %d: logits differ by %g", i, d);
+  for (int round = 0; round < 2; round++) {
+    ASSERT_OK(gpt_infer_feed(a, prompt, 70, la, &err));
+    ASSERT_OK(gpt_infer_feed(b, prompt, 70, lb, &err));
+    double d = rel_diff(lb, la, 70 * V);
+    if (d > tol) TEST_FAIL_("feed of 70 (round %d): logits differ by %g", round, d);
+    ASSERT(rel_diff(gpt_infer_logits(b), gpt_infer_logits(a), V) <= tol);
+    for (int i = 0; round == 0 && i < 12; i++) {
+      int32_t id = (int32_t)((i * 101 + 5) % c->vocab_size);
+      ASSERT_OK(gpt_infer_feed(a, &id, 1, NULL, &err));
+      ASSERT_OK(gpt_infer_feed(b, &id, 1, NULL, &err));
+      d = rel_diff(gpt_infer_logits(b), gpt_infer_logits(a), V);
+      if (d > tol) TEST_FAIL_("token %d: logits differ by %g", i, d);
+    }
   }
   ASSERT_EQ(gpt_infer_pos(a), gpt_infer_pos(b));
   free(la);
@@ -338,14 +429,14 @@ static void feed_both(gpt_infer *a, gpt_infer *b, double tol) {
 }
 
 TEST(inference_on_a_device_matches_the_cpu_and_falls_back) {
-  gpt_config c = {.n_layer = 2, .n_head = 4, .n_embd = 32, .n_ctx = 96, .vocab_size = 83, .ln_eps = 1e-5f};
+  gpt_config c = {.n_layer = 2, .n_head = 4, .n_embd = 32, .n_ctx = 160, .vocab_size = 83, .ln_eps = 1e-5f};
   gpt_model *m = NULL;
   qv_error err = {0};
   ASSERT_OK(gpt_create(&m, &c, &err));
   gpt_init(m, 9);
   gpt_infer *cpu = NULL, *dev = NULL;
-  ASSERT_OK(gpt_infer_create_on(&cpu, m, NULL, NULL, NULL, &err));
-  ASSERT_OK(gpt_infer_create_on(&dev, m, gpt_ops_cpu(), NULL, "twin", &err));
+  ASSERT_OK(gpt_infer_create_on(&cpu, m, NULL, NULL, NULL, 1, &err));
+  ASSERT_OK(gpt_infer_create_on(&dev, m, gpt_ops_cpu(), NULL, "twin", 1, &err));
   ASSERT(!strcmp(gpt_infer_device(cpu), "cpu") && !strcmp(gpt_infer_device(dev), "twin"));
   /* the twin's GEMMs are not the CPU path's OpenBLAS calls: rounding differs */
   feed_both(cpu, dev, 1e-4);
@@ -354,22 +445,35 @@ TEST(inference_on_a_device_matches_the_cpu_and_falls_back) {
   gpt_infer_reset(dev);
   feed_both(cpu, dev, 1e-4); /* after a reset the cache fills from position 0 again */
   gpt_infer_free(dev);
-  /* a device that fails in the middle of the single-token feeds: the CPU replays the
-   * history and the logits go on matching */
-  failing = *gpt_ops_cpu();
-  failing.status = failing_status;
-  failing.adamw = counting_adamw;
-  fail_at_adamw = 0;
-  checks_left = 2 + 5; /* the copy at creation, the prompt's two blocks, then 4 tokens */
-  gpt_infer_reset(cpu);
-  ASSERT_OK(gpt_infer_create_on(&dev, m, &failing, NULL, "failing", &err));
-  feed_both(cpu, dev, 1e-4);
-  ASSERT(!strcmp(gpt_infer_device(dev), "cpu"));
+  /* a device that fails at the status check after `at` successful ones (one at creation,
+   * one per block fed): in the first prompt's second block (nothing to replay, but its first
+   * block was fed), after 4 single tokens, and in the last feed's second block (a replay
+   * of 82 tokens, then that whole feed again) */
+  static const int at[] = {2, 1 + 2 + 4, 1 + 2 + 12 + 1};
+  for (size_t k = 0; k < sizeof at / sizeof *at; k++) {
+    failing = *gpt_ops_cpu();
+    failing.status = failing_status;
+    checks_left = at[k];
+    fail_at_adamw = 0;
+    gpt_infer_reset(cpu);
+    ASSERT_OK(gpt_infer_create_on(&dev, m, &failing, NULL, "failing", 1, &err));
+    feed_both(cpu, dev, 1e-4);
+    ASSERT(!strcmp(gpt_infer_device(dev), "cpu"));
+    gpt_infer_free(dev);
+  }
+  /* without fallback the failing feed returns the failure, and nothing of it counts */
+  checks_left = 2;
+  ASSERT_OK(gpt_infer_create_on(&dev, m, &failing, NULL, "failing", 0, &err));
+  int32_t ids[70] = {0};
+  ASSERT_STATUS(gpt_infer_feed(dev, ids, 70, NULL, &err), QV_EDEVICE);
+  ASSERT(strstr(err.msg, "injected failure"));
+  ASSERT_EQ(gpt_infer_pos(dev), 0);
+  ASSERT_STATUS(gpt_infer_feed(dev, ids, 1, NULL, &err), QV_EDEVICE); /* latched */
   gpt_infer_free(dev);
   /* a backend without KV-cache attention: generation stays on the CPU */
   failing = *gpt_ops_cpu();
   failing.attention_cached = NULL;
-  ASSERT_OK(gpt_infer_create_on(&dev, m, &failing, NULL, "trainonly", &err));
+  ASSERT_OK(gpt_infer_create_on(&dev, m, &failing, NULL, "trainonly", 1, &err));
   ASSERT(!strcmp(gpt_infer_device(dev), "cpu"));
   gpt_infer_free(dev);
   gpt_infer_free(cpu);
@@ -378,4 +482,4 @@ TEST(inference_on_a_device_matches_the_cpu_and_falls_back) {
 
 TEST_MAIN(T(driver_on_cpu_twin_matches_cpu_training), T(driver_rejects_bad_input),
           T(device_failure_is_latched_and_leaves_the_host_copy), T(training_on_a_device_and_falling_back_to_the_cpu),
-          T(inference_on_a_device_matches_the_cpu_and_falls_back))
+          T(self_check_passes_the_twin_and_catches_wrong_math), T(inference_on_a_device_matches_the_cpu_and_falls_back))

@@ -189,7 +189,7 @@ TEST(cache_and_blocks_match_the_full_forward) {
   const float *want = gpt_logits(m); /* (1, n, V) */
 
   gpt_infer *inf = NULL;
-  ASSERT_OK(gpt_infer_create(&inf, m, NULL));
+  ASSERT_OK(gpt_infer_create_on(&inf, m, NULL, NULL, NULL, 1, NULL));
   float *all = malloc(sizeof(float) * n * V);
   ASSERT(all);
   ASSERT_OK(gpt_infer_feed(inf, ids, n, all, NULL));
@@ -222,7 +222,7 @@ TEST(feed_refuses_overflow_bad_ids_and_nothing) {
   ASSERT(m);
   gpt_infer *inf = NULL;
   qv_error err = {0};
-  ASSERT_OK(gpt_infer_create(&inf, m, NULL));
+  ASSERT_OK(gpt_infer_create_on(&inf, m, NULL, NULL, NULL, 1, NULL));
   int32_t ids[81] = {0};
   ASSERT_STATUS(gpt_infer_feed(inf, ids, 81, NULL, &err), QV_ETOOLONG);
   ASSERT_EQ(gpt_infer_pos(inf), 0);
@@ -283,7 +283,7 @@ TEST(streaming_keeps_characters_whole_and_stops_on_strings) {
   gpt_sampler *s = NULL;
   gpt_sample_params p = gpt_sample_defaults();
   p.seed = 11;
-  ASSERT_OK(gpt_infer_create(&inf, m, NULL));
+  ASSERT_OK(gpt_infer_create_on(&inf, m, NULL, NULL, NULL, 1, NULL));
   ASSERT_OK(gpt_gen_create(&g, inf, NULL));
   ASSERT_OK(gpt_sampler_create(&s, V, &p, NULL));
   int32_t prompt[3] = {1, 2, 3};

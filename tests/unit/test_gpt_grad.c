@@ -479,7 +479,7 @@ TEST(forward_matches_kv_cache_inference) {
   int32_t ids[2 * 24];
   for (int i = 0; i < 2 * 24; i++) ids[i] = (int32_t)(gpt_rng_u64(&r) % 97);
   ASSERT_OK(gpt_forward(m, ids, NULL, 2, 24));
-  ASSERT_OK(gpt_infer_create(&inf, m, &err));
+  ASSERT_OK(gpt_infer_create_on(&inf, m, NULL, NULL, NULL, 1, &err));
   float *all = malloc(24 * 97 * sizeof(float));
   ASSERT(all);
   double worst = 0;
