@@ -540,9 +540,9 @@ static void mm_task(void *c, size_t task, int worker) {
 /* gptk_gemm path: output blocks of rows (B packed once for them all, mm_prepack) or, for
  * outputs with few rows, MM_COLS columns (B panels are packed by the task that owns them).
  * Several blocks per thread, claimed dynamically, so a thread that starts late (a shared
- * machine) does not leave its half undone; the bits do not depend on this. MM_ROWS is
- * gptk's MC: an output with more rows is packed once ahead even on one thread. */
-enum { MM_ROWS = 192, MM_COLS = 32 };
+ * machine) does not leave its half undone; the bits do not depend on this. An output with
+ * more than GPTK_MC rows is packed once ahead even on one thread. */
+enum { MM_ROWS = GPTK_MC, MM_COLS = 32 };
 
 typedef struct mm_blocks {
   mm_ctx *x;
@@ -592,10 +592,10 @@ static void mm_par(qv_pool *pool, mm_ctx *x, size_t n, size_t work_per) {
   x->bp = NULL;
   if (gptk_gemm_available()) {
     size_t cols = (size_t)(x->kind == 1 ? x->IC : x->OC);
-    /* row blocks: four a thread, in whole 6-row tiles, so that the blocks even out over the
+    /* row blocks: four a thread, in whole tiles, so that the blocks even out over the
      * threads (192-row blocks left one thread 576 of 1,024 rows at 2 threads) */
     size_t per = (n + 4 * nt - 1) / (4 * nt);
-    per = (per + 5) / 6 * 6;
+    per = (per + GPTK_MR - 1) / GPTK_MR * GPTK_MR;
     mm_blocks j = {x, n, cols, n >= 2 * MM_ROWS * nt || cols < 2 * MM_COLS, per};
     size_t tasks = j.by_rows ? (n + per - 1) / per : (cols + MM_COLS - 1) / MM_COLS;
     int split = nt > 1 && n * work_per >= 65536 && tasks > 1;

@@ -26,8 +26,7 @@
 
 #include "compute/simd.h"
 
-enum { MR = 6, NR = 16, KC = 256, MC = 192 };
-_Static_assert(NR == GPTK_NR, "kernels.h's panel width is the kernel's");
+enum { MR = GPTK_MR, NR = GPTK_NR, KC = 256, MC = GPTK_MC };
 
 #if defined(QV_X86)
 

@@ -27,6 +27,11 @@ void gptk_gemm(float *c, size_t ldc, const float *a, size_t ars, size_t aks, con
  * K rows x GPTK_NR floats, panel p at bp + p * K * GPTK_NR, columns past N zero;
  * gptk_packed_floats(K, N) is its size. bp must be 32-byte aligned. */
 #define GPTK_NR 16
+/* The kernel's tile height and row block: callers that split outputs by rows cut them in
+ * whole GPTK_MR-row tiles, and an output taller than GPTK_MC rows meets each B panel once per
+ * block (worth packing B once ahead). */
+#define GPTK_MR 6
+#define GPTK_MC 192
 size_t gptk_packed_floats(int K, int N);
 void gptk_pack(float *bp, const float *b, size_t bks, size_t bjs, int K, int N);
 /* gptk_gemm with B packed: panel p of B's rows [0, K) at bp + p * pstride, rows GPTK_NR floats
