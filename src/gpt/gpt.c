@@ -187,28 +187,11 @@ void gpt_point_weights(const gpt_config *c, float *base, gpt_weights *w) {
 /* ---- Activations --------------------------------------------------------------------- */
 
 struct gpt_acts {
-  float *block;    /* everything below points into it */
-  float *encoded;  /* (B, T, C) */
-  float *ln1, *ln1_mean, *ln1_rstd; /* (L, B, T, C), (L, B, T) x2 */
-  float *qkv;      /* (L, B, T, 3C) */
-  float *atty;     /* (L, B, T, C) */
-  float *att;          /* (L, B, H, T, T) softmax weights (the scores are not kept) */
-  float *residual2;    /* (L, B, T, C) */
-  float *ln2, *ln2_mean, *ln2_rstd;
-  float *fch, *fch_gelu; /* (L, B, T, 4C) */
-  float *residual3;      /* (L, B, T, C) */
-  float *lnf, *lnf_mean, *lnf_rstd; /* (B, T, C), (B, T) x2 */
-  float *logits, *probs; /* (B, T, V); probs is logits (the softmax runs in place) */
-  float *losses;         /* (B, T) */
-  /* gradients of activations, one block, zeroed at the start of every backward */
-  float *gblock;
+  float *block;  /* p's activations point into it */
+  float *gblock; /* p's gradients point into it, then pack */
   size_t gsize;
-  float *dres; /* (B, T, C) the residual stream's gradient, carried down through the layers */
-  float *dln, *datty, *dlnf;                 /* (B, T, C) scratch */
-  float *dqkv;                               /* (B, T, 3C) */
-  float *dfch, *dfch_gelu;                   /* (B, T, 4C) */
-  float *dlogits;                            /* (B, T, V) */
-  float *dscratch;                           /* (B, H, T, T) */
+  gpt_act_ptrs p;
+  float *probs;                              /* p.logits: the softmax runs in place */
   float *pack;                               /* a matmul's B, packed once per call (mm_par) */
   size_t pack_cap;                           /* its floats */
   int32_t *inputs, *targets;                 /* (B, T) of the last forward */
@@ -277,12 +260,6 @@ void gpt_init(gpt_model *m, uint64_t seed) {
   }
 }
 
-static float *take(float **cur, size_t n) {
-  float *p = *cur;
-  *cur += (n + 15) & ~(size_t)15; /* keep each array 64-byte aligned */
-  return p;
-}
-
 qv_status gpt_moments_alloc(gpt_model *m, qv_error *err) {
   if (m->m && m->v) return QV_OK;
   float *mm = qv_aligned_alloc(m->nparams * sizeof(float)), *vv = qv_aligned_alloc(m->nparams * sizeof(float));
@@ -298,26 +275,69 @@ qv_status gpt_moments_alloc(gpt_model *m, qv_error *err) {
   return QV_OK;
 }
 
+/* The next array of n floats at offset *cur of base (NULL without a base: sizes only). */
+static float *place(float *base, size_t *cur, size_t n) {
+  size_t at = *cur;
+  *cur += (n + 15) & ~(size_t)15; /* keep each array 64-byte aligned */
+  return base ? base + at : NULL;
+}
+
+void gpt_acts_layout(const gpt_config *c, int B, int T, float *block, float *gblock, gpt_act_ptrs *p,
+                     size_t *afloats, size_t *gfloats) {
+  size_t L = (size_t)c->n_layer, C = (size_t)c->n_embd, H = (size_t)c->n_head, V = (size_t)c->vocab_size;
+  size_t BT = (size_t)B * (size_t)T, TT = (size_t)B * H * (size_t)T * (size_t)T;
+  size_t a = 0, g = 0;
+  gpt_act_ptrs scratch;
+  if (!p) p = &scratch;
+  p->encoded = place(block, &a, BT * C);
+  p->ln1 = place(block, &a, L * BT * C);
+  p->ln1_mean = place(block, &a, L * BT);
+  p->ln1_rstd = place(block, &a, L * BT);
+  p->qkv = place(block, &a, L * BT * 3 * C);
+  p->atty = place(block, &a, L * BT * C);
+  p->att = place(block, &a, L * TT);
+  p->residual2 = place(block, &a, L * BT * C);
+  p->ln2 = place(block, &a, L * BT * C);
+  p->ln2_mean = place(block, &a, L * BT);
+  p->ln2_rstd = place(block, &a, L * BT);
+  p->fch = place(block, &a, L * BT * 4 * C);
+  p->fch_gelu = place(block, &a, L * BT * 4 * C);
+  p->residual3 = place(block, &a, L * BT * C);
+  p->lnf = place(block, &a, BT * C);
+  p->lnf_mean = place(block, &a, BT);
+  p->lnf_rstd = place(block, &a, BT);
+  p->logits = place(block, &a, BT * V);
+  p->losses = place(block, &a, BT);
+  p->dres = place(gblock, &g, BT * C);
+  p->dln = place(gblock, &g, BT * C);
+  p->datty = place(gblock, &g, BT * C);
+  p->dlnf = place(gblock, &g, BT * C);
+  p->dqkv = place(gblock, &g, BT * 3 * C);
+  p->dfch = place(gblock, &g, BT * 4 * C);
+  p->dfch_gelu = place(gblock, &g, BT * 4 * C);
+  p->dlogits = place(gblock, &g, BT * V);
+  p->dscratch = place(gblock, &g, TT);
+  if (afloats) *afloats = a;
+  if (gfloats) *gfloats = g;
+}
+
 qv_status gpt_train_alloc(gpt_model *m, int B, int T, qv_error *err) {
   const gpt_config *c = &m->cfg;
   if (B <= 0 || T <= 0 || T > c->n_ctx)
     return qv_fail(err, QV_EINVAL, "batch %d x %d does not fit the model (context %d)", B, T, c->n_ctx);
   if (m->acts) return qv_fail(err, QV_EINVAL, "training state already allocated");
-  size_t L = (size_t)c->n_layer, C = (size_t)c->n_embd, H = (size_t)c->n_head, V = (size_t)c->vocab_size;
-  size_t BT = (size_t)B * (size_t)T, Tn = (size_t)T;
-#define PAD(n) (((size_t)(n) + 15) & ~(size_t)15)
-  size_t asize = PAD(BT * C) + 3 * (PAD(L * BT * C) + 2 * PAD(L * BT)) + PAD(L * BT * 3 * C) + PAD(L * BT * C) +
-                 PAD(L * B * H * Tn * Tn) + PAD(L * BT * C) + 2 * PAD(L * BT * 4 * C) + PAD(BT * C) +
-                 PAD(BT * V) + PAD(BT);
+  size_t C = (size_t)c->n_embd, V = (size_t)c->vocab_size, BT = (size_t)B * (size_t)T;
+  size_t asize, gsize;
+  gpt_acts_layout(c, B, T, NULL, NULL, NULL, &asize, &gsize);
   /* the largest B a step's matmuls pack (K x columns rounded to panels): weights (C x 4C both
-   * ways), dout for weight gradients (BT x 4C), the tied head (C x V, V x C, BT x C) */
+   * ways), dout for weight gradients (BT x 4C), the tied head (C x V, V x C, BT x C); it
+   * follows the gradients in gblock */
   size_t pcap = gptk_packed_floats((int)C, (int)(4 * C));
   size_t pk[] = {gptk_packed_floats((int)(4 * C), (int)C), gptk_packed_floats((int)BT, (int)(4 * C)),
                  gptk_packed_floats((int)C, (int)V), gptk_packed_floats((int)V, (int)C)};
   for (size_t i = 0; i < sizeof pk / sizeof *pk; i++) pcap = pk[i] > pcap ? pk[i] : pcap;
-  size_t gsize = PAD(BT * C) + 3 * PAD(BT * C) + PAD(BT * 3 * C) + 2 * PAD(BT * 4 * C) +
-                 PAD(BT * V) + PAD((size_t)B * H * Tn * Tn) + PAD(pcap);
-#undef PAD
+  pcap = (pcap + 15) & ~(size_t)15;
+  gsize += pcap;
   gpt_acts *a = calloc(1, sizeof *a);
   if (!a) return qv_fail(err, QV_ENOMEM, "out of memory for activations");
   a->block = qv_aligned_alloc(asize * sizeof(float));
@@ -341,39 +361,10 @@ qv_status gpt_train_alloc(gpt_model *m, int B, int T, qv_error *err) {
   memset(a->block, 0, asize * sizeof(float));
   memset(m->grads, 0, m->nparams * sizeof(float));
   gpt_point_weights(c, m->grads, &m->g);
-  float *p = a->block;
-  a->encoded = take(&p, BT * C);
-  a->ln1 = take(&p, L * BT * C);
-  a->ln1_mean = take(&p, L * BT);
-  a->ln1_rstd = take(&p, L * BT);
-  a->qkv = take(&p, L * BT * 3 * C);
-  a->atty = take(&p, L * BT * C);
-  a->att = take(&p, L * B * H * Tn * Tn);
-  a->residual2 = take(&p, L * BT * C);
-  a->ln2 = take(&p, L * BT * C);
-  a->ln2_mean = take(&p, L * BT);
-  a->ln2_rstd = take(&p, L * BT);
-  a->fch = take(&p, L * BT * 4 * C);
-  a->fch_gelu = take(&p, L * BT * 4 * C);
-  a->residual3 = take(&p, L * BT * C);
-  a->lnf = take(&p, BT * C);
-  a->lnf_mean = take(&p, BT);
-  a->lnf_rstd = take(&p, BT);
-  a->logits = take(&p, BT * V);
-  a->probs = a->logits; /* the softmax runs in place: the logits are not needed after it */
-  a->losses = take(&p, BT);
-  float *g = a->gblock;
+  gpt_acts_layout(c, B, T, a->block, a->gblock, &a->p, NULL, NULL);
+  a->probs = a->p.logits; /* the softmax runs in place: the logits are not needed after it */
   a->gsize = gsize;
-  a->dres = take(&g, BT * C);
-  a->dln = take(&g, BT * C);
-  a->datty = take(&g, BT * C);
-  a->dlnf = take(&g, BT * C);
-  a->dqkv = take(&g, BT * 3 * C);
-  a->dfch = take(&g, BT * 4 * C);
-  a->dfch_gelu = take(&g, BT * 4 * C);
-  a->dlogits = take(&g, BT * V);
-  a->dscratch = take(&g, (size_t)B * H * Tn * Tn);
-  a->pack = take(&g, pcap);
+  a->pack = a->gblock + (gsize - pcap);
   a->pack_cap = pcap;
   m->B = B;
   m->T = T;
@@ -1173,21 +1164,21 @@ qv_status gpt_forward(gpt_model *m, const int32_t *inputs, const int32_t *target
   if (targets) memcpy(a->targets, targets, BT * sizeof(int32_t));
   /* per-layer arrays are strided by the actual B*T, so a smaller batch packs densely */
   size_t sC = BT * C, s3C = 3 * sC, s4C = 4 * sC, sN = BT, sTT = (size_t)B * H * T * T;
-  gpt_encoder_forward(a->encoded, inputs, m->w.wte, m->w.wpe, B, T, C);
-  const float *residual = a->encoded;
+  gpt_encoder_forward(a->p.encoded, inputs, m->w.wte, m->w.wpe, B, T, C);
+  const float *residual = a->p.encoded;
   for (int l = 0; l < L; l++) {
     const gpt_layer_w *w = &m->w.layers[l];
-    float *ln1 = a->ln1 + l * sC, *qkv = a->qkv + l * s3C, *atty = a->atty + l * sC;
-    float *res2 = a->residual2 + l * sC, *ln2 = a->ln2 + l * sC, *fch = a->fch + l * s4C;
-    float *fchg = a->fch_gelu + l * s4C, *res3 = a->residual3 + l * sC;
-    gpt_layernorm_forward(pool, ln1, a->ln1_mean + l * sN, a->ln1_rstd + l * sN, residual, w->ln1w, w->ln1b,
+    float *ln1 = a->p.ln1 + l * sC, *qkv = a->p.qkv + l * s3C, *atty = a->p.atty + l * sC;
+    float *res2 = a->p.residual2 + l * sC, *ln2 = a->p.ln2 + l * sC, *fch = a->p.fch + l * s4C;
+    float *fchg = a->p.fch_gelu + l * s4C, *res3 = a->p.residual3 + l * sC;
+    gpt_layernorm_forward(pool, ln1, a->p.ln1_mean + l * sN, a->p.ln1_rstd + l * sN, residual, w->ln1w, w->ln1b,
                           (int)BT, C, c->ln_eps);
     matmul_forward(pool, a->pack, a->pack_cap, qkv, ln1, w->qkvw, w->qkvb, (int)BT, C, 3 * C);
-    gpt_attention_forward(pool, atty, NULL, a->att + l * sTT, qkv, B, T, C, H);
+    gpt_attention_forward(pool, atty, NULL, a->p.att + l * sTT, qkv, B, T, C, H);
     /* res2 = residual + atty @ attprojw + b: the projection goes into res2, then adds */
     matmul_forward(pool, a->pack, a->pack_cap, res2, atty, w->attprojw, w->attprojb, (int)BT, C, C);
     add_into(pool, res2, res2, residual, sC);
-    gpt_layernorm_forward(pool, ln2, a->ln2_mean + l * sN, a->ln2_rstd + l * sN, res2, w->ln2w, w->ln2b,
+    gpt_layernorm_forward(pool, ln2, a->p.ln2_mean + l * sN, a->p.ln2_rstd + l * sN, res2, w->ln2w, w->ln2b,
                           (int)BT, C, c->ln_eps);
     mm_ctx fc = {fch, ln2, w->fcw, (int)BT, C, 4 * C, 0, 0, w->fcb, a->pack, a->pack_cap, NULL};
     gelu_ctx gf = {fchg, fch, NULL, 0};
@@ -1200,21 +1191,21 @@ qv_status gpt_forward(gpt_model *m, const int32_t *inputs, const int32_t *target
     add_into(pool, res3, res3, res2, sC);
     residual = res3;
   }
-  gpt_layernorm_forward(pool, a->lnf, a->lnf_mean, a->lnf_rstd, residual, m->w.lnfw, m->w.lnfb, (int)BT, C,
+  gpt_layernorm_forward(pool, a->p.lnf, a->p.lnf_mean, a->p.lnf_rstd, residual, m->w.lnfw, m->w.lnfb, (int)BT, C,
                         c->ln_eps);
   /* logits (BT, V) = lnf (BT, C) @ wte^T */
   /* logits (BT, V) = lnf (BT, C) @ wte^T: the "dinp" shape of a matmul with w = wte */
-  mm_ctx head = {a->logits, a->lnf, m->w.wte, (int)BT, V, C, 1, 0, NULL, a->pack, a->pack_cap, NULL};
-  ce_ctx ce = {.probs = a->probs, .losses = a->losses, .logits = a->logits, .targets = targets, .V = V};
+  mm_ctx head = {a->p.logits, a->p.lnf, m->w.wte, (int)BT, V, C, 1, 0, NULL, a->pack, a->pack_cap, NULL};
+  ce_ctx ce = {.probs = a->probs, .losses = a->p.losses, .logits = a->p.logits, .targets = targets, .V = V};
   fuse_job hj = {&head, NULL, ce_fwd, NULL, &ce, 1, BT};
   int fused = targets && fused_rows(pool, &hj);
   if (!fused) mm_par(pool, &head, BT, (size_t)V * C);
   if (targets) {
-    if (!fused) gpt_crossentropy_forward(pool, a->probs, a->losses, a->logits, targets, (int)BT, V);
+    if (!fused) gpt_crossentropy_forward(pool, a->probs, a->p.losses, a->p.logits, targets, (int)BT, V);
     double sum = 0;
     size_t nvalid = 0;
     for (size_t i = 0; i < BT; i++)
-      if (targets[i] >= 0) sum += a->losses[i], nvalid++;
+      if (targets[i] >= 0) sum += a->p.losses[i], nvalid++;
     a->nvalid = nvalid;
     m->loss = nvalid ? (float)(sum / (double)nvalid) : 0.0f;
   } else {
@@ -1225,7 +1216,7 @@ qv_status gpt_forward(gpt_model *m, const int32_t *inputs, const int32_t *target
   return QV_OK;
 }
 
-const float *gpt_logits(const gpt_model *m) { return m->acts ? m->acts->logits : NULL; }
+const float *gpt_logits(const gpt_model *m) { return m->acts ? m->acts->p.logits : NULL; }
 
 void gpt_zero_grad(gpt_model *m) {
   if (m->grads) memset(m->grads, 0, m->nparams * sizeof(float));
@@ -1240,47 +1231,47 @@ void gpt_backward(gpt_model *m, float loss_scale) {
   qv_pool *pool = pool_of(m);
   /* only the residual stream's gradient accumulates (+=); every other gradient of an
    * activation is overwritten by the pass that produces it */
-  memset(a->dres, 0, sC * sizeof(float));
-  ce_ctx ce = {.dlogits = a->dlogits, .cprobs = a->probs, .targets = a->targets, .V = V,
+  memset(a->p.dres, 0, sC * sizeof(float));
+  ce_ctx ce = {.dlogits = a->p.dlogits, .cprobs = a->probs, .targets = a->targets, .V = V,
                .dloss = loss_scale / (float)a->nvalid, .acc = 0};
   /* logits = lnf @ wte^T: dlnf (BT, C) += dlogits (BT, V) @ wte (V, C);
    * dwte (V, C) += dlogits^T (V, BT) @ lnf (BT, C) */
-  mm_ctx h1 = {a->dlnf, a->dlogits, m->w.wte, (int)BT, V, C, 0, 0, NULL, a->pack, a->pack_cap, NULL};
+  mm_ctx h1 = {a->p.dlnf, a->p.dlogits, m->w.wte, (int)BT, V, C, 0, 0, NULL, a->pack, a->pack_cap, NULL};
   fuse_job hj = {&h1, ce_bwd, NULL, &ce, NULL, 1, BT};
   if (!fused_rows(pool, &hj)) {
     par_range(pool, BT, (size_t)V * 2, ce_bwd, &ce);
     mm_par(pool, &h1, BT, (size_t)V * C);
   }
-  mm_ctx h2 = {m->g.wte, a->dlogits, a->lnf, (int)BT, V, C, 3, 1, NULL, a->pack, a->pack_cap, NULL};
+  mm_ctx h2 = {m->g.wte, a->p.dlogits, a->p.lnf, (int)BT, V, C, 3, 1, NULL, a->pack, a->pack_cap, NULL};
   mm_par(pool, &h2, (size_t)V, (size_t)BT * C);
-  const float *last = a->residual3 + (size_t)(L - 1) * sC;
+  const float *last = a->p.residual3 + (size_t)(L - 1) * sC;
   /* The residual stream's gradient lives in one buffer, updated in place from the top:
    * x_out = x_in + f(ln(x_in)) gives dx_in = dx_out + (f's path), so each block's
    * LayerNorm backward adds its path into the buffer after f's backward has read dx_out. */
-  gpt_layernorm_backward(pool, a->dres, m->g.lnfw, m->g.lnfb, a->dlnf, last, m->w.lnfw, a->lnf_mean, a->lnf_rstd,
+  gpt_layernorm_backward(pool, a->p.dres, m->g.lnfw, m->g.lnfb, a->p.dlnf, last, m->w.lnfw, a->p.lnf_mean, a->p.lnf_rstd,
                          (int)BT, C);
   for (int l = L - 1; l >= 0; l--) {
     const gpt_layer_w *w = &m->w.layers[l];
     gpt_layer_w *g = &m->g.layers[l];
-    const float *residual = l ? a->residual3 + (size_t)(l - 1) * sC : a->encoded;
-    const float *ln1 = a->ln1 + l * sC, *qkv = a->qkv + l * s3C, *atty = a->atty + l * sC;
-    const float *res2 = a->residual2 + l * sC, *ln2 = a->ln2 + l * sC, *fch = a->fch + l * s4C;
-    const float *fchg = a->fch_gelu + l * s4C;
+    const float *residual = l ? a->p.residual3 + (size_t)(l - 1) * sC : a->p.encoded;
+    const float *ln1 = a->p.ln1 + l * sC, *qkv = a->p.qkv + l * s3C, *atty = a->p.atty + l * sC;
+    const float *res2 = a->p.residual2 + l * sC, *ln2 = a->p.ln2 + l * sC, *fch = a->p.fch + l * s4C;
+    const float *fchg = a->p.fch_gelu + l * s4C;
     /* res3 = res2 + fcproj(gelu(fc(ln2(res2)))): dres holds dres3, then dres2 */
-    gelu_ctx gb = {a->dfch, fch, a->dfch_gelu, 0};
-    matmul_backward_then(pool, a->pack, a->pack_cap, a->dfch_gelu, g->fcprojw, g->fcprojb, a->dres, fchg,
+    gelu_ctx gb = {a->p.dfch, fch, a->p.dfch_gelu, 0};
+    matmul_backward_then(pool, a->pack, a->pack_cap, a->p.dfch_gelu, g->fcprojw, g->fcprojb, a->p.dres, fchg,
                          w->fcprojw, (int)BT, 4 * C, C, 0, gelu_bwd, &gb);
-    matmul_backward(pool, a->pack, a->pack_cap, a->dln, g->fcw, g->fcb, a->dfch, ln2, w->fcw, (int)BT, C, 4 * C, 0);
-    gpt_layernorm_backward(pool, a->dres, g->ln2w, g->ln2b, a->dln, res2, w->ln2w, a->ln2_mean + l * sN,
-                           a->ln2_rstd + l * sN, (int)BT, C);
+    matmul_backward(pool, a->pack, a->pack_cap, a->p.dln, g->fcw, g->fcb, a->p.dfch, ln2, w->fcw, (int)BT, C, 4 * C, 0);
+    gpt_layernorm_backward(pool, a->p.dres, g->ln2w, g->ln2b, a->p.dln, res2, w->ln2w, a->p.ln2_mean + l * sN,
+                           a->p.ln2_rstd + l * sN, (int)BT, C);
     /* res2 = residual + attproj(attention(qkv(ln1(residual)))): dres2, then dresidual */
-    matmul_backward(pool, a->pack, a->pack_cap, a->datty, g->attprojw, g->attprojb, a->dres, atty, w->attprojw, (int)BT, C, C, 0);
-    attention_backward(pool, a->dqkv, a->dscratch, a->datty, qkv, a->att + l * sTT, B, T, C, H, 0);
-    matmul_backward(pool, a->pack, a->pack_cap, a->dln, g->qkvw, g->qkvb, a->dqkv, ln1, w->qkvw, (int)BT, C, 3 * C, 0);
-    gpt_layernorm_backward(pool, a->dres, g->ln1w, g->ln1b, a->dln, residual, w->ln1w, a->ln1_mean + l * sN,
-                           a->ln1_rstd + l * sN, (int)BT, C);
+    matmul_backward(pool, a->pack, a->pack_cap, a->p.datty, g->attprojw, g->attprojb, a->p.dres, atty, w->attprojw, (int)BT, C, C, 0);
+    attention_backward(pool, a->p.dqkv, a->p.dscratch, a->p.datty, qkv, a->p.att + l * sTT, B, T, C, H, 0);
+    matmul_backward(pool, a->pack, a->pack_cap, a->p.dln, g->qkvw, g->qkvb, a->p.dqkv, ln1, w->qkvw, (int)BT, C, 3 * C, 0);
+    gpt_layernorm_backward(pool, a->p.dres, g->ln1w, g->ln1b, a->p.dln, residual, w->ln1w, a->p.ln1_mean + l * sN,
+                           a->p.ln1_rstd + l * sN, (int)BT, C);
   }
-  gpt_encoder_backward(m->g.wte, m->g.wpe, a->dres, a->inputs, B, T, C);
+  gpt_encoder_backward(m->g.wte, m->g.wpe, a->p.dres, a->inputs, B, T, C);
 }
 
 double gpt_clip_grad(gpt_model *m, float clip) {

@@ -88,6 +88,37 @@ size_t gpt_param_count(const gpt_config *c);
 /* Activations kept by the forward pass for the backward pass, for (B, T). */
 typedef struct gpt_acts gpt_acts;
 
+/* The arrays a training step keeps, and their gradients, as pointers into two blocks
+ * (gpt_acts_layout): the CPU's (gpt_acts) and a device's (gpt_dev.c) are laid out alike.
+ * Per-layer arrays hold L slices, each as many rows as the B*T laid out. */
+typedef struct gpt_act_ptrs {
+  float *encoded;                   /* (B, T, C) */
+  float *ln1, *ln1_mean, *ln1_rstd; /* (L, B, T, C), (L, B, T) x2 */
+  float *qkv;                       /* (L, B, T, 3C) */
+  float *atty;                      /* (L, B, T, C) */
+  float *att;                       /* (L, B, H, T, T) softmax weights (the scores are not kept) */
+  float *residual2;                 /* (L, B, T, C) */
+  float *ln2, *ln2_mean, *ln2_rstd;
+  float *fch, *fch_gelu;            /* (L, B, T, 4C) */
+  float *residual3;                 /* (L, B, T, C) */
+  float *lnf, *lnf_mean, *lnf_rstd; /* (B, T, C), (B, T) x2 */
+  float *logits;                    /* (B, T, V) */
+  float *losses;                    /* (B, T) */
+  /* gradients of activations */
+  float *dres;                      /* (B, T, C) the residual stream's, carried down the layers */
+  float *dln, *datty, *dlnf;        /* (B, T, C) scratch */
+  float *dqkv;                      /* (B, T, 3C) */
+  float *dfch, *dfch_gelu;          /* (B, T, 4C) */
+  float *dlogits;                   /* (B, T, V) */
+  float *dscratch;                  /* (B, H, T, T) */
+} gpt_act_ptrs;
+
+/* The floats of the activation block and of the gradient block for (B, T) into *afloats and
+ * *gfloats (when not NULL), every array 64-byte aligned within its block; with blocks and p
+ * given, points p's fields into them. */
+void gpt_acts_layout(const gpt_config *c, int B, int T, float *block, float *gblock, gpt_act_ptrs *p,
+                     size_t *afloats, size_t *gfloats);
+
 typedef struct gpt_model {
   gpt_config cfg;
   size_t nparams;

@@ -185,14 +185,6 @@ typedef struct dev_latch {
   char msg[256];
 } dev_latch;
 
-/* Activations (device), laid out as gpt.c's gpt_acts; per-layer arrays strided by the
- * created B*T (a smaller batch uses the front of each layer's slice). */
-typedef struct dev_acts {
-  float *encoded, *ln1, *ln1_mean, *ln1_rstd, *qkv, *atty, *att, *res2, *ln2, *ln2_mean, *ln2_rstd;
-  float *fch, *fchg, *res3, *lnf, *lnf_mean, *lnf_rstd, *logits, *losses;
-  /* gradients of activations, zeroed before each use (the ops accumulate) */
-  float *dres, *dln, *datty, *dlnf, *dqkv, *dfch, *dfchg, *dlogits, *dscratch;
-} dev_acts;
 
 struct gpt_dev {
   const qv_gpt_ops *o;
@@ -207,19 +199,13 @@ struct gpt_dev {
   float *gblock;       /* their gradients */
   size_t gblock_floats;
   int32_t *inputs, *targets;
-  dev_acts a;
+  gpt_act_ptrs a;     /* gpt.c's layout, in the backend's memory */
   float *losses_host;  /* (B*T) */
   float *stage;        /* (3 nparams) host: gpt_dev_download's all-or-nothing copy */
   int lastB, lastT, has_targets;
   size_t nvalid;
   dev_latch fail;      /* invariant 1 */
 };
-
-static float *take(float **cur, size_t n) {
-  float *p = *cur;
-  *cur += (n + 15) & ~(size_t)15;
-  return p;
-}
 
 /* Asks the backend after a unit of work; latches the first failure (invariant 1). */
 static int latch_check(dev_latch *l, const qv_gpt_ops *o, void *ctx) {
@@ -262,14 +248,8 @@ qv_status gpt_dev_create(gpt_dev **out, const qv_gpt_ops *ops, void *ctx, const 
   d->nparams = m->nparams;
   d->B = B;
   d->T = T;
-  size_t L = (size_t)c->n_layer, C = (size_t)c->n_embd, H = (size_t)c->n_head, V = (size_t)c->vocab_size;
-  size_t BT = (size_t)B * (size_t)T, TT = (size_t)B * H * (size_t)T * (size_t)T;
-#define PAD(n) (((size_t)(n) + 15) & ~(size_t)15)
-  d->block_floats = PAD(BT * C) + 3 * (PAD(L * BT * C) + 2 * PAD(L * BT)) + PAD(L * BT * 3 * C) +
-                    PAD(L * BT * C) + PAD(L * TT) + PAD(L * BT * C) + 2 * PAD(L * BT * 4 * C) + PAD(BT * C) +
-                    2 * PAD(BT) + PAD(BT * V) + PAD(BT);
-  d->gblock_floats = 4 * PAD(BT * C) + PAD(BT * 3 * C) + 2 * PAD(BT * 4 * C) + PAD(BT * V) + PAD(TT);
-#undef PAD
+  size_t L = (size_t)c->n_layer, BT = (size_t)B * (size_t)T;
+  gpt_acts_layout(c, B, T, NULL, NULL, NULL, &d->block_floats, &d->gblock_floats);
   qv_status st = QV_OK;
   d->w.layers = calloc(L, sizeof(gpt_layer_w));
   d->g.layers = calloc(L, sizeof(gpt_layer_w));
@@ -296,37 +276,8 @@ qv_status gpt_dev_create(gpt_dev **out, const qv_gpt_ops *ops, void *ctx, const 
   }
   gpt_point_weights(c, d->params, &d->w);
   gpt_point_weights(c, d->grads, &d->g);
-  float *p = d->block;
-  dev_acts *a = &d->a;
-  a->encoded = take(&p, BT * C);
-  a->ln1 = take(&p, L * BT * C);
-  a->ln1_mean = take(&p, L * BT);
-  a->ln1_rstd = take(&p, L * BT);
-  a->qkv = take(&p, L * BT * 3 * C);
-  a->atty = take(&p, L * BT * C);
-  a->att = take(&p, L * TT);
-  a->res2 = take(&p, L * BT * C);
-  a->ln2 = take(&p, L * BT * C);
-  a->ln2_mean = take(&p, L * BT);
-  a->ln2_rstd = take(&p, L * BT);
-  a->fch = take(&p, L * BT * 4 * C);
-  a->fchg = take(&p, L * BT * 4 * C);
-  a->res3 = take(&p, L * BT * C);
-  a->lnf = take(&p, BT * C);
-  a->lnf_mean = take(&p, BT);
-  a->lnf_rstd = take(&p, BT);
-  a->logits = take(&p, BT * V);
-  a->losses = take(&p, BT);
-  float *g = d->gblock;
-  a->dres = take(&g, BT * C);
-  a->dln = take(&g, BT * C);
-  a->datty = take(&g, BT * C);
-  a->dlnf = take(&g, BT * C);
-  a->dqkv = take(&g, BT * 3 * C);
-  a->dfch = take(&g, BT * 4 * C);
-  a->dfchg = take(&g, BT * 4 * C);
-  a->dlogits = take(&g, BT * V);
-  a->dscratch = take(&g, TT);
+  /* device addresses: the layout only adds offsets to them */
+  gpt_acts_layout(c, B, T, d->block, d->gblock, &d->a, NULL, NULL);
   ops->copy_in(ctx, d->params, m->params, pbytes);
   if (m->m && m->v) {
     ops->copy_in(ctx, d->m, m->m, pbytes);
@@ -362,7 +313,7 @@ qv_status gpt_dev_forward(gpt_dev *d, const int32_t *inputs, const int32_t *targ
     if (inputs[i] < 0 || inputs[i] >= V) return qv_fail(err, QV_EINVAL, "token id %d is out of range", inputs[i]);
     if (targets && targets[i] >= V) return qv_fail(err, QV_EINVAL, "target id %d is out of range", targets[i]);
   }
-  dev_acts *a = &d->a;
+  gpt_act_ptrs *a = &d->a;
   size_t cBT = (size_t)d->B * d->T; /* per-layer stride (the created size) */
   size_t sC = cBT * C, s3C = 3 * sC, s4C = 4 * sC, sN = cBT, sTT = (size_t)d->B * H * d->T * d->T;
   o->copy_in(x, d->inputs, inputs, BT * sizeof(int32_t));
@@ -371,8 +322,8 @@ qv_status gpt_dev_forward(gpt_dev *d, const int32_t *inputs, const int32_t *targ
   const float *residual = a->encoded;
   for (int l = 0; l < L; l++) {
     const gpt_layer_w *w = &d->w.layers[l];
-    float *ln1 = a->ln1 + l * sC, *qkv = a->qkv + l * s3C, *atty = a->atty + l * sC, *res2 = a->res2 + l * sC;
-    float *ln2 = a->ln2 + l * sC, *fch = a->fch + l * s4C, *fchg = a->fchg + l * s4C, *res3 = a->res3 + l * sC;
+    float *ln1 = a->ln1 + l * sC, *qkv = a->qkv + l * s3C, *atty = a->atty + l * sC, *res2 = a->residual2 + l * sC;
+    float *ln2 = a->ln2 + l * sC, *fch = a->fch + l * s4C, *fchg = a->fch_gelu + l * s4C, *res3 = a->residual3 + l * sC;
     o->layernorm_fwd(x, ln1, a->ln1_mean + l * sN, a->ln1_rstd + l * sN, residual, w->ln1w, w->ln1b, (int)BT, C,
                      c->ln_eps);
     o->matmul_fwd(x, qkv, ln1, w->qkvw, w->qkvb, (int)BT, C, 3 * C);
@@ -425,7 +376,7 @@ void gpt_dev_backward(gpt_dev *d, float loss_scale) {
   const gpt_config *c = &d->cfg;
   const qv_gpt_ops *o = d->o;
   void *x = d->ctx;
-  dev_acts *a = &d->a;
+  gpt_act_ptrs *a = &d->a;
   int B = d->lastB, T = d->lastT, C = c->n_embd, V = c->vocab_size, H = c->n_head, L = c->n_layer;
   size_t BT = (size_t)B * T, cBT = (size_t)d->B * d->T;
   size_t sC = cBT * C, s3C = 3 * sC, s4C = 4 * sC, sN = cBT, sTT = (size_t)d->B * H * d->T * d->T;
@@ -435,20 +386,20 @@ void gpt_dev_backward(gpt_dev *d, float loss_scale) {
   o->zero(x, a->dlogits, BT * V * sizeof(float));
   o->crossentropy_bwd(x, a->dlogits, a->logits, d->targets, (int)BT, V, loss_scale / (float)d->nvalid);
   o->head_bwd(x, a->dlnf, d->g.wte, a->dlogits, a->lnf, d->w.wte, (int)BT, V, C);
-  const float *last = L ? a->res3 + (size_t)(L - 1) * sC : a->encoded;
+  const float *last = L ? a->residual3 + (size_t)(L - 1) * sC : a->encoded;
   /* the residual stream's gradient is updated in place from the top, as in gpt_backward */
   o->layernorm_bwd(x, a->dres, d->g.lnfw, d->g.lnfb, a->dlnf, last, d->w.lnfw, a->lnf_mean, a->lnf_rstd, (int)BT,
                    C);
   for (int l = L - 1; l >= 0; l--) {
     const gpt_layer_w *w = &d->w.layers[l];
     const gpt_layer_w *g = &d->g.layers[l];
-    const float *residual = l ? a->res3 + (size_t)(l - 1) * sC : a->encoded;
-    const float *ln1 = a->ln1 + l * sC, *qkv = a->qkv + l * s3C, *atty = a->atty + l * sC, *res2 = a->res2 + l * sC;
-    const float *ln2 = a->ln2 + l * sC, *fch = a->fch + l * s4C, *fchg = a->fchg + l * s4C;
-    o->zero(x, a->dfchg, 4 * fC);
-    o->matmul_bwd(x, a->dfchg, g->fcprojw, g->fcprojb, a->dres, fchg, w->fcprojw, (int)BT, 4 * C, C);
+    const float *residual = l ? a->residual3 + (size_t)(l - 1) * sC : a->encoded;
+    const float *ln1 = a->ln1 + l * sC, *qkv = a->qkv + l * s3C, *atty = a->atty + l * sC, *res2 = a->residual2 + l * sC;
+    const float *ln2 = a->ln2 + l * sC, *fch = a->fch + l * s4C, *fchg = a->fch_gelu + l * s4C;
+    o->zero(x, a->dfch_gelu, 4 * fC);
+    o->matmul_bwd(x, a->dfch_gelu, g->fcprojw, g->fcprojb, a->dres, fchg, w->fcprojw, (int)BT, 4 * C, C);
     o->zero(x, a->dfch, 4 * fC);
-    o->gelu_bwd(x, a->dfch, fch, a->dfchg, BT * 4 * C);
+    o->gelu_bwd(x, a->dfch, fch, a->dfch_gelu, BT * 4 * C);
     o->zero(x, a->dln, fC);
     o->matmul_bwd(x, a->dln, g->fcw, g->fcb, a->dfch, ln2, w->fcw, (int)BT, C, 4 * C);
     o->layernorm_bwd(x, a->dres, g->ln2w, g->ln2b, a->dln, res2, w->ln2w, a->ln2_mean + l * sN,
