@@ -8,6 +8,7 @@
 #include <stdlib.h>
 
 #include "base/mem.h"
+#include "compute/device.h"
 
 static int failures, checks;
 
@@ -42,6 +43,23 @@ static void compare(const char *what, const float *gpu, const float *cpu, size_t
   printf("%-4s %-44s max rel err %.3g (tolerance %.3g)%s\n", ok ? "ok" : "FAIL", what, worst, rel,
          ok ? "" : " <-");
   if (!ok) printf("     at %zu: gpu %g cpu %g\n", at, gpu[at], cpu[at]);
+}
+
+/* The GPU backend the device layer loads with gpu on, its name and compute capability
+ * printed; exits 2 with the reason when no GPU works. */
+static const qv_backend *harness_gpu(const char *prog) {
+  qv_gpu_config cfg;
+  qv_error err = {0};
+  qv_gpu_config_default(&cfg);
+  cfg.enabled = QV_GPU_ON;
+  if (qv_gpu_config_apply(&cfg, &err)) {
+    fprintf(stderr, "%s: %s\n", prog, err.msg);
+    exit(2);
+  }
+  qv_gpu_report r;
+  qv_gpu_report_get(&r);
+  printf("device: %s (compute %d.%d)\n", r.info.name, r.info.cc_major, r.info.cc_minor);
+  return device_dispatch()->gpu;
 }
 
 #endif

@@ -431,23 +431,12 @@ int main(int argc, char **argv) {
   twin = (side){gpt_ops_cpu(), NULL};
   dev = twin;
   if (!self) {
-    qv_gpu_config cfg;
-    qv_error err = {0};
-    qv_gpu_config_default(&cfg);
-    cfg.enabled = QV_GPU_ON;
-    if (qv_gpu_config_apply(&cfg, &err)) {
-      fprintf(stderr, "qv_gpu_gpt_test: %s\n", err.msg);
-      return 2;
-    }
-    const qv_backend *g = device_dispatch()->gpu;
+    const qv_backend *g = harness_gpu("qv_gpu_gpt_test");
     if (!g->gpt) {
       fprintf(stderr, "qv_gpu_gpt_test: the %s backend has no GPT ops\n", g->name);
       return 2;
     }
     dev = (side){g->gpt, g->ctx};
-    qv_gpu_report r;
-    qv_gpu_report_get(&r);
-    printf("device: %s (compute %d.%d)\n", r.info.name, r.info.cc_major, r.info.cc_minor);
   }
   test_encoder();
   test_layernorm();

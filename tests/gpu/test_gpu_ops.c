@@ -315,20 +315,7 @@ static void test_encoder(int self) {
 int main(int argc, char **argv) {
   int self = argc > 1 && !strcmp(argv[1], "--self");
   const qv_backend *c = backend_cpu(), *g = c;
-  if (!self) {
-    qv_gpu_config cfg;
-    qv_error err = {0};
-    qv_gpu_config_default(&cfg);
-    cfg.enabled = QV_GPU_ON;
-    if (qv_gpu_config_apply(&cfg, &err)) {
-      fprintf(stderr, "qv_gpu_test: %s\n", err.msg);
-      return 2;
-    }
-    g = device_dispatch()->gpu;
-    qv_gpu_report r;
-    qv_gpu_report_get(&r);
-    printf("device: %s (compute %d.%d)\n", r.info.name, r.info.cc_major, r.info.cc_minor);
-  }
+  if (!self) g = harness_gpu("qv_gpu_test");
   test_linear(g, c, 1, self ? 0 : 2e-2);
   test_linear(g, c, 0, self ? 0 : 1e-4);
   test_elementwise(g, c);
