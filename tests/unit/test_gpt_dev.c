@@ -211,6 +211,7 @@ TEST(device_failure_is_latched_and_leaves_the_host_copy) {
 /* A failing device's triggers: after this many forwards (encoder_fwd calls) or AdamW
  * updates (0: never). */
 static int fwd_calls, fail_at_fwd;
+static int fail_now; /* set by a test's step callback */
 static void counting_encoder_fwd(void *ctx, float *out, const int32_t *inp, const float *wte, const float *wpe,
                                  int B, int T, int C) {
   fwd_calls++;
@@ -218,7 +219,8 @@ static void counting_encoder_fwd(void *ctx, float *out, const int32_t *inp, cons
 }
 static qv_status trigger_status(void *ctx, char *msg, size_t len) {
   (void)ctx;
-  if (!(fail_at_adamw && adamw_calls >= fail_at_adamw) && !(fail_at_fwd && fwd_calls >= fail_at_fwd)) return QV_OK;
+  if (!fail_now && !(fail_at_adamw && adamw_calls >= fail_at_adamw) && !(fail_at_fwd && fwd_calls >= fail_at_fwd))
+    return QV_OK;
   snprintf(msg, len, "injected failure");
   return QV_EDEVICE;
 }
@@ -227,7 +229,7 @@ static const qv_gpt_ops *trigger_ops(int at_adamw, int at_fwd) {
   failing.status = trigger_status;
   failing.adamw = counting_adamw;
   failing.encoder_fwd = counting_encoder_fwd;
-  adamw_calls = fwd_calls = 0;
+  adamw_calls = fwd_calls = fail_now = 0;
   fail_at_adamw = at_adamw;
   fail_at_fwd = at_fwd;
   return &failing;
@@ -246,6 +248,8 @@ static void gpu_settings(int fallback) {
 
 enum { RUN_STEPS = 12 };
 typedef struct run_log {
+  int stop_at;  /* the step whose callback asks to stop, and makes the device fail (0: none) */
+  const char *resume;
   float loss[RUN_STEPS + 1];
   double val[RUN_STEPS + 1];
   const char *device[RUN_STEPS + 1];
@@ -257,6 +261,10 @@ static int log_step(void *c, const gpt_train_stats *s) {
   l->val[s->step] = s->val_loss;
   l->device[s->step] = s->device;
   l->calls++;
+  if (l->stop_at && s->step == l->stop_at) {
+    fail_now = 1; /* the copy back for the stop's checkpoint meets a failed device */
+    return 1;
+  }
   return 0;
 }
 
@@ -281,7 +289,14 @@ static qv_status train(const char *data, const char *out, const qv_gpt_ops *ops,
   o.ops_name = "twin";
   o.on_step = log_step;
   o.ctx = l;
+  int stop_at = l->stop_at;
+  const char *resume = l->resume;
   memset(l, 0, sizeof *l);
+  l->stop_at = stop_at;
+  if (resume) { /* the model, tokenizer and optimizer options come from the checkpoint */
+    o.resume = resume;
+    o.model = (gpt_config){0};
+  }
   return gpt_train_run(&o, err);
 }
 
@@ -364,6 +379,26 @@ TEST(training_on_a_device_and_falling_back_to_the_cpu) {
   ASSERT_EQ(fail.calls, RUN_STEPS + 1); /* step 9 twice */
   ASSERT(!strcmp(fail.device[8], "twin") && !strcmp(fail.device[9], "cpu"));
   same_run("after a failure in a forward", &cpu, out[0], &fail, out[3], tol);
+  /* a stop (Ctrl-C) at step 6 whose copy back fails: step 4's state, the last that came
+   * back, is saved instead, and resuming from it ends where the uninterrupted run ends */
+  char stopped[700], resumed[700], ck4[800], ck6[800];
+  snprintf(stopped, sizeof stopped, "%s/stopped", root);
+  snprintf(resumed, sizeof resumed, "%s/resumed", root);
+  snprintf(ck4, sizeof ck4, "%s/step-000004", stopped);
+  snprintf(ck6, sizeof ck6, "%s/step-000006", stopped);
+  static run_log st;
+  st.stop_at = 6;
+  ASSERT_OK(train(data, stopped, trigger_ops(0, 0), &st, &err));
+  ASSERT_EQ(st.calls, 6);
+  struct stat sb;
+  ASSERT_EQ(stat(ck4, &sb), 0);
+  ASSERT(stat(ck6, &sb) != 0);
+  st.resume = ck4;
+  st.stop_at = 0;
+  ASSERT_OK(train(data, resumed, NULL, &st, &err));
+  ASSERT_EQ(st.calls, RUN_STEPS - 4);
+  for (int s = 1; s <= 4; s++) st.loss[s] = cpu.loss[s], st.val[s] = cpu.val[s]; /* not rerun */
+  same_run("resumed from the state saved at a failed stop", &cpu, out[0], &st, resumed, tol);
   /* without fallback, the failure ends the run, naming the step */
   gpu_settings(0);
   char nofb[700];
