@@ -1142,8 +1142,7 @@ static void add_range(void *c, size_t lo, size_t hi) {
   for (size_t i = lo; i < hi; i++) x->out[i] = x->a[i] + x->b[i];
 }
 
-/* out = a + b elementwise (the residual adds), over the pool. */
-static void add_into(qv_pool *pool, float *out, const float *a, const float *b, size_t n) {
+void gpt_residual_forward(qv_pool *pool, float *out, const float *a, const float *b, size_t n) {
   add_ctx x = {out, a, b};
   par_range(pool, n, 2, add_range, &x);
 }
@@ -1177,7 +1176,7 @@ qv_status gpt_forward(gpt_model *m, const int32_t *inputs, const int32_t *target
     gpt_attention_forward(pool, atty, NULL, a->p.att + l * sTT, qkv, B, T, C, H);
     /* res2 = residual + atty @ attprojw + b: the projection goes into res2, then adds */
     matmul_forward(pool, a->pack, a->pack_cap, res2, atty, w->attprojw, w->attprojb, (int)BT, C, C);
-    add_into(pool, res2, res2, residual, sC);
+    gpt_residual_forward(pool, res2, res2, residual, sC);
     gpt_layernorm_forward(pool, ln2, a->p.ln2_mean + l * sN, a->p.ln2_rstd + l * sN, res2, w->ln2w, w->ln2b,
                           (int)BT, C, c->ln_eps);
     mm_ctx fc = {fch, ln2, w->fcw, (int)BT, C, 4 * C, 0, 0, w->fcb, a->pack, a->pack_cap, NULL};
@@ -1188,7 +1187,7 @@ qv_status gpt_forward(gpt_model *m, const int32_t *inputs, const int32_t *target
       gpt_gelu_forward(pool, fchg, fch, s4C);
     }
     matmul_forward(pool, a->pack, a->pack_cap, res3, fchg, w->fcprojw, w->fcprojb, (int)BT, 4 * C, C);
-    add_into(pool, res3, res3, res2, sC);
+    gpt_residual_forward(pool, res3, res3, res2, sC);
     residual = res3;
   }
   gpt_layernorm_forward(pool, a->p.lnf, a->p.lnf_mean, a->p.lnf_rstd, residual, m->w.lnfw, m->w.lnfb, (int)BT, C,

@@ -205,6 +205,8 @@ void gpt_attention_forward(qv_pool *pool, float *out, float *preatt, float *att,
 /* scratch: (B, H, T, T) floats, overwritten. */
 void gpt_attention_backward(qv_pool *pool, float *dqkv, float *scratch, const float *dout, const float *qkv,
                             const float *att, int B, int T, int C, int H);
+/* out (n) = a + b elementwise (the residual adds; out may alias either). */
+void gpt_residual_forward(qv_pool *pool, float *out, const float *a, const float *b, size_t n);
 void gpt_gelu_forward(qv_pool *pool, float *out, const float *inp, size_t n);
 void gpt_gelu_backward(qv_pool *pool, float *dinp, const float *inp, const float *dout, size_t n);
 /* probs (N, V) = softmax(logits); losses (N) = -log probs[target] (0 where target < 0). */

@@ -115,8 +115,7 @@ static void cpu_gelu_bwd(void *ctx, float *dinp, const float *inp, const float *
   gpt_gelu_backward(cpu_pool(ctx), dinp, inp, dout, n);
 }
 static void cpu_add(void *ctx, float *out, const float *a, const float *b, size_t n) {
-  (void)ctx;
-  for (size_t i = 0; i < n; i++) out[i] = a[i] + b[i];
+  gpt_residual_forward(cpu_pool(ctx), out, a, b, n);
 }
 static void cpu_ce_fwd(void *ctx, float *probs, float *losses, const float *logits, const int32_t *targets, int N,
                        int V) {
@@ -195,9 +194,7 @@ struct gpt_dev {
   float *params, *grads, *m, *v;
   gpt_weights w, g;    /* pointers into params / grads (device addresses) */
   float *block;        /* activations */
-  size_t block_floats;
   float *gblock;       /* their gradients */
-  size_t gblock_floats;
   int32_t *inputs, *targets;
   gpt_act_ptrs a;     /* gpt.c's layout, in the backend's memory */
   float *losses_host;  /* (B*T) */
@@ -249,7 +246,8 @@ qv_status gpt_dev_create(gpt_dev **out, const qv_gpt_ops *ops, void *ctx, const 
   d->B = B;
   d->T = T;
   size_t L = (size_t)c->n_layer, BT = (size_t)B * (size_t)T;
-  gpt_acts_layout(c, B, T, NULL, NULL, NULL, &d->block_floats, &d->gblock_floats);
+  size_t afloats, gfloats;
+  gpt_acts_layout(c, B, T, NULL, NULL, NULL, &afloats, &gfloats);
   qv_status st = QV_OK;
   d->w.layers = calloc(L, sizeof(gpt_layer_w));
   d->g.layers = calloc(L, sizeof(gpt_layer_w));
@@ -264,12 +262,12 @@ qv_status gpt_dev_create(gpt_dev **out, const qv_gpt_ops *ops, void *ctx, const 
   d->grads = ops->alloc(ctx, pbytes);
   d->m = ops->alloc(ctx, pbytes);
   d->v = ops->alloc(ctx, pbytes);
-  d->block = ops->alloc(ctx, d->block_floats * sizeof(float));
-  d->gblock = ops->alloc(ctx, d->gblock_floats * sizeof(float));
+  d->block = ops->alloc(ctx, afloats * sizeof(float));
+  d->gblock = ops->alloc(ctx, gfloats * sizeof(float));
   d->inputs = ops->alloc(ctx, BT * sizeof(int32_t));
   d->targets = ops->alloc(ctx, BT * sizeof(int32_t));
   if (!d->params || !d->grads || !d->m || !d->v || !d->block || !d->gblock || !d->inputs || !d->targets) {
-    size_t total = 4 * pbytes + (d->block_floats + d->gblock_floats) * sizeof(float);
+    size_t total = 4 * pbytes + (afloats + gfloats) * sizeof(float);
     st = qv_fail(err, QV_ENOMEM, "the %s backend cannot hold the training state (%.1f MiB)", "device",
                  (double)total / 1048576.0);
     goto fail;
