@@ -156,22 +156,22 @@ done:
   GPT_UNLOCK(c);
 }
 
-static void gpt_copy_in(void *ctx, void *dst, const void *host, size_t bytes) {
+/* A copy that waits for the stream, so the host buffer is free (or filled) on return. */
+static void gpt_copy(void *ctx, void *dst, const void *src, size_t bytes, cudaMemcpyKind kind, const char *what) {
   GPT_LOCK(c);
   if (!bytes) goto done;
-  if (cu_check(c, cudaMemcpyAsync(dst, host, bytes, cudaMemcpyHostToDevice, c->stream), "copy in")) goto done;
-  cu_check(c, cudaStreamSynchronize(c->stream), "copy in: sync");
+  if (cu_check(c, cudaMemcpyAsync(dst, src, bytes, kind, c->stream), what)) goto done;
+  cu_check(c, cudaStreamSynchronize(c->stream), what);
 done:
   GPT_UNLOCK(c);
 }
 
+static void gpt_copy_in(void *ctx, void *dst, const void *host, size_t bytes) {
+  gpt_copy(ctx, dst, host, bytes, cudaMemcpyHostToDevice, "copy in");
+}
+
 static void gpt_copy_out(void *ctx, void *host, const void *src, size_t bytes) {
-  GPT_LOCK(c);
-  if (!bytes) goto done;
-  if (cu_check(c, cudaMemcpyAsync(host, src, bytes, cudaMemcpyDeviceToHost, c->stream), "copy out")) goto done;
-  cu_check(c, cudaStreamSynchronize(c->stream), "copy out: sync");
-done:
-  GPT_UNLOCK(c);
+  gpt_copy(ctx, host, src, bytes, cudaMemcpyDeviceToHost, "copy out");
 }
 
 /* ---- encoder -------------------------------------------------------------------------- */
